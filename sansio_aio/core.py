@@ -1,0 +1,730 @@
+"""The task host of one worker, free of threads and event loops.
+
+Theory of operation
+-------------------
+``WorkerCore`` is the deterministic heart of a worker. The thread-and-loop shell
+(``worker.py``) and the simulated runtime of ``sansio_aio.testing`` both drive it the
+same way: they hand it inbox messages, ticks, deadline expiries and driver inputs, each
+with ``now``; it calls the tasks and routes their outputs through a :class:`CoreSink`.
+
+The drain rule is enforced in one place, :meth:`WorkerCore._feed`: call the task, pop
+its outputs until ``None`` routing each one, check ``is_empty()``, refresh its deadline.
+An input that appears while a task is being drained (a driver completing synchronously,
+a publish to a subscriber on this same worker) is queued and fed right after the current
+drain, so no task is ever re-entered.
+
+An exception from a task method ends that task only: the runtime releases what it held
+(bus subscriptions, driver resources) and reports the traceback to the application.
+
+Inbox messages are tuples whose first item is one of the ``OP_*`` codes; messages to the
+application are tuples starting with an ``APP_*`` code. Both are plain data so that a
+later process-based transport can pickle them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import traceback
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Protocol
+
+from .bus import BusHub
+from .driver import Driver
+from .events import (
+    Broadcast,
+    BroadcastMessage,
+    BusMessage,
+    Direct,
+    Ext,
+    ExtOut,
+    Publish,
+    Reply,
+    Request,
+    SendTo,
+    Spawn,
+    Spawned,
+    Subscribe,
+    TaskRef,
+    Unsubscribe,
+)
+from .task import Task, TaskGroup, TaskProtocol
+
+__all__ = ["HOST_KIND", "CoreSink", "TaskFactory", "WorkerCore"]
+
+log = logging.getLogger("sansio_aio")
+
+#: The kind name of each worker's host task (receives worker messages and broadcasts).
+HOST_KIND = "host"
+
+TaskFactory = Callable[[Any], TaskProtocol]
+HostFactory = Callable[[int], TaskProtocol]
+
+# Inbox operations (controller or another worker -> this worker).
+OP_EXT = 0  # (OP_EXT, ref, msg)
+OP_HOST = 1  # (OP_HOST, msg)
+OP_REQUEST = 2  # (OP_REQUEST, ref, request_id, msg)
+OP_SPAWN = 3  # (OP_SPAWN, spawn_id, kind, cfg, requester | None, tag)
+OP_BUS = 4  # (OP_BUS, channel, source, msg)
+OP_BCAST = 5  # (OP_BCAST, source_worker, msg)
+OP_DIRECT = 6  # (OP_DIRECT, target, source, msg)
+OP_SPAWNED = 7  # (OP_SPAWNED, requester, tag, ref | None, error | None)
+OP_SHUTDOWN = 8  # (OP_SHUTDOWN,)
+OP_FORCE_STOP = 9  # (OP_FORCE_STOP,)
+OP_CALL = 10  # (OP_CALL, fn): run fn(core) on the worker (introspection, tests)
+
+# Application-bound messages (this worker -> controller).
+APP_OUT = 0  # (APP_OUT, ref, msg)
+APP_REPLY = 1  # (APP_REPLY, request_id, msg)
+APP_SPAWNED = 2  # (APP_SPAWNED, spawn_id, ref | None, error | None, worker)
+APP_SPAWN_REQ = 3  # (APP_SPAWN_REQ, kind, cfg, requester, tag)
+APP_ENDED = 4  # (APP_ENDED, ref, traceback | None)
+APP_REQ_FAILED = 5  # (APP_REQ_FAILED, request_id, message)
+APP_STOPPED = 6  # (APP_STOPPED, worker, [unfinished refs])
+APP_STARTED = 7  # (APP_STARTED, worker, error | None)
+APP_UNKNOWN = 8  # (APP_UNKNOWN, description): a message for a task that is gone
+
+
+class CoreSink(Protocol):
+    """Where a ``WorkerCore`` sends what leaves it. Implemented by the worker shell."""
+
+    def to_app(self, item: tuple[Any, ...]) -> None:
+        """Hand one message to the controller (never blocks, never drops)."""
+
+    def to_worker(self, worker: int, item: tuple[Any, ...], safe: bool) -> bool:
+        """Hand one message to another worker; False if refused (full and not safe)."""
+
+    def arm_deadline(self, when: float) -> None:
+        """Make sure ``on_deadline`` runs at ``when`` (earlier than anything armed)."""
+
+    def stopped(self, unfinished: list[TaskRef]) -> None:
+        """The worker is done: every task ended (or, on a forced stop, ``unfinished``
+        were dropped). The shell reports it and stops the worker."""
+
+
+class _Entry:
+    """One hosted task with its bound methods cached for the per-message path."""
+
+    __slots__ = (
+        "alive",
+        "channels",
+        "deadline",
+        "deadline_fn",
+        "is_empty",
+        "on_event",
+        "pop_output",
+        "ref",
+        "task",
+    )
+
+    def __init__(self, ref: TaskRef, task: TaskProtocol) -> None:
+        self.ref = ref
+        self.task = task
+        self.on_event = task.on_event
+        self.pop_output = task.pop_output
+        self.is_empty = task.is_empty
+        fn = getattr(task, "next_deadline", None)
+        if fn is not None and getattr(type(task), "next_deadline", None) is Task.next_deadline:
+            fn = None  # the base class never asks for a wake-up
+        self.deadline_fn: Callable[[], float | None] | None = fn
+        self.deadline: float | None = None
+        self.channels: set[Hashable] | None = None
+        self.alive = True
+
+
+class CoreCounters:
+    """Plain counters of one worker core (read by the shell for stats)."""
+
+    __slots__ = (
+        "bus_dropped",
+        "failures",
+        "inputs",
+        "orphans",
+        "outputs",
+        "spawned",
+        "ticks",
+        "unrouted",
+    )
+
+    def __init__(self) -> None:
+        self.inputs = 0
+        self.outputs = 0
+        self.ticks = 0
+        self.spawned = 0
+        self.failures = 0
+        self.orphans = 0
+        self.bus_dropped = 0
+        self.unrouted = 0
+
+
+class WorkerCore:
+    """Hosts the tasks of one worker and routes their outputs (no threads, no loop)."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        kinds: Mapping[str, TaskFactory],
+        hub: BusHub,
+        sink: CoreSink,
+        *,
+        workers: int,
+        host: HostFactory | None = None,
+        drivers: Iterable[Driver] = (),
+    ) -> None:
+        self.worker_id = worker_id
+        self._kinds = dict(kinds)
+        self._hub = hub
+        self._sink = sink
+        self._workers = workers
+        self.counters = CoreCounters()
+        self.groups: dict[str, TaskGroup[_Entry]] = {k: TaskGroup(k) for k in self._kinds}
+        self._host: _Entry | None = None
+        self._host_factory = host
+        self._subs: dict[Hashable, list[_Entry]] = {}
+        self._pending: deque[tuple[_Entry, Any]] = deque()
+        self._depth = 0
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._armed: float | None = None
+        self.closing = False
+        self.stopped = False
+        self.drivers = list(drivers)
+        self._routes: dict[type, Callable[[_Entry, Any], None]] = {
+            ExtOut: self._r_ext_out,
+            Reply: self._r_reply,
+            Subscribe: self._r_subscribe,
+            Unsubscribe: self._r_unsubscribe,
+            Publish: self._r_publish,
+            Broadcast: self._r_broadcast,
+            SendTo: self._r_send_to,
+            Spawn: self._r_spawn,
+        }
+        for driver in self.drivers:
+            for typ in driver.output_types:
+                if typ in self._routes:
+                    raise ValueError(f"two handlers for output type {typ.__name__}")
+                self._routes[typ] = self._driver_route(driver)
+        self._ops: dict[int, Callable[..., None]] = {
+            OP_EXT: self._op_ext,
+            OP_HOST: self._op_host,
+            OP_REQUEST: self._op_request,
+            OP_SPAWN: self._op_spawn,
+            OP_BUS: self._op_bus,
+            OP_BCAST: self._op_bcast,
+            OP_DIRECT: self._op_direct,
+            OP_SPAWNED: self._op_spawned,
+            OP_SHUTDOWN: self._op_shutdown,
+            OP_FORCE_STOP: self._op_force_stop,
+            OP_CALL: self._op_call,
+        }
+        self.now = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> None:
+        """Create the host task (if any) and drain it."""
+        self.now = now
+        if self._host_factory is not None:
+            task = self._host_factory(self.worker_id)
+            entry = _Entry(TaskRef(self.worker_id, HOST_KIND, 0, 0), task)
+            self._host = entry
+            self._drain_new(entry)
+
+    # ------------------------------------------------------------------ queries
+
+    def task_count(self) -> int:
+        """Tasks hosted now (the host task not included)."""
+        return sum(len(g) for g in self.groups.values())
+
+    def refs(self) -> list[TaskRef]:
+        """References of every live task, host included."""
+        out = [e.ref for g in self.groups.values() for _, _, e in g.items()]
+        if self._host is not None and self._host.alive:
+            out.append(self._host.ref)
+        return out
+
+    def lookup(self, ref: TaskRef) -> TaskProtocol | None:
+        """The live task behind ``ref``, or None."""
+        entry = self._entry(ref)
+        return entry.task if entry is not None else None
+
+    def _entry(self, ref: TaskRef) -> _Entry | None:
+        if ref.kind == HOST_KIND and ref.index == 0:
+            host = self._host
+            return host if host is not None and host.alive else None
+        group = self.groups.get(ref.kind)
+        if group is None:
+            return None
+        return group.get(ref.index, ref.gen)
+
+    # ------------------------------------------------------------------ inputs
+
+    def handle(self, item: tuple[Any, ...], now: float) -> None:
+        """Process one inbox message."""
+        self.now = now
+        self._ops[item[0]](*item[1:])
+
+    def handle_from(self, queue: deque[tuple[Any, ...]], count: int, now: float) -> None:
+        """Pop and process ``count`` inbox messages from ``queue`` with one clock reading.
+
+        Application messages to tasks (the per-message hot path) are handled inline.
+        Called only from the top of the worker's call stack (never during a drain).
+        """
+        self.now = now
+        ops = self._ops
+        pop = queue.popleft
+        groups = self.groups
+        feed_one = self._feed_one
+        self._depth = 1
+        try:
+            for _ in range(count):
+                item = pop()
+                if item[0] == OP_EXT:
+                    ref = item[1]
+                    group = groups.get(ref.kind)
+                    entry = group.get(ref.index, ref.gen) if group is not None else None
+                    if entry is not None:
+                        feed_one(entry, Ext(item[2]))
+                        if self._pending:
+                            self._flush_pending()
+                        continue
+                self._depth = 0
+                ops[item[0]](*item[1:])
+                self._depth = 1
+        finally:
+            self._depth = 0
+
+    def deliver(self, ref: TaskRef, event: Any, now: float) -> bool:
+        """Feed a driver's input to ``ref``; False (and counted) if the task is gone."""
+        entry = self._entry(ref)
+        if entry is None:
+            self.counters.orphans += 1
+            return False
+        self.now = now
+        self._feed(entry, event)
+        return True
+
+    def tick(self, now: float) -> None:
+        """The periodic tick: ``on_tick`` on every task, each drained."""
+        self.now = now
+        self.counters.ticks += 1
+        if self._host is not None and self._host.alive:
+            self._call(self._host, self._host.task.on_tick)
+        for group in list(self.groups.values()):
+            for _, _, entry in list(group.items()):
+                if entry.alive:
+                    self._call(entry, entry.task.on_tick)
+
+    def on_deadline(self, now: float) -> None:
+        """Fire every task deadline that is due, then re-arm for the next one."""
+        self.now = now
+        self._armed = None
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, entry = heapq.heappop(heap)
+            if entry.alive and entry.deadline == when:
+                entry.deadline = None
+                self._call(entry, entry.task.on_tick)
+        self._rearm()
+
+    def next_deadline(self) -> float | None:
+        """The earliest live task deadline, or None."""
+        heap = self._heap
+        while heap and (not heap[0][2].alive or heap[0][2].deadline != heap[0][0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _rearm(self) -> None:
+        when = self.next_deadline()
+        if when is not None and (self._armed is None or when < self._armed):
+            self._armed = when
+            self._sink.arm_deadline(when)
+
+    # ------------------------------------------------------------------ the drain rule
+
+    def _feed(self, entry: _Entry, event: Any) -> None:
+        if self._depth:
+            self._pending.append((entry, event))
+            return
+        self._depth = 1
+        try:
+            self._feed_one(entry, event)
+            if self._pending:
+                self._flush_pending()
+        finally:
+            self._depth = 0
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            entry, event = pending.popleft()
+            if entry.alive:
+                if type(event) is _HookCall:
+                    self._call_one(entry, event.method)
+                else:
+                    self._feed_one(entry, event)
+
+    def _feed_one(self, entry: _Entry, event: Any) -> None:
+        self.counters.inputs += 1
+        now = self.now
+        try:
+            entry.on_event(now, event)
+            pop = entry.pop_output
+            routes = self._routes
+            out = pop(now)
+            while out is not None:
+                route = routes.get(type(out))
+                if route is None:
+                    self._unrouted(entry, out)
+                else:
+                    route(entry, out)
+                out = pop(now)
+            if entry.is_empty():
+                self._end(entry, None)
+                return
+        except Exception as exc:
+            self._fail(entry, exc)
+            return
+        if entry.deadline_fn is not None:
+            self._refresh_deadline(entry)
+
+    def _call(self, entry: _Entry, method: Callable[[float], None]) -> None:
+        """Run a no-argument hook (tick, shutdown) under the drain rule."""
+        if self._depth:
+            self._pending.append((entry, _HookCall(method)))
+            return
+        self._depth = 1
+        try:
+            self._call_one(entry, method)
+            if self._pending:
+                self._flush_pending()
+        finally:
+            self._depth = 0
+
+    def _call_one(self, entry: _Entry, method: Callable[[float], None]) -> None:
+        now = self.now
+        try:
+            method(now)
+            self._drain(entry)
+            if entry.is_empty():
+                self._end(entry, None)
+                return
+        except Exception as exc:
+            self._fail(entry, exc)
+            return
+        if entry.deadline_fn is not None:
+            self._refresh_deadline(entry)
+
+    def _drain(self, entry: _Entry) -> None:
+        now = self.now
+        pop = entry.pop_output
+        routes = self._routes
+        out = pop(now)
+        while out is not None:
+            route = routes.get(type(out))
+            if route is None:
+                self._unrouted(entry, out)
+            else:
+                route(entry, out)
+            out = pop(now)
+
+    def _drain_new(self, entry: _Entry) -> None:
+        """Drain a task just created (outputs queued by its constructor)."""
+        outer = self._depth
+        self._depth = 1
+        try:
+            try:
+                self._drain(entry)
+                empty = entry.is_empty()
+            except Exception as exc:
+                self._fail(entry, exc)
+                return
+            if empty:
+                self._end(entry, None)
+            elif entry.deadline_fn is not None:
+                self._refresh_deadline(entry)
+            if not outer and self._pending:
+                self._flush_pending()
+        finally:
+            self._depth = outer
+
+    def _refresh_deadline(self, entry: _Entry) -> None:
+        assert entry.deadline_fn is not None
+        when = entry.deadline_fn()
+        if when == entry.deadline:
+            return
+        entry.deadline = when
+        if when is not None:
+            heapq.heappush(self._heap, (when, next(self._seq), entry))
+            if self._armed is None or when < self._armed:
+                self._armed = when
+                self._sink.arm_deadline(when)
+
+    def _unrouted(self, entry: _Entry, out: Any) -> None:
+        self.counters.unrouted += 1
+        if self.counters.unrouted <= 10:
+            log.warning(
+                "task %s emitted %r, which no driver handles (output dropped)", entry.ref, out
+            )
+
+    # ------------------------------------------------------------------ ending tasks
+
+    def _fail(self, entry: _Entry, exc: BaseException) -> None:
+        self.counters.failures += 1
+        tb = "".join(traceback.format_exception(exc))
+        log.debug("task %s failed:\n%s", entry.ref, tb)
+        self._end(entry, tb)
+
+    def _end(self, entry: _Entry, tb: str | None, *, report: bool = True) -> None:
+        if not entry.alive:
+            return
+        entry.alive = False
+        ref = entry.ref
+        if entry is self._host:
+            pass
+        else:
+            self.groups[ref.kind].remove(ref.index)
+        if entry.channels:
+            for channel in entry.channels:
+                self._unsubscribe(entry, channel)
+            entry.channels = None
+        for driver in self.drivers:
+            try:
+                driver.release(ref)
+            except Exception:
+                log.exception("driver %r failed to release %s", driver, ref)
+        if report:
+            self._sink.to_app((APP_ENDED, ref, tb))
+        if self.closing:
+            self._check_stopped()
+
+    def _check_stopped(self) -> None:
+        if self.stopped:
+            return
+        if self._host is not None and self._host.alive:
+            return
+        if any(not g.is_empty() for g in self.groups.values()):
+            return
+        self.stopped = True
+        self._sink.stopped([])
+
+    # ------------------------------------------------------------------ inbox ops
+
+    def _op_ext(self, ref: TaskRef, msg: Any) -> None:
+        entry = self._entry(ref)
+        if entry is None:
+            self.counters.orphans += 1
+            self._sink.to_app((APP_UNKNOWN, f"message for {ref}, which has ended"))
+            return
+        self._feed(entry, Ext(msg))
+
+    def _op_host(self, msg: Any) -> None:
+        host = self._host
+        if host is None or not host.alive:
+            self.counters.orphans += 1
+            return
+        self._feed(host, Ext(msg))
+
+    def _op_request(self, ref: TaskRef, rid: int, msg: Any) -> None:
+        entry = self._entry(ref)
+        if entry is None:
+            self._sink.to_app((APP_REQ_FAILED, rid, f"no task {ref} (it has ended)"))
+            return
+        self._feed(entry, Request(rid, msg))
+
+    def _op_spawn(
+        self, sid: int, kind: str, cfg: Any, requester: TaskRef | None, tag: Hashable
+    ) -> None:
+        ref, error = self.spawn_local(kind, cfg)
+        self._sink.to_app((APP_SPAWNED, sid, ref, error, self.worker_id))
+        if requester is not None and tag is not None:
+            self._deliver_spawned(requester, tag, ref, error)
+
+    def spawn_local(self, kind: str, cfg: Any) -> tuple[TaskRef | None, str | None]:
+        """Create a task of ``kind`` here and drain it; return its ref or an error."""
+        if self.closing:
+            return None, "the runtime is shutting down"
+        factory = self._kinds.get(kind)
+        if factory is None:
+            return None, f"unknown task kind {kind!r}"
+        try:
+            task = factory(cfg)
+        except Exception as exc:
+            self.counters.failures += 1
+            return None, f"{kind} constructor raised {exc!r}"
+        entry = _Entry(TaskRef(self.worker_id, kind, -1, 0), task)
+        index, gen = self.groups[kind].add(entry)
+        ref = entry.ref = TaskRef(self.worker_id, kind, index, gen)
+        self.counters.spawned += 1
+        self._drain_new(entry)
+        return ref, None
+
+    def _op_bus(self, channel: Hashable, source: TaskRef, msg: Any) -> None:
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        for entry in list(subs):
+            if entry.alive:
+                self._feed(entry, BusMessage(channel, source, msg))
+
+    def _op_bcast(self, source: int, msg: Any) -> None:
+        host = self._host
+        if host is None or not host.alive:
+            self.counters.orphans += 1
+            return
+        self._feed(host, BroadcastMessage(source, msg))
+
+    def _op_direct(self, target: TaskRef, source: TaskRef, msg: Any) -> None:
+        entry = self._entry(target)
+        if entry is None:
+            self.counters.orphans += 1
+            return
+        self._feed(entry, Direct(source, msg))
+
+    def _op_spawned(
+        self, requester: TaskRef, tag: Hashable, ref: TaskRef | None, error: str | None
+    ) -> None:
+        self._deliver_spawned(requester, tag, ref, error)
+
+    def _deliver_spawned(
+        self, requester: TaskRef, tag: Hashable, ref: TaskRef | None, error: str | None
+    ) -> None:
+        if requester.worker != self.worker_id:
+            self._sink.to_worker(requester.worker, (OP_SPAWNED, requester, tag, ref, error), True)
+            return
+        entry = self._entry(requester)
+        if entry is None:
+            self.counters.orphans += 1
+            return
+        self._feed(entry, Spawned(tag, ref, error))
+
+    def _op_shutdown(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        entries = [e for g in self.groups.values() for _, _, e in g.items()]
+        if self._host is not None:
+            entries.append(self._host)
+        for entry in entries:
+            if entry.alive:
+                self._call(entry, entry.task.on_shutdown)
+        self._check_stopped()
+
+    def _op_force_stop(self) -> None:
+        unfinished = self.refs()
+        entries = [e for g in self.groups.values() for _, _, e in g.items()]
+        if self._host is not None:
+            entries.append(self._host)
+        for entry in entries:
+            self._end(entry, None, report=False)
+        self.closing = True
+        if not self.stopped:
+            self.stopped = True
+            self._sink.stopped(unfinished)
+
+    def _op_call(self, fn: Callable[[WorkerCore], None]) -> None:
+        fn(self)
+
+    # ------------------------------------------------------------------ output routes
+
+    def _r_ext_out(self, entry: _Entry, out: ExtOut) -> None:
+        self.counters.outputs += 1
+        self._sink.to_app((APP_OUT, entry.ref, out.msg))
+
+    def _r_reply(self, entry: _Entry, out: Reply) -> None:
+        self._sink.to_app((APP_REPLY, out.id, out.msg))
+
+    def _r_subscribe(self, entry: _Entry, out: Subscribe) -> None:
+        channels = entry.channels
+        if channels is None:
+            channels = entry.channels = set()
+        channel = out.channel
+        if channel in channels:
+            return
+        channels.add(channel)
+        subs = self._subs.get(channel)
+        if subs is None:
+            self._subs[channel] = [entry]
+            self._hub.register(channel, self.worker_id)
+        else:
+            subs.append(entry)
+
+    def _r_unsubscribe(self, entry: _Entry, out: Unsubscribe) -> None:
+        channels = entry.channels
+        if not channels or out.channel not in channels:
+            return
+        channels.discard(out.channel)
+        self._unsubscribe(entry, out.channel)
+
+    def _unsubscribe(self, entry: _Entry, channel: Hashable) -> None:
+        subs = self._subs.get(channel)
+        if subs is None:
+            return
+        try:
+            subs.remove(entry)
+        except ValueError:
+            return
+        if not subs:
+            del self._subs[channel]
+            self._hub.unregister(channel, self.worker_id)
+
+    def _r_publish(self, entry: _Entry, out: Publish) -> None:
+        channel = out.channel
+        me = self.worker_id
+        for worker in self._hub.workers(channel):
+            if worker == me:
+                subs = self._subs.get(channel)
+                if subs:
+                    source = entry.ref
+                    for sub in list(subs):
+                        self._pending.append((sub, BusMessage(channel, source, out.msg)))
+            elif not self._sink.to_worker(worker, (OP_BUS, channel, entry.ref, out.msg), out.safe):
+                self.counters.bus_dropped += 1
+
+    def _r_broadcast(self, entry: _Entry, out: Broadcast) -> None:
+        me = self.worker_id
+        for worker in range(self._workers):
+            if worker == me:
+                if self._host is not None and self._host.alive:
+                    self._pending.append((self._host, BroadcastMessage(me, out.msg)))
+                else:
+                    self.counters.orphans += 1
+            elif not self._sink.to_worker(worker, (OP_BCAST, me, out.msg), out.safe):
+                self.counters.bus_dropped += 1
+
+    def _r_send_to(self, entry: _Entry, out: SendTo) -> None:
+        target = out.target
+        if target.worker == self.worker_id:
+            dest = self._entry(target)
+            if dest is None:
+                self.counters.orphans += 1
+            else:
+                self._pending.append((dest, Direct(entry.ref, out.msg)))
+        elif not 0 <= target.worker < self._workers:
+            self.counters.orphans += 1
+        elif not self._sink.to_worker(
+            target.worker, (OP_DIRECT, target, entry.ref, out.msg), out.safe
+        ):
+            self.counters.bus_dropped += 1
+
+    def _r_spawn(self, entry: _Entry, out: Spawn) -> None:
+        self._sink.to_app((APP_SPAWN_REQ, out.kind, out.cfg, entry.ref, out.tag))
+
+    def _driver_route(self, driver: Driver) -> Callable[[_Entry, Any], None]:
+        handle = driver.handle
+
+        def route(entry: _Entry, out: Any) -> None:
+            handle(entry.ref, out)
+
+        return route
+
+
+class _HookCall:
+    """A deferred no-argument hook call (tick/shutdown) queued behind a drain."""
+
+    __slots__ = ("method",)
+
+    def __init__(self, method: Callable[[float], None]) -> None:
+        self.method = method

@@ -1,0 +1,83 @@
+"""The package's exceptions.
+
+Every exception sansio_aio raises at its public API derives from :class:`SansioAioError`.
+Inside a worker, failures are values (events delivered to the task or to the application);
+exceptions are only raised to the caller of a controller method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ConfigError",
+    "QueueFull",
+    "RequestTimeout",
+    "RuntimeClosed",
+    "SansioAioError",
+    "ShutdownTimeout",
+    "TaskFailedError",
+    "UnknownKind",
+    "UnknownTarget",
+]
+
+
+class SansioAioError(Exception):
+    """Base class of every exception raised by sansio_aio."""
+
+
+class ConfigError(SansioAioError, ValueError):
+    """A bad argument or configuration value; the message names the fix."""
+
+
+class UnknownTarget(SansioAioError, LookupError):
+    """A message or request names a worker or task that does not exist (or has ended)."""
+
+
+class UnknownKind(SansioAioError, LookupError):
+    """A spawn names a task kind that was not registered with the runtime."""
+
+
+class QueueFull(SansioAioError):
+    """A bounded queue is full and the caller asked not to wait.
+
+    Use the awaitable send to wait for room, or the forced send to enqueue anyway.
+    """
+
+
+class RuntimeClosed(SansioAioError):
+    """The runtime is not running (not started yet, or shut down)."""
+
+
+class RequestTimeout(SansioAioError, TimeoutError):
+    """A request got no reply within its timeout."""
+
+
+class TaskFailedError(SansioAioError):
+    """A task raised (or ended) while the caller was waiting on it.
+
+    Attributes:
+        task: the task's reference.
+        traceback: the formatted traceback of the failure, or ``""`` if the task ended
+            cleanly without replying.
+    """
+
+    def __init__(self, message: str, task: object, traceback: str = "") -> None:
+        super().__init__(message)
+        self.task = task
+        self.traceback = traceback
+
+
+class ShutdownTimeout(SansioAioError, TimeoutError):
+    """Graceful shutdown did not finish in time; ``unfinished`` names the tasks left.
+
+    The runtime has still been stopped: tasks were dropped, resources released and
+    threads joined (``stuck_workers`` lists worker ids whose thread would not stop).
+    """
+
+    def __init__(
+        self, message: str, unfinished: Sequence[object], stuck_workers: Sequence[int] = ()
+    ) -> None:
+        super().__init__(message)
+        self.unfinished = list(unfinished)
+        self.stuck_workers = list(stuck_workers)
