@@ -347,7 +347,9 @@ class Runtime:
         if target not in self._live:
             if target.kind == HOST_KIND and self._host and 0 <= target.worker < self._n:
                 return self._lanes[target.worker], (OP_HOST, msg)
-            raise UnknownTarget(f"no live task {target!r}")
+            if not 0 <= target.worker < self._n:
+                raise UnknownTarget(f"no worker {target.worker}; workers are 0..{self._n - 1}")
+            raise UnknownTarget(f"no live task {target!r} (it ended, or never existed)")
         return self._lanes[target.worker], (OP_EXT, target, msg)
 
     def send_nowait(self, target: TaskRef | int, msg: Any) -> None:
@@ -490,12 +492,19 @@ class Runtime:
 
     # ------------------------------------------------------------------ stats
 
-    async def stats(self) -> RuntimeStats:
-        """The latest snapshot of every worker plus the controller's counters.
+    async def stats(self, *, fresh: bool = False, timeout: float = 1.0) -> RuntimeStats:
+        """The latest snapshot of every worker plus the controller's own counters.
 
-        A worker's ``age`` tells how stale its snapshot is: a blocked worker stops
-        refreshing it.
+        Workers refresh their snapshot every ``stats_interval``; with ``fresh=True`` each
+        worker is asked to refresh it now (waiting at most ``timeout`` for each; a worker
+        that does not answer in time keeps its old snapshot). A worker's ``age`` tells
+        how stale its snapshot is: a blocked worker stops refreshing it.
         """
+        if fresh and self._state == "running":
+            calls = [
+                asyncio.wait_for(self.run_on_worker(w, _refresh), timeout) for w in range(self._n)
+            ]
+            await asyncio.gather(*calls, return_exceptions=True)
         now = time.monotonic()
         snaps: list[WorkerStats] = []
         for worker in self._workers:
@@ -648,6 +657,10 @@ def _spawn_error(error: str) -> Exception:
     if "shutting down" in error:
         return RuntimeClosed(error)
     return TaskFailedError(error, None)
+
+
+def _refresh(core: WorkerCore) -> None:
+    core.request_snapshot()
 
 
 def _set_if_pending(fut: asyncio.Future[Any], value: Any = None) -> None:

@@ -52,7 +52,7 @@ from .events import (
 )
 from .task import Task, TaskGroup, TaskProtocol
 
-__all__ = ["HOST_KIND", "CoreSink", "TaskFactory", "WorkerCore"]
+__all__ = ["HOST_KIND", "CoreSink", "TaskFactory", "WorkerCore", "next_tick"]
 
 log = logging.getLogger("sansio_aio")
 
@@ -220,6 +220,8 @@ class WorkerCore:
             OP_CALL: self._op_call,
         }
         self.now = 0.0
+        #: Set by the shell: refresh the worker's stats snapshot now.
+        self.request_snapshot: Callable[[], None] = _nothing
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -617,11 +619,12 @@ class WorkerCore:
         entries = [e for g in self.groups.values() for _, _, e in g.items()]
         if self._host is not None:
             entries.append(self._host)
+        self.closing = True
+        already = self.stopped
+        self.stopped = True  # no "stopped([])" while the entries below are dropped
         for entry in entries:
             self._end(entry, None, report=False)
-        self.closing = True
-        if not self.stopped:
-            self.stopped = True
+        if not already:
             self._sink.stopped(unfinished)
 
     def _op_call(self, fn: Callable[[WorkerCore], None]) -> None:
@@ -719,6 +722,22 @@ class WorkerCore:
             handle(entry.ref, out)
 
         return route
+
+
+def next_tick(due: float, now: float, period: float) -> float:
+    """The tick after the one scheduled at ``due``, run at ``now``.
+
+    Ticks sit on the grid ``start + k * period`` so they never drift; ticks missed
+    because the worker was late are skipped (the grid keeps its phase), never bunched.
+    """
+    following = due + period
+    if following <= now:
+        following += ((now - following) // period + 1) * period
+    return following
+
+
+def _nothing() -> None:
+    pass
 
 
 class _HookCall:

@@ -31,7 +31,7 @@ from typing import Any
 
 from .backends import LoopFactory
 from .bus import BusHub
-from .core import APP_STARTED, APP_STOPPED, HostFactory, TaskFactory, WorkerCore
+from .core import APP_STARTED, APP_STOPPED, HostFactory, TaskFactory, WorkerCore, next_tick
 from .driver import Driver, DriverFactory
 from .events import TaskRef
 from .handoff import Lane
@@ -93,6 +93,7 @@ class Worker:
         self._win_start = 0.0
         self._win_busy = 0.0
         self._tick_due = 0.0
+        self._cur_start: float | None = None  # perf_counter() at the start of a callback
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
 
@@ -137,6 +138,7 @@ class Worker:
                 drivers=self.drivers,
             )
             self.core = core
+            core.request_snapshot = self._snapshot_now
             now = _monotonic()
             core.start(now)
             self._win_start = now
@@ -183,10 +185,10 @@ class Worker:
     # ------------------------------------------------------------------ loop callbacks
 
     def _on_wake(self) -> None:
-        t0 = _perf()
         core = self.core
         if core is None or self.loop is None:
             return  # still starting: the startup drain follows
+        t0 = self._cur_start = _perf()
         now = _monotonic()
         total = 0
         again = False
@@ -208,6 +210,7 @@ class Worker:
             self._wakeups += 1
             if total > self._inbox_peak:
                 self._inbox_peak = total
+        self._cur_start = None
         self._busy += _perf() - t0
 
     def _on_tick(self) -> None:
@@ -222,11 +225,7 @@ class Worker:
             self.core.tick(now)
         except Exception:
             log.exception("worker %d: internal error in tick", self.worker_id)
-        period = self._tick_period
-        due = self._tick_due + period
-        if due <= now:  # we fell behind: skip the missed ticks, keep the phase
-            due += ((now - due) // period + 1) * period
-        self._tick_due = due
+        due = self._tick_due = next_tick(self._tick_due, now, self._tick_period)
         if not self.core.stopped:
             self.loop.call_later(due - _monotonic(), self._on_tick)
         self._busy += _perf() - t0
@@ -249,11 +248,16 @@ class Worker:
         if self.core is not None and not self.core.stopped:
             self.loop.call_later(self._stats_interval, self._on_stats)
 
+    def _snapshot_now(self) -> None:
+        self._take_snapshot(_monotonic())
+
     def _take_snapshot(self, now: float) -> None:
         core = self.core
         assert core is not None
         wall = now - self._win_start
         busy = self._busy - self._win_busy
+        if self._cur_start is not None:  # called from inside a callback: count it so far
+            busy += _perf() - self._cur_start
         util = min(1.0, max(0.0, busy / wall)) if wall > 0 else 0.0
         driver_stats: dict[str, int] = {}
         for driver in self.drivers:
@@ -282,6 +286,8 @@ class Worker:
         )
         self._win_start = now
         self._win_busy = self._busy
+        if self._cur_start is not None:
+            self._win_busy += _perf() - self._cur_start
         self._lag_max = 0.0
 
     # ------------------------------------------------------------------ CoreSink

@@ -1,0 +1,203 @@
+"""Small tasks used by the runtime tests (pure: no I/O, no asyncio)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sansio_aio import (
+    Broadcast,
+    BroadcastMessage,
+    BusMessage,
+    Ext,
+    ExtOut,
+    Publish,
+    Reply,
+    Request,
+    Spawn,
+    Spawned,
+    Subscribe,
+    Task,
+    Unsubscribe,
+)
+
+
+class Echo(Task):
+    """Echoes application messages; answers requests; obeys a few commands.
+
+    * ``("spin", seconds)``: busy-loop (keeps the worker thread busy);
+    * ``("raise", text)``: raise ``ValueError(text)``;
+    * ``("emit", [a, b, ...])``: emit each item as ``ExtOut``;
+    * requests ``("double", x)`` -> ``2 * x``; ``"raise"`` -> raise; ``"ignore"`` -> no reply.
+    """
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            msg = event.msg
+            if isinstance(msg, tuple) and msg and msg[0] == "spin":
+                started = msg[2] if len(msg) > 2 else None
+                if started is not None:
+                    started.set()
+                end = time.perf_counter() + msg[1]
+                while time.perf_counter() < end:
+                    pass
+                self.emit(ExtOut(("spun", msg[1])))
+            elif isinstance(msg, tuple) and msg and msg[0] == "raise":
+                raise ValueError(msg[1])
+            elif isinstance(msg, tuple) and msg and msg[0] == "emit":
+                for item in msg[1]:
+                    self.emit(ExtOut(item))
+            else:
+                self.emit(ExtOut(msg))
+        elif type(event) is Request:
+            msg = event.msg
+            if msg == "raise":
+                raise RuntimeError("asked to fail")
+            if msg == "ignore":
+                return
+            if msg == "end":
+                self.closing = True
+                return
+            if isinstance(msg, tuple) and msg[0] == "double":
+                self.emit(Reply(event.id, 2 * msg[1]))
+            else:
+                self.emit(Reply(event.id, msg))
+
+
+class Recorder(Task):
+    """Logs every call the runtime makes, to check the drain rule (C2)."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.log: list[str] = []
+        self.emit(ExtOut("hello from the constructor"))
+
+    def on_tick(self, now: float) -> None:
+        self.log.append("on_tick")
+
+    def on_event(self, now: float, event: Any) -> None:
+        self.log.append("on_event")
+        if type(event) is Request:
+            self.emit(Reply(event.id, list(self.log)))
+            self.log.clear()
+        else:
+            self.emit(ExtOut(1))
+            self.emit(ExtOut(2))
+
+    def pop_output(self, now: float) -> Any | None:
+        out = super().pop_output(now)
+        self.log.append("None" if out is None else "pop")
+        return out
+
+
+class Ticker(Task):
+    """Reports every tick's ``now``; optionally asks for a wake-up ``delay`` after start."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.delay: float | None = cfg
+        self.wake_at: float | None = None
+        self.started: float | None = None
+
+    def on_tick(self, now: float) -> None:
+        if self.wake_at is not None and now >= self.wake_at:
+            self.emit(ExtOut(("woke", now, self.wake_at)))
+            self.wake_at = None
+        else:
+            self.emit(ExtOut(("tick", now)))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext and event.msg == "arm" and self.delay is not None:
+            self.wake_at = now + self.delay
+            self.emit(ExtOut(("armed", self.wake_at)))
+
+    def next_deadline(self) -> float | None:
+        return self.wake_at
+
+
+class Subscriber(Task):
+    """Subscribes to ``cfg`` (twice, to check duplicates are ignored) and reports messages."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.emit(Subscribe(cfg))
+        self.emit(Subscribe(cfg))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is BusMessage:
+            self.emit(ExtOut((event.channel, event.source, event.msg)))
+        elif type(event) is Ext and event.msg == "unsubscribe":
+            self.emit(Unsubscribe(self.cfg))
+            self.emit(ExtOut("unsubscribed"))
+        elif type(event) is Ext and event.msg == "quit":
+            self.closing = True  # ends without unsubscribing: the runtime cleans up
+
+
+class Publisher(Task):
+    """On ``("publish", channel, n, safe)`` publishes 0..n-1 on ``channel``."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            _, channel, n, safe = event.msg
+            for i in range(n):
+                self.emit(Publish(channel, i, safe))
+            self.emit(ExtOut(("published", n)))
+
+
+class Host(Task):
+    """A worker host: reports its worker id, echoes worker messages, relays broadcasts."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__(worker)
+        self.worker = worker
+        self.emit(ExtOut(("host", worker, threading.get_ident())))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            if event.msg == "broadcast":
+                self.emit(Broadcast(("hello from", self.worker)))
+            else:
+                self.emit(ExtOut(("worker-msg", self.worker, event.msg)))
+        elif type(event) is BroadcastMessage:
+            self.emit(ExtOut(("bcast", self.worker, event.source, event.msg)))
+
+
+class Parent(Task):
+    """Spawns ``cfg`` children through the controller and reports where they went."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        for i in range(cfg or 0):
+            self.emit(Spawn("echo", None, tag=i))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Spawned:
+            self.emit(ExtOut(("spawned", event.tag, event.ref, event.error)))
+        elif type(event) is Ext:
+            self.emit(Spawn(event.msg, None, tag="bad"))
+
+
+class Graceful(Task):
+    """Says goodbye on shutdown, then is empty."""
+
+    def on_shutdown(self, now: float) -> None:
+        super().on_shutdown(now)
+        self.emit(ExtOut("bye"))
+
+
+class Stuck(Task):
+    """Never becomes empty (to test the shutdown timeout)."""
+
+    def is_empty(self) -> bool:
+        return False
+
+
+class Finite(Task):
+    """Emits ``cfg`` outputs from its constructor, then is empty: ends by itself."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        for i in range(cfg or 0):
+            self.emit(ExtOut(i))
+        self.closing = True
