@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,7 +71,7 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = T) ->
     """Poll an async condition until it holds (bounded by ``timeout``)."""
 
     async def loop() -> None:
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - polling a remote snapshot
             await asyncio.sleep(0.02)
 
     await asyncio.wait_for(loop(), timeout)
@@ -120,7 +121,7 @@ async def test_c3_ticks_keep_their_period(backend: str) -> None:
     async with Runtime(KINDS, backend=backend, tick=period) as rt:
         ref = await rt.spawn("ticker")
         ticks = [o.msg[1] for o in await outputs(rt, 10) if o.task == ref]
-        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
         assert all(g > 0 for g in gaps)
         # on the grid start + k * period: the mean gap is the period (no drift
         # accumulates even when single ticks run late)
@@ -134,7 +135,7 @@ def test_c3_tick_grid_skips_missed_ticks_without_drift() -> None:
     # on time: the next tick is exactly one period later
     assert next_tick(due, 100.0003, period) == 101.0
     # ten ticks each run 30 ms late: still exact multiples
-    for k in range(10):
+    for _ in range(10):
         due = next_tick(due, due + 0.03, period)
     assert due == 110.0
     # 3.5 periods late: the missed ticks are skipped, the phase is kept
@@ -376,7 +377,7 @@ async def test_c11_bounded_inbox(backend: str) -> None:
 
 async def test_c11_unsafe_bus_sends_are_dropped_and_counted(backend: str) -> None:
     async with Runtime(KINDS, workers=2, backend=backend, inbox_capacity=4) as rt:
-        sub = await rt.spawn("sub", "chan", worker=1)
+        await rt.spawn("sub", "chan", worker=1)
         busy = await rt.spawn("echo", worker=1)
         pub = await rt.spawn("pub", worker=0)
         started = threading.Event()
