@@ -1,0 +1,403 @@
+"""The TUN/TAP driver: Linux TUN/TAP device queues as readers on a worker's event loop.
+
+Theory of operation
+-------------------
+A task emits :class:`~sansio_aio.net.tun_events.TunBind`; the driver opens a queue of
+the device with python-pytun (always ``IFF_NO_PI``, so a read is one bare IP packet or
+Ethernet frame), makes the fd non-blocking and close-on-exec, configures the device if
+asked (address, netmask, MTU, up; the ioctls act in the worker thread's network
+namespace), registers the fd with ``loop.add_reader`` and answers ``TunBound`` with a
+*slot*. Slots count up per driver and are never reused, so a stale slot is an error,
+never a write to another device.
+
+Reading: the fd is level-triggered. Each readiness drains at most ``batch`` packets with
+``os.read`` (read size = MTU + link header + 1) and delivers each as ``TunPacket``; the
+task's outputs (``TunSend`` answers) are written with ``os.write`` within the same call
+chain (the drain rule). A read that fills the whole buffer means the packet was longer
+than the MTU we sized for (it was raised behind our back): that packet is dropped and
+reported as ``TunError``, the MTU is re-read, and later reads are sized to it: a packet
+is never silently cut. EAGAIN ends the batch; any other read error (EBADFD once the
+device is deleted or its namespace dies) removes the reader *before* closing the fd and
+tells the task with ``TunClosed``, so a dead fd can never spin the loop.
+
+Writing: a failed write is reported as ``TunError`` (EIO while the link is down, EINVAL
+for a malformed packet, a stale slot, data that is not bytes-like) and counted; EBADFD
+closes the slot as above.
+
+Multi-queue: with ``multi_queue=True`` each worker's driver opens its own queue of the
+same device (``IFF_MULTI_QUEUE``); the kernel steers flows by their hash, so a flow
+stays on one worker. A task ending releases every queue it held: remove the reader, then
+close. Each worker has its own driver instance, so nothing here is shared between
+threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from ..driver import Driver, DriverContext
+from ..events import TaskRef
+from .tun_events import TunBind, TunBound, TunClosed, TunError, TunPacket, TunSend, TunUnbind
+
+try:
+    import pytun
+except ImportError:  # pragma: no cover - the "tun" extra is not installed
+    pytun = None
+
+__all__ = ["TunDriver", "tun_unavailable_reason"]
+
+log = logging.getLogger("sansio_aio")
+
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+_IFF_UP = 0x1
+_SIOCGIFFLAGS = 0x8913
+_TAP_HEADER = 18  # Ethernet header + one VLAN tag
+_MAX_NAME = 15
+_MIN_MTU = 68
+_MAX_MTU = 65535
+_FATAL_WRITE = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO})
+
+
+def tun_unavailable_reason() -> str | None:
+    """Why TUN/TAP cannot be used by this process, or ``None`` if it looks usable.
+
+    Checks the platform, python-pytun and ``/dev/net/tun``; permissions (EPERM without
+    CAP_NET_ADMIN) only show when a device is opened.
+    """
+    if not sys.platform.startswith("linux"):
+        return f"TUN/TAP needs Linux (this is {sys.platform})"
+    if pytun is None:
+        return "python-pytun is not installed: pip install 'sansio-aio[tun]'"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing (no tun kernel module, or not mounted in a container)"
+    return None
+
+
+class _Queue:
+    """One open device queue (one fd) held by one task."""
+
+    __slots__ = ("bufsize", "dev", "fd", "header", "name", "owner", "slot")
+
+    def __init__(self, slot: int, owner: TaskRef, dev: Any, name: str, header: int) -> None:
+        self.slot = slot
+        self.owner = owner
+        self.dev = dev
+        self.fd: int = dev.fileno()
+        self.name = name
+        self.header = header
+        self.bufsize = 0
+
+
+class TunDriver(Driver):
+    """TUN/TAP devices for the tasks of one worker (handles ``TunBind``, ``TunSend``,
+    ``TunUnbind``; delivers ``TunBound``, ``TunPacket``, ``TunClosed``, ``TunError``).
+
+    Args:
+        batch: the most packets read per readiness event of one queue, so a flooded
+            device cannot starve the worker's other work. Pass other values with
+            ``functools.partial(TunDriver, batch=...)``.
+
+    Counters (in worker stats): ``tun_queues`` open, ``tun_rx``/``tun_tx`` packets,
+    ``tun_rx_truncated`` (oversized packets dropped), ``tun_tx_errors`` (failed writes),
+    ``tun_closed`` (queues closed by a device error), ``tun_read_wakeups``.
+    """
+
+    output_types: ClassVar[tuple[type, ...]] = (TunSend, TunBind, TunUnbind)
+
+    def __init__(self, *, batch: int = 64) -> None:
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+        self._batch = batch
+        self._ctx: DriverContext | None = None
+        self._slots: dict[int, _Queue] = {}
+        self._by_owner: dict[TaskRef, set[int]] = {}
+        self._ids = itertools.count(1)
+        self.rx = 0
+        self.tx = 0
+        self.rx_truncated = 0
+        self.tx_errors = 0
+        self.closed_by_error = 0
+        self.read_wakeups = 0
+
+    # ------------------------------------------------------------------ Driver
+
+    def start(self, ctx: DriverContext) -> None:
+        """Remember the worker's context (loop, deliver)."""
+        self._ctx = ctx
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        """Perform a ``TunSend``, ``TunBind`` or ``TunUnbind`` of ``task``."""
+        if type(output) is TunSend:
+            self._send(task, output)
+        elif type(output) is TunBind:
+            self._bind(task, output)
+        elif type(output) is TunUnbind:
+            q = self._slots.get(output.slot)
+            if q is not None and (q.owner is task or q.owner == task):
+                self._close(q)
+
+    def release(self, task: TaskRef) -> None:
+        """``task`` ended: close every queue it held (reader removed first)."""
+        for slot in sorted(self._by_owner.get(task, ())):
+            q = self._slots.get(slot)
+            if q is not None:
+                self._close(q)
+
+    def close(self) -> None:
+        """The worker is stopping: close every queue still open."""
+        for q in list(self._slots.values()):
+            self._close(q)
+
+    def stats(self) -> Mapping[str, int]:
+        """Counters merged into the worker's stats."""
+        return {
+            "tun_queues": len(self._slots),
+            "tun_rx": self.rx,
+            "tun_tx": self.tx,
+            "tun_rx_truncated": self.rx_truncated,
+            "tun_tx_errors": self.tx_errors,
+            "tun_closed": self.closed_by_error,
+            "tun_read_wakeups": self.read_wakeups,
+        }
+
+    # ------------------------------------------------------------------ bind
+
+    def _bind(self, task: TaskRef, out: TunBind) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        problem = _check_bind(out)
+        if problem is not None:
+            ctx.deliver(task, TunBound(None, out.name, problem, tag=out.tag))
+            return
+        flags = (IFF_TAP if out.tap else IFF_TUN) | IFF_NO_PI
+        if out.multi_queue:
+            flags |= IFF_MULTI_QUEUE
+        try:
+            dev = pytun.TunTapDevice(name=out.name or "", flags=flags)
+        except OSError as exc:
+            ctx.deliver(task, TunBound(None, out.name, _open_error(out, exc), tag=out.tag))
+            return
+        try:
+            name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+            fd = dev.fileno()
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+            _configure(dev, name, out)
+            mtu = int(dev.mtu)
+        except OSError as exc:
+            dev.close()
+            error = f"cannot configure {out.name or 'the new device'}: {_describe(exc)}"
+            ctx.deliver(task, TunBound(None, out.name, error, tag=out.tag))
+            return
+        slot = next(self._ids)
+        q = _Queue(slot, task, dev, name, _TAP_HEADER if out.tap else 0)
+        q.bufsize = mtu + q.header + 1
+        try:
+            ctx.loop.add_reader(q.fd, ctx.timed(self._reader(q)))
+        except Exception as exc:
+            dev.close()
+            error = f"cannot watch the device: {exc!r}"
+            ctx.deliver(task, TunBound(None, name, error, tag=out.tag))
+            return
+        self._slots[slot] = q
+        self._by_owner.setdefault(task, set()).add(slot)
+        ctx.deliver(task, TunBound(slot, name, None, mtu, out.tag))
+
+    # ------------------------------------------------------------------ read
+
+    def _reader(self, q: _Queue) -> Callable[[], None]:
+        """Build the readiness callback of ``q`` (locals bound for the per-packet path)."""
+        assert self._ctx is not None
+        read = os.read
+        deliver = self._ctx.deliver
+        owner = q.owner
+        slot = q.slot
+        batch = self._batch
+        packet = TunPacket
+
+        def on_readable() -> None:
+            self.read_wakeups += 1
+            fd = q.fd
+            size = q.bufsize
+            n = 0
+            try:
+                while n < batch:
+                    try:
+                        data = read(fd, size)
+                    except BlockingIOError:
+                        return
+                    except OSError as exc:
+                        self._fail(q, f"read failed: {_describe(exc)}")
+                        return
+                    n += 1
+                    if len(data) >= size:
+                        self._oversized(q, len(data))
+                        size = q.bufsize
+                        continue
+                    deliver(owner, packet(slot, data))
+                    if q.fd != fd:
+                        return  # the task unbound or ended during its drain
+            finally:
+                self.rx += n
+
+        return on_readable
+
+    def _oversized(self, q: _Queue, got: int) -> None:
+        """A read filled the buffer: the packet was cut. Drop it, re-size, report."""
+        self.rx_truncated += 1
+        old = q.bufsize
+        try:
+            wanted = int(q.dev.mtu) + q.header + 1
+        except OSError:
+            wanted = 0
+        if wanted <= old:  # the MTU did not explain it: grow anyway, up to the IP maximum
+            wanted = min(old * 2, _MAX_MTU + q.header + 1)
+        q.bufsize = max(wanted, old)
+        assert self._ctx is not None
+        self._ctx.deliver(
+            q.owner,
+            TunError(
+                q.slot,
+                f"dropped a packet longer than the read size ({old - 1} bytes; "
+                f"the MTU was raised?): reads now take up to {q.bufsize - 1} bytes",
+            ),
+        )
+
+    # ------------------------------------------------------------------ write
+
+    def _send(self, task: TaskRef, out: TunSend) -> None:
+        q = self._slots.get(out.slot)
+        if q is None or (q.owner is not task and q.owner != task):
+            self._send_error(task, out.slot, "no such slot (never bound, unbound or closed)")
+            return
+        try:
+            os.write(q.fd, out.data)
+        except BlockingIOError:
+            self._send_error(task, out.slot, "the device queue is full: packet dropped")
+        except OSError as exc:
+            if exc.errno in _FATAL_WRITE:
+                self._send_error(task, out.slot, f"write failed: {_describe(exc)}")
+                self._fail(q, f"write failed: {_describe(exc)}")
+            else:
+                self._send_error(task, out.slot, f"write failed: {_describe(exc)}")
+        except TypeError:
+            kind = type(out.data).__name__
+            self._send_error(task, out.slot, f"data must be bytes-like, not {kind}")
+        else:
+            self.tx += 1
+
+    def _send_error(self, task: TaskRef, slot: int, error: str) -> None:
+        self.tx_errors += 1
+        assert self._ctx is not None
+        self._ctx.deliver(task, TunError(slot, error))
+
+    # ------------------------------------------------------------------ close
+
+    def _fail(self, q: _Queue, error: str) -> None:
+        """The device failed under us: close the queue and tell its owner."""
+        self.closed_by_error += 1
+        self._close(q)
+        assert self._ctx is not None
+        self._ctx.deliver(q.owner, TunClosed(q.slot, f"{q.name}: {error}"))
+
+    def _close(self, q: _Queue) -> None:
+        """Remove the reader, then close the fd (idempotent)."""
+        if q.fd < 0:
+            return
+        fd = q.fd
+        q.fd = -1
+        self._slots.pop(q.slot, None)
+        owned = self._by_owner.get(q.owner)
+        if owned is not None:
+            owned.discard(q.slot)
+            if not owned:
+                del self._by_owner[q.owner]
+        assert self._ctx is not None
+        try:
+            self._ctx.loop.remove_reader(fd)
+        except Exception:
+            log.exception("tun: remove_reader(%d) failed for %s", fd, q.name)
+        try:
+            q.dev.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_bind(out: TunBind) -> str | None:
+    """What is wrong with a bind request (before touching the OS), or ``None``."""
+    if pytun is None:
+        return "python-pytun is not installed: pip install 'sansio-aio[tun]'"
+    if out.name is not None:
+        if not isinstance(out.name, str) or not out.name:
+            return f"name must be a non-empty str or None, got {out.name!r}"
+        if len(out.name.encode()) > _MAX_NAME or "/" in out.name or " " in out.name:
+            return f"bad interface name {out.name!r}: at most 15 bytes, no '/' or spaces"
+    if out.mtu is not None and (
+        not isinstance(out.mtu, int) or not _MIN_MTU <= out.mtu <= _MAX_MTU
+    ):
+        return f"mtu must be an int in [{_MIN_MTU}, {_MAX_MTU}] or None, got {out.mtu!r}"
+    for field in ("address", "netmask"):
+        value = getattr(out, field)
+        if value is not None:
+            try:
+                socket.inet_aton(value)
+            except (OSError, TypeError):
+                return f"{field} must be an IPv4 address string, got {value!r}"
+    if out.netmask is not None and out.address is None:
+        return "netmask needs an address"
+    return None
+
+
+def _configure(dev: Any, name: str, out: TunBind) -> None:
+    """Apply address, netmask, MTU and up as asked (only what differs)."""
+    if out.address is not None:
+        dev.addr = out.address
+    if out.netmask is not None:
+        dev.netmask = out.netmask
+    if out.mtu is not None and int(dev.mtu) != out.mtu:
+        dev.mtu = out.mtu
+    if out.up and not _is_up(name):
+        dev.up()
+
+
+def _is_up(name: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        res = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0))
+    flags: int = struct.unpack("16sH22x", res)[1]
+    return bool(flags & _IFF_UP)
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno is None:
+        return str(exc.args[0] if exc.args else exc)
+    code = errno.errorcode.get(exc.errno, str(exc.errno))
+    return f"{code}: {os.strerror(exc.errno)}"
+
+
+def _open_error(out: TunBind, exc: OSError) -> str:
+    what = f"{'TAP' if out.tap else 'TUN'} device {out.name or '(kernel-named)'}"
+    text = f"cannot open {what}: {_describe(exc)}"
+    hints = {
+        errno.EPERM: "needs CAP_NET_ADMIN (root), or a persistent device owned by this user",
+        errno.EACCES: "no permission on /dev/net/tun",
+        errno.ENOENT: "/dev/net/tun is missing",
+        errno.EBUSY: "the name is in use by another open queue or device",
+        errno.EINVAL: "the device exists with other flags (multi_queue or tun/tap mismatch)",
+    }
+    hint = hints.get(exc.errno or 0)
+    return f"{text} ({hint})" if hint else text
