@@ -35,7 +35,6 @@ from .backends import LoopFactory, resolve_backend
 from .bus import BusHub
 from .core import (
     APP_ENDED,
-    APP_OUT,
     APP_REPLY,
     APP_REQ_FAILED,
     APP_SPAWN_REQ,
@@ -145,6 +144,7 @@ class Runtime:
         self._outboxes: list[Lane] = []  # worker w -> controller
         self._hub = BusHub()
         self._state = "new"
+        self._running = False
         self._load = [0] * workers
         self._rr = 0
         self._live: set[TaskRef] = set()
@@ -213,9 +213,11 @@ class Runtime:
                 errors.append(f"worker {w}: {exc!r}")
         if errors:
             self._state = "closing"
+            self._running = False
             await self._stop_workers(timeout=2.0, raise_timeout=False)
             raise ConfigError("runtime failed to start: " + "; ".join(errors))
         self._state = "running"
+        self._running = True
         return self
 
     async def __aenter__(self) -> Runtime:
@@ -243,6 +245,7 @@ class Runtime:
             await asyncio.gather(*self._stopped.values(), return_exceptions=True)
             return
         self._state = "closing"
+        self._running = False
         for lane in self._lanes:
             lane.push_force((OP_SHUTDOWN,))
         await self._stop_workers(timeout=timeout, raise_timeout=True)
@@ -358,6 +361,14 @@ class Runtime:
         Raises :class:`QueueFull` if the worker's inbox is full,
         :class:`UnknownTarget` if the target does not exist.
         """
+        if self._running and target in self._live:  # the hot path, inlined
+            lane = self._lanes[target.worker]
+            q = lane.q
+            if len(q) < lane.capacity:
+                q.append((OP_EXT, target, msg))
+                if len(q) == 1:
+                    lane.wake()
+                return
         self._check_running()
         lane, item = self._route(target, msg)
         if not lane.push(item):
@@ -533,7 +544,8 @@ class Runtime:
 
     def _on_outbox(self) -> None:
         events = self._events
-        cap = self._event_capacity
+        append = events.append
+        task_output, app_reply = TaskOutput, APP_REPLY
         again = False
         got_event = False
         for lane in self._outboxes:
@@ -542,21 +554,23 @@ class Runtime:
             if not n:
                 continue
             pop = q.popleft
+            room = self._event_capacity - len(events)
             for _ in range(n):
                 item = pop()
-                op = item[0]
-                if op == APP_OUT:
-                    if len(events) < cap:
-                        events.append(TaskOutput(item[1], item[2]))
+                if type(item) is task_output:
+                    if room > 0:
+                        append(item)
+                        room -= 1
                         got_event = True
                     else:
                         self._events_dropped += 1
-                elif op == APP_REPLY:
+                elif item[0] == app_reply:
                     entry = self._requests.get(item[1])
                     if entry is not None and not entry[0].done():
                         entry[0].set_result(item[2])
                 else:
                     got_event |= self._on_control(item)
+                    room = self._event_capacity - len(events)
             if q:
                 again = True
         if got_event:

@@ -47,6 +47,7 @@ from .events import (
     Spawn,
     Spawned,
     Subscribe,
+    TaskOutput,
     TaskRef,
     Unsubscribe,
 )
@@ -76,7 +77,7 @@ OP_FORCE_STOP = 9  # (OP_FORCE_STOP,)
 OP_CALL = 10  # (OP_CALL, fn): run fn(core) on the worker (introspection, tests)
 
 # Application-bound messages (this worker -> controller).
-APP_OUT = 0  # (APP_OUT, ref, msg)
+# A task's ExtOut travels as the ``TaskOutput`` event itself (no tuple around it).
 APP_REPLY = 1  # (APP_REPLY, request_id, msg)
 APP_SPAWNED = 2  # (APP_SPAWNED, spawn_id, ref | None, error | None, worker)
 APP_SPAWN_REQ = 3  # (APP_SPAWN_REQ, kind, cfg, requester, tag)
@@ -183,6 +184,10 @@ class WorkerCore:
         self._host: _Entry | None = None
         self._host_factory = host
         self._subs: dict[Hashable, list[_Entry]] = {}
+        self._by_ref: dict[TaskRef, _Entry] = {}  # every live task, host included
+        #: Application-bound messages of the current callback; the shell flushes them
+        #: with one hand-off (``flush_app``) when the callback ends.
+        self.app_buffer: list[Any] = []
         self._pending: deque[tuple[_Entry, Any]] = deque()
         self._depth = 0
         self._heap: list[tuple[float, int, _Entry]] = []
@@ -232,6 +237,7 @@ class WorkerCore:
             task = self._host_factory(self.worker_id)
             entry = _Entry(TaskRef(self.worker_id, HOST_KIND, 0, 0), task)
             self._host = entry
+            self._by_ref[entry.ref] = entry
             self._drain_new(entry)
 
     # ------------------------------------------------------------------ queries
@@ -253,13 +259,7 @@ class WorkerCore:
         return entry.task if entry is not None else None
 
     def _entry(self, ref: TaskRef) -> _Entry | None:
-        if ref.kind == HOST_KIND and ref.index == 0:
-            host = self._host
-            return host if host is not None and host.alive else None
-        group = self.groups.get(ref.kind)
-        if group is None:
-            return None
-        return group.get(ref.index, ref.gen)
+        return self._by_ref.get(ref)
 
     # ------------------------------------------------------------------ inputs
 
@@ -271,25 +271,52 @@ class WorkerCore:
     def handle_from(self, queue: deque[tuple[Any, ...]], count: int, now: float) -> None:
         """Pop and process ``count`` inbox messages from ``queue`` with one clock reading.
 
-        Application messages to tasks (the per-message hot path) are handled inline.
         Called only from the top of the worker's call stack (never during a drain).
+        Application messages to tasks, the per-message hot path, are fed inline: this is
+        ``_feed_one`` unrolled, with ``ExtOut`` appended straight to ``app_buffer``.
         """
         self.now = now
         ops = self._ops
         pop = queue.popleft
-        groups = self.groups
-        feed_one = self._feed_one
+        by_ref = self._by_ref
+        routes = self._routes
+        app = self.app_buffer.append
+        counters = self.counters
+        pending = self._pending
+        op_ext, task_output, ext, ext_out = OP_EXT, TaskOutput, Ext, ExtOut
+        fed = outs = 0
         self._depth = 1
         try:
             for _ in range(count):
                 item = pop()
-                if item[0] == OP_EXT:
-                    ref = item[1]
-                    group = groups.get(ref.kind)
-                    entry = group.get(ref.index, ref.gen) if group is not None else None
+                if item[0] == op_ext:
+                    entry = by_ref.get(item[1])
                     if entry is not None:
-                        feed_one(entry, Ext(item[2]))
-                        if self._pending:
+                        fed += 1
+                        try:
+                            entry.on_event(now, ext(item[2]))
+                            pop_out = entry.pop_output
+                            out = pop_out(now)
+                            while out is not None:
+                                if type(out) is ext_out:
+                                    app(task_output(entry.ref, out.msg))
+                                    outs += 1
+                                else:
+                                    route = routes.get(type(out))
+                                    if route is None:
+                                        self._unrouted(entry, out)
+                                    else:
+                                        route(entry, out)
+                                out = pop_out(now)
+                            if entry.is_empty():
+                                self._end(entry, None)
+                                continue
+                        except Exception as exc:
+                            self._fail(entry, exc)
+                            continue
+                        if entry.deadline_fn is not None:
+                            self._refresh_deadline(entry)
+                        if pending:
                             self._flush_pending()
                         continue
                 self._depth = 0
@@ -297,6 +324,8 @@ class WorkerCore:
                 self._depth = 1
         finally:
             self._depth = 0
+            counters.inputs += fed
+            counters.outputs += outs
 
     def deliver(self, ref: TaskRef, event: Any, now: float) -> bool:
         """Feed a driver's input to ``ref``; False (and counted) if the task is gone."""
@@ -484,9 +513,8 @@ class WorkerCore:
             return
         entry.alive = False
         ref = entry.ref
-        if entry is self._host:
-            pass
-        else:
+        self._by_ref.pop(ref, None)
+        if entry is not self._host:
             self.groups[ref.kind].remove(ref.index)
         if entry.channels:
             for channel in entry.channels:
@@ -559,6 +587,7 @@ class WorkerCore:
         entry = _Entry(TaskRef(self.worker_id, kind, -1, 0), task)
         index, gen = self.groups[kind].add(entry)
         ref = entry.ref = TaskRef(self.worker_id, kind, index, gen)
+        self._by_ref[ref] = entry
         self.counters.spawned += 1
         self._drain_new(entry)
         return ref, None
@@ -634,7 +663,7 @@ class WorkerCore:
 
     def _r_ext_out(self, entry: _Entry, out: ExtOut) -> None:
         self.counters.outputs += 1
-        self._sink.to_app((APP_OUT, entry.ref, out.msg))
+        self.app_buffer.append(TaskOutput(entry.ref, out.msg))
 
     def _r_reply(self, entry: _Entry, out: Reply) -> None:
         self._sink.to_app((APP_REPLY, out.id, out.msg))

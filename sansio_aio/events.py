@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 __all__ = [
     "Broadcast",
@@ -36,54 +36,19 @@ __all__ = [
 ]
 
 
-@final
-class TaskRef:
+class TaskRef(NamedTuple):
     """Names one task anywhere in the runtime: ``TaskRef(worker, kind, index, gen)``.
 
     ``index`` is the task's slot in its kind's group on ``worker``; slots are reused, so
     ``gen`` (the slot's generation) tells a live task from an ended one that held the
     same slot. A message to a stale reference is reported, never delivered to the new
-    occupant. Immutable and hashable (the hash is computed once).
+    occupant. A named tuple: immutable, hashable in C, picklable.
     """
-
-    __slots__ = ("_hash", "gen", "index", "kind", "worker")
-    __match_args__ = ("worker", "kind", "index", "gen")
 
     worker: int
     kind: str
-    index: int
-    gen: int
-    _hash: int
-
-    def __init__(self, worker: int, kind: str, index: int, gen: int = 0) -> None:
-        object.__setattr__(self, "worker", worker)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "index", index)
-        object.__setattr__(self, "gen", gen)
-        object.__setattr__(self, "_hash", hash((worker, kind, index, gen)))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("TaskRef is immutable")
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, TaskRef):
-            return NotImplemented
-        return (
-            self._hash == other._hash
-            and self.worker == other.worker
-            and self.index == other.index
-            and self.gen == other.gen
-            and self.kind == other.kind
-        )
-
-    def __reduce__(self) -> tuple[type[TaskRef], tuple[int, str, int, int]]:
-        return (TaskRef, (self.worker, self.kind, self.index, self.gen))
-
-    def __repr__(self) -> str:
-        return f"TaskRef({self.worker}, {self.kind!r}, {self.index}, {self.gen})"
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
+    gen: int = 0
 
     def __str__(self) -> str:
         return f"{self.kind}#{self.index}@w{self.worker}"

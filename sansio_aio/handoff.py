@@ -35,13 +35,12 @@ __all__ = ["Lane"]
 class Lane:
     """One bounded single-producer single-consumer queue with an empty->non-empty wake."""
 
-    __slots__ = ("_lock", "_room_waiters", "capacity", "full_count", "pushed", "q", "wake")
+    __slots__ = ("_lock", "_room_waiters", "capacity", "full_count", "q", "wake")
 
     def __init__(self, capacity: int, wake: Callable[[], None]) -> None:
         self.q: deque[Any] = deque()
         self.capacity = capacity
         self.wake = wake
-        self.pushed = 0  # producer-side counter
         self.full_count = 0  # producer-side: refused pushes
         self._lock = threading.Lock()
         self._room_waiters: list[Callable[[], None]] = []
@@ -53,7 +52,6 @@ class Lane:
             self.full_count += 1
             return False
         q.append(item)
-        self.pushed += 1
         if len(q) == 1:
             self.wake()
         return True
@@ -62,8 +60,19 @@ class Lane:
         """Append even past the capacity (the "safe" send)."""
         q = self.q
         q.append(item)
-        self.pushed += 1
         if len(q) == 1:
+            self.wake()
+
+    def push_many(self, items: list[Any]) -> None:
+        """Append a batch past any bound; wake the consumer if the lane was empty.
+
+        With one producer, ``len <= len(items)`` right after the ``extend`` means the lane
+        was empty before it (or the consumer is draining it now): a wake-up is due.
+        """
+        q = self.q
+        q.extend(items)
+        k = len(items)
+        if len(q) <= k:
             self.wake()
 
     def has_room(self) -> bool:

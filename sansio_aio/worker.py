@@ -147,6 +147,7 @@ class Worker:
             loop.call_later(self._stats_interval, self._on_stats)
             loop.call_soon(self._on_wake)
             self._take_snapshot(now)
+            self._flush_app()
             outbox.push_force((APP_STARTED, self.worker_id, None))
         except Exception as exc:
             log.exception("worker %d failed to start", self.worker_id)
@@ -177,6 +178,8 @@ class Worker:
             log.exception("worker %d: error while closing its loop", self.worker_id)
         finally:
             loop.close()
+            if self.core is not None:
+                self._flush_app()
             if not self._stop_reported:
                 self._stop_reported = True
                 assert self.outbox is not None
@@ -210,6 +213,7 @@ class Worker:
             self._wakeups += 1
             if total > self._inbox_peak:
                 self._inbox_peak = total
+        self._flush_app()
         self._cur_start = None
         self._busy += _perf() - t0
 
@@ -225,6 +229,7 @@ class Worker:
             self.core.tick(now)
         except Exception:
             log.exception("worker %d: internal error in tick", self.worker_id)
+        self._flush_app()
         due = self._tick_due = next_tick(self._tick_due, now, self._tick_period)
         if not self.core.stopped:
             self.loop.call_later(due - _monotonic(), self._on_tick)
@@ -239,6 +244,7 @@ class Worker:
             self.core.on_deadline(_monotonic())
         except Exception:
             log.exception("worker %d: internal error in deadline", self.worker_id)
+        self._flush_app()
         self._busy += _perf() - t0
 
     def _on_stats(self) -> None:
@@ -290,12 +296,21 @@ class Worker:
             self._win_busy += _perf() - self._cur_start
         self._lag_max = 0.0
 
+    def _flush_app(self) -> None:
+        """Hand the core's buffered application messages over in one batch."""
+        core = self.core
+        assert core is not None and self.outbox is not None
+        buf = core.app_buffer
+        if buf:
+            core.app_buffer = []
+            self.outbox.push_many(buf)
+
     # ------------------------------------------------------------------ CoreSink
 
     def to_app(self, item: tuple[Any, ...]) -> None:
-        """CoreSink: hand a message to the controller."""
-        assert self.outbox is not None
-        self.outbox.push_force(item)
+        """CoreSink: hand a message to the controller (after what is buffered)."""
+        assert self.core is not None
+        self.core.app_buffer.append(item)
 
     def to_worker(self, worker: int, item: tuple[Any, ...], safe: bool) -> bool:
         """CoreSink: hand a message to another worker."""
@@ -337,6 +352,9 @@ class Worker:
         except Exception:
             log.exception("worker %d: internal error delivering to %s", self.worker_id, task)
             return False
+        finally:
+            if core.app_buffer:
+                self._flush_app()
 
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """DriverContext: wrap a callback so its run time counts as busy time."""

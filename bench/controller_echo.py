@@ -1,0 +1,270 @@
+"""controller_echo: application <-> task round trips through the runtime.
+
+The seed's "external communication" benchmark: N messages in flight between the
+application (the controller's loop) and one echo task on one worker; each message is
+re-sent as soon as it comes back. Side by side, in the same run, a plain-Python baseline
+with the same shape: a worker thread with its own loop, one ``call_soon_threadsafe``
+per message in each direction.
+
+The baseline the issue names is plain asyncio (stdlib loops on both sides); the same
+shape on uvloop (whose ``call_soon_threadsafe`` coalesces wake-ups in C) is reported too.
+Reports throughput (msgs/s), mean and p99 wait (time from send to return) at 400 in
+flight, and the one-message round trip p50. Rounds are interleaved; medians are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import uvloop
+
+from bench.common import interleaved, median, percentile, write_result
+from sansio_aio import Ext, ExtOut, Runtime
+
+IN_FLIGHT = 400
+DURATION = 1.5  # seconds per throughput run
+ROUNDS = 3
+RTT_SAMPLES = 3000
+
+
+class EchoTask:
+    """The smallest echo task: one pending output slot."""
+
+    __slots__ = ("_closing", "_out")
+
+    def __init__(self, cfg: Any = None) -> None:
+        self._out: ExtOut | None = None
+        self._closing = False
+
+    def on_tick(self, now: float) -> None:
+        pass
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            self._out = ExtOut(event.msg)
+
+    def pop_output(self, now: float) -> ExtOut | None:
+        out = self._out
+        self._out = None
+        return out
+
+    def on_shutdown(self, now: float) -> None:
+        self._closing = True
+
+    def is_empty(self) -> bool:
+        return self._closing
+
+
+# ------------------------------------------------------------------ runtime
+
+
+async def _runtime_throughput(backend: str, in_flight: int) -> dict[str, float]:
+    perf = time.perf_counter
+    async with Runtime({"echo": EchoTask}, backend=backend, tick=1.0) as rt:
+        ref = await rt.spawn("echo")
+        send = rt.send_nowait
+        waits: list[float] = []
+        count = 0
+        for _ in range(in_flight):
+            send(ref, perf())
+        t0 = perf()
+        end = t0 + DURATION
+        while True:
+            batch = await rt.next_events()
+            now = perf()
+            for ev in batch:
+                sent = ev.msg  # type: ignore[union-attr]
+                if count % 64 == 0:
+                    waits.append(now - sent)
+                send(ref, now)
+            count += len(batch)
+            if now >= end:
+                break
+        took = perf() - t0
+        # let the in-flight messages come back before shutting down
+        got = 0
+        while got < in_flight:
+            got += len(await rt.next_events())
+    return {
+        "rate": count / took,
+        "mean_wait": sum(waits) / len(waits),
+        "p99_wait": percentile(waits, 99),
+    }
+
+
+async def _runtime_rtt(backend: str) -> dict[str, float]:
+    perf = time.perf_counter
+    async with Runtime({"echo": EchoTask}, backend=backend) as rt:
+        ref = await rt.spawn("echo")
+        samples = []
+        for i in range(RTT_SAMPLES):
+            t0 = perf()
+            rt.send_nowait(ref, i)
+            await rt.next_events()
+            samples.append(perf() - t0)
+    return {"p50": median(samples), "p99": percentile(samples, 99)}
+
+
+# ------------------------------------------------------------------ baseline
+
+
+class _Baseline:
+    """Plain Python: a worker loop in a thread, call_soon_threadsafe per message."""
+
+    def __init__(self, loop_factory: Any) -> None:
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.factory = loop_factory
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        loop = self.factory()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        loop.call_soon(self.ready.set)
+        loop.run_forever()
+        loop.close()
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait(5)
+
+    def stop(self) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+async def _baseline_throughput(in_flight: int, loop_factory: Any) -> dict[str, float]:
+    perf = time.perf_counter
+    app = asyncio.get_running_loop()
+    worker = _Baseline(loop_factory)
+    worker.start()
+    assert worker.loop is not None
+    wloop = worker.loop
+    back = app.call_soon_threadsafe
+    fwd = wloop.call_soon_threadsafe
+    state = {"count": 0}
+    waits: list[float] = []
+    done = app.create_future()
+    end = perf() + DURATION
+
+    def on_reply(sent: float) -> None:
+        now = perf()
+        c = state["count"] = state["count"] + 1
+        if c % 64 == 0:
+            waits.append(now - sent)
+        if now < end:
+            fwd(echo, now)
+        elif not done.done():
+            done.set_result(None)
+
+    def echo(msg: float) -> None:
+        back(on_reply, msg)
+
+    t0 = perf()
+    for _ in range(in_flight):
+        fwd(echo, perf())
+    await done
+    took = perf() - t0
+    worker.stop()
+    return {
+        "rate": state["count"] / took,
+        "mean_wait": sum(waits) / len(waits),
+        "p99_wait": percentile(waits, 99),
+    }
+
+
+async def _baseline_rtt(loop_factory: Any) -> dict[str, float]:
+    perf = time.perf_counter
+    app = asyncio.get_running_loop()
+    worker = _Baseline(loop_factory)
+    worker.start()
+    assert worker.loop is not None
+    samples = []
+    for _ in range(RTT_SAMPLES):
+        fut = app.create_future()
+        t0 = perf()
+        worker.loop.call_soon_threadsafe(app.call_soon_threadsafe, fut.set_result, None)
+        await fut
+        samples.append(perf() - t0)
+    worker.stop()
+    return {"p50": median(samples), "p99": percentile(samples, 99)}
+
+
+# ------------------------------------------------------------------ run
+
+
+def _on_uvloop(coro: Any) -> dict[str, float]:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result: dict[str, float] = runner.run(coro)
+    return result
+
+
+def _on_asyncio(coro: Any) -> dict[str, float]:
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        result: dict[str, float] = runner.run(coro)
+    return result
+
+
+def run(rounds: int = ROUNDS) -> dict[str, Any]:
+    """Run the benchmark and write ``bench/results/controller_echo.json``."""
+    runs = interleaved(
+        {
+            "runtime_uvloop": lambda: _on_uvloop(_runtime_throughput("uvloop", IN_FLIGHT)),
+            "runtime_epoll": lambda: _on_uvloop(_runtime_throughput("epoll", IN_FLIGHT)),
+            "baseline": lambda: _on_asyncio(
+                _baseline_throughput(IN_FLIGHT, asyncio.SelectorEventLoop)
+            ),
+            "uvloop_per_message": lambda: _on_uvloop(
+                _baseline_throughput(IN_FLIGHT, uvloop.new_event_loop)
+            ),
+        },
+        rounds,
+    )
+    rtts = interleaved(
+        {
+            "runtime_uvloop": lambda: _on_uvloop(_runtime_rtt("uvloop")),
+            "baseline": lambda: _on_asyncio(_baseline_rtt(asyncio.SelectorEventLoop)),
+            "uvloop_per_message": lambda: _on_uvloop(_baseline_rtt(uvloop.new_event_loop)),
+        },
+        rounds,
+    )
+
+    def med(name: str, key: str, table: dict[str, list[dict[str, float]]] = runs) -> float:
+        return median([r[key] for r in table[name]])
+
+    ratios = [
+        rt["rate"] / base["rate"]
+        for rt, base in zip(runs["runtime_uvloop"], runs["baseline"], strict=True)
+    ]
+    return write_result(
+        "controller_echo",
+        metric="msgs_per_s",
+        value=round(med("runtime_uvloop", "rate")),
+        baseline="plain asyncio: call_soon_threadsafe per message (stdlib loops both sides)",
+        baseline_value=round(med("baseline", "rate")),
+        params={
+            "in_flight": IN_FLIGHT,
+            "duration_s": DURATION,
+            "rounds": rounds,
+            "rtt_samples": RTT_SAMPLES,
+        },
+        ratio_per_round=[round(r, 2) for r in ratios],
+        runtime_epoll_msgs_per_s=round(med("runtime_epoll", "rate")),
+        mean_wait_ms=round(med("runtime_uvloop", "mean_wait") * 1e3, 3),
+        p99_wait_ms=round(med("runtime_uvloop", "p99_wait") * 1e3, 3),
+        baseline_mean_wait_ms=round(med("baseline", "mean_wait") * 1e3, 3),
+        uvloop_per_message_msgs_per_s=round(med("uvloop_per_message", "rate")),
+        ratio_vs_uvloop_per_message=round(
+            med("runtime_uvloop", "rate") / med("uvloop_per_message", "rate"), 3
+        ),
+        uvloop_per_message_rtt_p50_us=round(med("uvloop_per_message", "p50", rtts) * 1e6, 1),
+        rtt_p50_us=round(med("runtime_uvloop", "p50", rtts) * 1e6, 1),
+        rtt_p99_us=round(med("runtime_uvloop", "p99", rtts) * 1e6, 1),
+        baseline_rtt_p50_us=round(med("baseline", "p50", rtts) * 1e6, 1),
+        targets={"msgs_per_s": 1_000_000, "ratio": 10, "mean_wait_ms": 0.5, "rtt_p50_us": 100},
+    )
