@@ -46,7 +46,17 @@ from typing import Any, ClassVar
 
 from ..driver import Driver, DriverContext
 from ..events import TaskRef
-from .tun_events import TunBind, TunBound, TunClosed, TunError, TunPacket, TunSend, TunUnbind
+from .tun_events import (
+    TunBind,
+    TunBound,
+    TunClosed,
+    TunError,
+    TunPacket,
+    TunPackets,
+    TunSend,
+    TunSendMany,
+    TunUnbind,
+)
 
 try:
     import pytun
@@ -88,10 +98,13 @@ def tun_unavailable_reason() -> str | None:
 class _Queue:
     """One open device queue (one fd) held by one task."""
 
-    __slots__ = ("bufsize", "dev", "fd", "header", "name", "owner", "slot")
+    __slots__ = ("batch", "bufsize", "dev", "fd", "header", "name", "owner", "slot")
 
-    def __init__(self, slot: int, owner: TaskRef, dev: Any, name: str, header: int) -> None:
+    def __init__(
+        self, slot: int, owner: TaskRef, dev: Any, name: str, header: int, batch: bool
+    ) -> None:
         self.slot = slot
+        self.batch = batch
         self.owner = owner
         self.dev = dev
         self.fd: int = dev.fileno()
@@ -114,7 +127,7 @@ class TunDriver(Driver):
     ``tun_closed`` (queues closed by a device error), ``tun_read_wakeups``.
     """
 
-    output_types: ClassVar[tuple[type, ...]] = (TunSend, TunBind, TunUnbind)
+    output_types: ClassVar[tuple[type, ...]] = (TunSend, TunSendMany, TunBind, TunUnbind)
 
     def __init__(self, *, batch: int = 64) -> None:
         if not isinstance(batch, int) or batch < 1:
@@ -140,7 +153,18 @@ class TunDriver(Driver):
     def handle(self, task: TaskRef, output: Any) -> None:
         """Perform a ``TunSend``, ``TunBind`` or ``TunUnbind`` of ``task``."""
         if type(output) is TunSend:
-            self._send(task, output)
+            q = self._slots.get(output.slot)
+            if q is not None and (q.owner is task or q.owner == task):
+                try:
+                    os.write(q.fd, output.data)
+                except (OSError, TypeError) as exc:
+                    self._write_failed(q, output.data, exc)
+                else:
+                    self.tx += 1
+            else:
+                self._stale(task, output.slot)
+        elif type(output) is TunSendMany:
+            self._send_many(task, output)
         elif type(output) is TunBind:
             self._bind(task, output)
         elif type(output) is TunUnbind:
@@ -202,7 +226,7 @@ class TunDriver(Driver):
             ctx.deliver(task, TunBound(None, out.name, error, tag=out.tag))
             return
         slot = next(self._ids)
-        q = _Queue(slot, task, dev, name, _TAP_HEADER if out.tap else 0)
+        q = _Queue(slot, task, dev, name, _TAP_HEADER if out.tap else 0, bool(out.batch))
         q.bufsize = mtu + q.header + 1
         try:
             ctx.loop.add_reader(q.fd, ctx.timed(self._reader(q)))
@@ -225,7 +249,6 @@ class TunDriver(Driver):
         owner = q.owner
         slot = q.slot
         batch = self._batch
-        packet = TunPacket
 
         def on_readable() -> None:
             self.read_wakeups += 1
@@ -243,18 +266,44 @@ class TunDriver(Driver):
                         return
                     n += 1
                     if len(data) >= size:
-                        self._oversized(q, len(data))
+                        self._oversized(q)
                         size = q.bufsize
                         continue
-                    deliver(owner, packet(slot, data))
+                    deliver(owner, TunPacket(slot, data))
                     if q.fd != fd:
                         return  # the task unbound or ended during its drain
             finally:
                 self.rx += n
 
-        return on_readable
+        def on_readable_batch() -> None:
+            self.read_wakeups += 1
+            fd = q.fd
+            size = q.bufsize
+            packets: list[bytes] = []
+            append = packets.append
+            error: OSError | None = None
+            for _ in range(batch):
+                try:
+                    data = read(fd, size)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    error = exc
+                    break
+                if len(data) >= size:
+                    self._oversized(q)
+                    size = q.bufsize
+                else:
+                    append(data)
+            self.rx += len(packets)
+            if packets:
+                deliver(owner, TunPackets(slot, packets))
+            if error is not None and q.fd == fd:
+                self._fail(q, f"read failed: {_describe(error)}")
 
-    def _oversized(self, q: _Queue, got: int) -> None:
+        return on_readable_batch if q.batch else on_readable
+
+    def _oversized(self, q: _Queue) -> None:
         """A read filled the buffer: the packet was cut. Drop it, re-size, report."""
         self.rx_truncated += 1
         old = q.bufsize
@@ -277,28 +326,47 @@ class TunDriver(Driver):
 
     # ------------------------------------------------------------------ write
 
-    def _send(self, task: TaskRef, out: TunSend) -> None:
+    def _send_many(self, task: TaskRef, out: TunSendMany) -> None:
         q = self._slots.get(out.slot)
         if q is None or (q.owner is not task and q.owner != task):
-            self._send_error(task, out.slot, "no such slot (never bound, unbound or closed)")
+            self._stale(task, out.slot)
             return
+        write = os.write
+        fd = q.fd
+        sent = 0
         try:
-            os.write(q.fd, out.data)
-        except BlockingIOError:
-            self._send_error(task, out.slot, "the device queue is full: packet dropped")
-        except OSError as exc:
-            if exc.errno in _FATAL_WRITE:
-                self._send_error(task, out.slot, f"write failed: {_describe(exc)}")
-                self._fail(q, f"write failed: {_describe(exc)}")
-            else:
-                self._send_error(task, out.slot, f"write failed: {_describe(exc)}")
+            for data in out.packets:
+                try:
+                    write(fd, data)
+                except (OSError, TypeError) as exc:
+                    self._write_failed(q, data, exc)
+                    if q.fd != fd:
+                        return  # the device is gone: the rest cannot be written
+                else:
+                    sent += 1
         except TypeError:
-            kind = type(out.data).__name__
-            self._send_error(task, out.slot, f"data must be bytes-like, not {kind}")
-        else:
-            self.tx += 1
+            kind = type(out.packets).__name__
+            self._error(task, out.slot, f"packets must be a sequence of bytes-like, not {kind}")
+        finally:
+            self.tx += sent
 
-    def _send_error(self, task: TaskRef, slot: int, error: str) -> None:
+    def _write_failed(self, q: _Queue, data: object, exc: Exception) -> None:
+        """Report a failed write of ``q``'s owner; close ``q`` if the device is gone."""
+        if isinstance(exc, TypeError):
+            error = f"data must be bytes-like, not {type(data).__name__}"
+        elif isinstance(exc, BlockingIOError):
+            error = "the device queue is full: packet dropped"
+        else:
+            assert isinstance(exc, OSError)
+            error = f"write failed: {_describe(exc)}"
+        self._error(q.owner, q.slot, error)
+        if isinstance(exc, OSError) and exc.errno in _FATAL_WRITE:
+            self._fail(q, error)
+
+    def _stale(self, task: TaskRef, slot: int) -> None:
+        self._error(task, slot, "no such slot (never bound, unbound or closed)")
+
+    def _error(self, task: TaskRef, slot: int, error: str) -> None:
         self.tx_errors += 1
         assert self._ctx is not None
         self._ctx.deliver(task, TunError(slot, error))
@@ -351,15 +419,13 @@ def _check_bind(out: TunBind) -> str | None:
         not isinstance(out.mtu, int) or not _MIN_MTU <= out.mtu <= _MAX_MTU
     ):
         return f"mtu must be an int in [{_MIN_MTU}, {_MAX_MTU}] or None, got {out.mtu!r}"
-    for field in ("address", "netmask"):
-        value = getattr(out, field)
-        if value is not None:
+    if out.address is not None:
+        for field in ("address", "netmask"):
+            value = getattr(out, field)
             try:
                 socket.inet_aton(value)
             except (OSError, TypeError):
                 return f"{field} must be an IPv4 address string, got {value!r}"
-    if out.netmask is not None and out.address is None:
-        return "netmask needs an address"
     return None
 
 
@@ -367,7 +433,6 @@ def _configure(dev: Any, name: str, out: TunBind) -> None:
     """Apply address, netmask, MTU and up as asked (only what differs)."""
     if out.address is not None:
         dev.addr = out.address
-    if out.netmask is not None:
         dev.netmask = out.netmask
     if out.mtu is not None and int(dev.mtu) != out.mtu:
         dev.mtu = out.mtu

@@ -17,11 +17,21 @@ and don't subclass them (the worker routes outputs by exact type).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import final
 
-__all__ = ["TunBind", "TunBound", "TunClosed", "TunError", "TunPacket", "TunSend", "TunUnbind"]
+__all__ = [
+    "TunBind",
+    "TunBound",
+    "TunClosed",
+    "TunError",
+    "TunPacket",
+    "TunPackets",
+    "TunSend",
+    "TunSendMany",
+    "TunUnbind",
+]
 
 # -------------------------------------------------------------------------- outputs
 
@@ -38,23 +48,29 @@ class TunBind:
         tap: open a TAP device (Ethernet frames) instead of TUN (IP packets).
         address: IPv4 address to give the device (e.g. ``"10.77.0.1"``), or ``None`` to
             leave its addresses alone.
-        netmask: IPv4 netmask to go with ``address`` (e.g. ``"255.255.255.0"``).
+        netmask: the IPv4 netmask that goes with ``address`` (unused without one). The
+            kernel adds the route to that subnet through the device once it is up.
         mtu: the MTU to set, or ``None`` to keep the device's. Reads are sized from the
             device's MTU, so packets are never cut.
         multi_queue: open one queue of a multi-queue device (``IFF_MULTI_QUEUE``). A task
             on each worker binds the same ``name``; the first bind creates the device,
             the others attach a queue, and the kernel spreads flows over the queues.
         up: bring the link up (if it is not up already).
+        batch: deliver what one readiness event reads (up to the driver's batch size)
+            as one :class:`TunPackets` input instead of one :class:`TunPacket` each.
+            The per-packet cost of the runtime is then paid once per batch; answer with
+            :class:`TunSendMany`.
         tag: any hashable, echoed in :class:`TunBound` to match answers to requests.
     """
 
     name: str | None = None
     tap: bool = False
     address: str | None = None
-    netmask: str | None = None
+    netmask: str = "255.255.255.0"
     mtu: int | None = 1500
     multi_queue: bool = False
     up: bool = True
+    batch: bool = False
     tag: Hashable = None
 
 
@@ -68,6 +84,18 @@ class TunSend:
 
     slot: int
     data: bytes | bytearray | memoryview
+
+
+@final
+@dataclass(slots=True)
+class TunSendMany:
+    """Write several packets to ``slot``, in order (one output for a whole batch).
+
+    A packet that fails is reported as :class:`TunError` and the rest are still written.
+    """
+
+    slot: int
+    packets: Sequence[bytes | bytearray | memoryview]
 
 
 @final
@@ -110,6 +138,17 @@ class TunPacket:
 
     slot: int
     data: bytes
+
+
+@final
+@dataclass(slots=True)
+class TunPackets:
+    """The whole packets one readiness event read from ``slot``, oldest first (never
+    empty); delivered instead of :class:`TunPacket` when the bind asked for ``batch``.
+    The list is the task's to keep."""
+
+    slot: int
+    packets: list[bytes]
 
 
 @final
