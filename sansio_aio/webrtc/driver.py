@@ -1,0 +1,358 @@
+"""The aiortc I/O driver: peer connections on a worker's loop, for room tasks.
+
+Theory of operation
+-------------------
+:class:`WebRtcDriver` is an ordinary :class:`~sansio_aio.driver.Driver`: the worker routes
+the room task's peer commands (``PeerOpen``, ``PeerTrickle``, ``PeerKeyframe``,
+``PeerClose``) to :meth:`~WebRtcDriver.handle`, which starts a coroutine on the worker's
+loop (``ctx.loop``: every aiortc object is created there, inside a coroutine, as aiortc
+requires). Results come back to the task as inputs through ``ctx.deliver``:
+``PeerAnswered`` / ``PeerFailed`` when negotiation ends, ``PeerState`` on every
+``connectionState`` change, ``PeerMedia`` about once a second.
+
+Media: each publisher's tracks go into one ``MediaRelay``; one sink per track always
+reads it (so aiortc's unbounded receive queue never grows, with or without viewers), and
+every viewer on this worker subscribes to the same relay with ``buffered=False`` (a slow
+viewer skips frames instead of queueing them). A room lives on one worker, so a viewer's
+publisher is always in this driver. aiortc decodes once per publisher and re-encodes
+once per viewer.
+
+Peers are keyed by ``(task, session)``. ``release(task)`` closes every peer the task
+held; ``close()`` (loop stopped) runs the outstanding closes to completion so no
+transport is left half-open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from ..driver import Driver, DriverContext
+from ..events import TaskRef
+from .config import IceServer
+from .events import (
+    PeerAnswered,
+    PeerClose,
+    PeerFailed,
+    PeerKeyframe,
+    PeerMedia,
+    PeerOpen,
+    PeerState,
+    PeerTrickle,
+)
+
+__all__ = ["WebRtcDriver"]
+
+log = logging.getLogger("sansio_aio.webrtc")
+
+_Key = tuple[TaskRef, str]
+
+
+class _CountingTrack(MediaStreamTrack):
+    """A pass-through track that counts the frames a viewer's sender pulls."""
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self._source = source
+        self.frames = 0
+
+    async def recv(self) -> Any:
+        frame = await self._source.recv()
+        self.frames += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+class _Peer:
+    """One session's peer connection and what hangs off it."""
+
+    __slots__ = ("counters", "jobs", "pc", "relay", "reported", "role", "tracks", "video_frames")
+
+    def __init__(self, role: str) -> None:
+        self.pc: RTCPeerConnection | None = None  # built by _open, on the loop
+        self.role = role
+        self.jobs: set[asyncio.Task[None]] = set()
+        self.relay: MediaRelay | None = None
+        self.tracks: dict[str, MediaStreamTrack] = {}  # publisher: kind -> remote track
+        self.counters: list[_CountingTrack] = []  # viewer: relayed tracks
+        self.video_frames = 0  # publisher: video frames received
+        self.reported = -1
+
+    def frames(self) -> int:
+        if self.role == "whip":
+            return self.video_frames
+        return sum(t.frames for t in self.counters if t.kind == "video")
+
+
+class WebRtcDriver(Driver):
+    """Performs room tasks' peer commands with aiortc on the worker's loop.
+
+    Args:
+        ice_servers: STUN/TURN servers for every peer connection (default: none, so
+            aiortc never contacts Google's STUN server).
+        media_interval: seconds between ``PeerMedia`` reports.
+    """
+
+    output_types = (PeerOpen, PeerTrickle, PeerKeyframe, PeerClose)
+
+    def __init__(
+        self, ice_servers: Sequence[IceServer] = (), *, media_interval: float = 1.0
+    ) -> None:
+        self._ice = [
+            RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+            for s in ice_servers
+        ]
+        self._media_interval = media_interval
+        self._ctx: DriverContext | None = None
+        self._peers: dict[_Key, _Peer] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._counters = {
+            "webrtc_opened": 0,
+            "webrtc_open_failed": 0,
+            "webrtc_closed": 0,
+            "webrtc_keyframes": 0,
+            "webrtc_candidates": 0,
+            "webrtc_bad_candidates": 0,
+        }
+
+    # ------------------------------------------------------------------ Driver
+
+    def start(self, ctx: DriverContext) -> None:
+        """Remember the worker's context and start the media report timer."""
+        self._ctx = ctx
+        self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        """Start the coroutine that performs ``output`` for ``task``."""
+        kind = type(output)
+        if kind is PeerOpen:
+            self._spawn(task, output.session, self._open(task, output), new=output.role)
+        elif kind is PeerTrickle:
+            self._spawn(task, output.session, self._trickle(task, output))
+        elif kind is PeerKeyframe:
+            self._keyframe(task, output.session)
+        elif kind is PeerClose:
+            self._close_peer((task, output.session))
+
+    def release(self, task: TaskRef) -> None:
+        """Close every peer connection ``task`` held."""
+        for key in [k for k in self._peers if k[0] == task]:
+            self._close_peer(key)
+
+    def close(self) -> None:
+        """The worker stops: close what is left and finish closes still running."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for key in list(self._peers):
+            self._close_peer(key)
+        ctx = self._ctx
+        if ctx is None or not self._closing:
+            return
+        loop = ctx.loop
+        if loop.is_running() or loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait(set(self._closing), timeout=5.0))
+
+    def stats(self) -> Mapping[str, int]:
+        """Peer counts and counters, merged into the worker's stats."""
+        out = dict(self._counters)
+        out["webrtc_publishers"] = sum(1 for p in self._peers.values() if p.role == "whip")
+        out["webrtc_viewers"] = sum(1 for p in self._peers.values() if p.role == "whep")
+        out["webrtc_frames_in"] = sum(
+            p.video_frames for p in self._peers.values() if p.role == "whip"
+        )
+        return out
+
+    # ------------------------------------------------------------------ commands
+
+    def _spawn(
+        self,
+        task: TaskRef,
+        session: str,
+        coro: Coroutine[Any, Any, None],
+        new: str | None = None,
+    ) -> None:
+        assert self._ctx is not None
+        key = (task, session)
+        if new is not None:
+            if key in self._peers:
+                coro.close()
+                self._deliver(task, PeerFailed(session, 409, "session already open"))
+                return
+            self._peers[key] = _Peer(new)
+        peer = self._peers.get(key)
+        if peer is None:
+            coro.close()
+            return
+        job = self._ctx.loop.create_task(coro)
+        peer.jobs.add(job)
+        job.add_done_callback(peer.jobs.discard)
+
+    async def _open(self, task: TaskRef, cmd: PeerOpen) -> None:
+        key = (task, cmd.session)
+        peer = self._peers[key]
+        try:
+            SessionDescription.parse(cmd.offer)
+        except Exception as exc:
+            self._fail(key, 400, f"malformed SDP: {exc!r}")
+            return
+        source: _Peer | None = None
+        if cmd.role == "whep":
+            source = self._peers.get((task, cmd.source or ""))
+            if source is None or source.relay is None:
+                self._fail(key, 409, "the publisher has no media yet")
+                return
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice)))
+        peer.pc = pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self._peers.get(key) is peer:
+                self._deliver(task, PeerState(cmd.session, pc.connectionState))
+
+        if cmd.role == "whip":
+            peer.relay = MediaRelay()
+
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack) -> None:
+                if peer.relay is None or track.kind in peer.tracks:
+                    return
+                peer.tracks[track.kind] = track
+                sink = peer.relay.subscribe(track, buffered=False)
+                job = asyncio.ensure_future(self._consume(peer, sink))
+                peer.jobs.add(job)
+                job.add_done_callback(peer.jobs.discard)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=cmd.offer, type="offer"))
+            if source is not None and source.relay is not None:
+                for kind, track in source.tracks.items():
+                    if any(t.kind == kind for t in pc.getTransceivers()):
+                        relayed = _CountingTrack(source.relay.subscribe(track, buffered=False))
+                        peer.counters.append(relayed)
+                        pc.addTrack(relayed)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:
+            self._fail(key, 422, f"cannot answer this offer: {exc}")
+            return
+        if self._peers.get(key) is not peer:
+            return  # closed while negotiating
+        self._counters["webrtc_opened"] += 1
+        self._deliver(task, PeerAnswered(cmd.session, pc.localDescription.sdp))
+
+    async def _consume(self, peer: _Peer, track: MediaStreamTrack) -> None:
+        """Read a publisher track for ever (keeps aiortc's receive queue empty)."""
+        video = track.kind == "video"
+        try:
+            while True:
+                await track.recv()
+                if video:
+                    peer.video_frames += 1
+        except MediaStreamError:
+            return
+
+    async def _trickle(self, task: TaskRef, cmd: PeerTrickle) -> None:
+        peer = self._peers.get((task, cmd.session))
+        if peer is None:
+            return
+        pc = peer.pc
+        if pc is None:
+            return
+        for mid, line in cmd.candidates:
+            try:
+                cand = candidate_from_sdp(line.split(":", 1)[1])
+                if mid is not None:
+                    cand.sdpMid = mid
+                else:
+                    cand.sdpMLineIndex = 0
+                await pc.addIceCandidate(cand)
+                self._counters["webrtc_candidates"] += 1
+            except Exception:
+                self._counters["webrtc_bad_candidates"] += 1
+        if cmd.end:
+            with contextlib.suppress(Exception):
+                await pc.addIceCandidate(None)
+
+    def _keyframe(self, task: TaskRef, session: str) -> None:
+        peer = self._peers.get((task, session))
+        if peer is None or peer.pc is None or self._ctx is None:
+            return
+        for tr in peer.pc.getTransceivers():
+            receiver = tr.receiver
+            send_pli = getattr(receiver, "_send_rtcp_pli", None)  # no public API in aiortc
+            if tr.kind != "video" or send_pli is None:
+                continue
+            for src in receiver.getSynchronizationSources():
+                job = self._ctx.loop.create_task(send_pli(src.source))
+                peer.jobs.add(job)
+                job.add_done_callback(peer.jobs.discard)
+                self._counters["webrtc_keyframes"] += 1
+
+    # ------------------------------------------------------------------ closing
+
+    def _fail(self, key: _Key, status: int, reason: str) -> None:
+        self._counters["webrtc_open_failed"] += 1
+        self._close_peer(key)
+        self._deliver(key[0], PeerFailed(key[1], status, reason))
+
+    def _close_peer(self, key: _Key) -> None:
+        peer = self._peers.pop(key, None)
+        if peer is None or self._ctx is None:
+            return
+        self._counters["webrtc_closed"] += 1
+        peer.relay = None
+        current = asyncio.current_task() if self._ctx.loop.is_running() else None
+        for job in list(peer.jobs):
+            if job is not current:
+                job.cancel()
+        for t in peer.counters:
+            t.stop()
+        if peer.pc is None or self._ctx.loop.is_closed():
+            return
+        job = self._ctx.loop.create_task(_close_pc(peer.pc))
+        self._closing.add(job)
+        job.add_done_callback(self._closing.discard)
+
+    # ------------------------------------------------------------------ reports
+
+    def _report(self) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        for (task, session), peer in list(self._peers.items()):
+            frames = peer.frames()
+            if frames != peer.reported:
+                peer.reported = frames
+                ctx.deliver(task, PeerMedia(session, frames))
+        self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+
+    def _deliver(self, task: TaskRef, event: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.deliver(task, event)
+
+
+async def _close_pc(pc: RTCPeerConnection) -> None:
+    try:
+        await pc.close()
+    except Exception:
+        log.debug("closing a peer connection failed", exc_info=True)

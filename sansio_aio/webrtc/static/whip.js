@@ -1,0 +1,138 @@
+// Minimal WHIP/WHEP client used by the publish and view pages (no dependencies).
+// Non-trickle: the offer is sent once ICE gathering is complete (or after 2 s).
+"use strict";
+
+const whipState = { state: "idle", framesSent: 0, framesDecoded: 0, error: null, location: null };
+window.whipState = whipState;
+
+function setStatus(text) {
+  const el = document.getElementById("status");
+  if (el) el.textContent = text;
+}
+
+function waitGathering(pc, ms) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, ms);
+  });
+}
+
+async function negotiate(pc, url, token) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitGathering(pc, 2000);
+  const headers = { "Content-Type": "application/sdp" };
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const resp = await fetch(url, { method: "POST", headers, body: pc.localDescription.sdp });
+  if (resp.status !== 201) {
+    throw new Error("server answered " + resp.status + ": " + (await resp.text()).trim());
+  }
+  const location = new URL(resp.headers.get("Location"), url).toString();
+  await pc.setRemoteDescription({ type: "answer", sdp: await resp.text() });
+  whipState.location = location;
+  return location;
+}
+
+function watch(pc, counter) {
+  pc.addEventListener("connectionstatechange", () => {
+    whipState.state = pc.connectionState;
+    setStatus("connection: " + pc.connectionState);
+  });
+  setInterval(async () => {
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      if (counter === "sent" && s.type === "outbound-rtp" && s.kind === "video") {
+        whipState.framesSent = s.framesSent || s.framesEncoded || 0;
+      }
+      if (counter === "decoded" && s.type === "inbound-rtp" && s.kind === "video") {
+        whipState.framesDecoded = s.framesDecoded || 0;
+      }
+    });
+    const el = document.getElementById("frames");
+    if (el) el.textContent = counter === "sent" ? whipState.framesSent : whipState.framesDecoded;
+  }, 500);
+}
+
+// A moving test pattern for machines without a camera.
+function testPattern(width, height) {
+  const canvas = document.createElement("canvas");
+  canvas.width = width; canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  let n = 0;
+  setInterval(() => {
+    n++;
+    for (let i = 0; i < 8; i++) {
+      ctx.fillStyle = `hsl(${(i * 45 + n * 3) % 360}, 80%, 50%)`;
+      ctx.fillRect((i * width) / 8, 0, width / 8, height);
+    }
+    ctx.fillStyle = "#000"; ctx.font = "28px monospace";
+    ctx.fillText(new Date().toISOString().slice(11, 23), 10, height - 20);
+  }, 33);
+  return canvas.captureStream(30);
+}
+
+async function publish(url, token, video) {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+  } catch (err) {
+    setStatus("no camera (" + err.name + "): sending a test pattern");
+    stream = testPattern(640, 480);
+  }
+  if (video) { video.srcObject = stream; video.muted = true; video.play().catch(() => {}); }
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+  watch(pc, "sent");
+  return { pc, location: await negotiate(pc, url, token) };
+}
+
+async function view(url, token, video) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const stream = new MediaStream();
+  pc.addEventListener("track", (ev) => {
+    stream.addTrack(ev.track);
+    if (video) { video.srcObject = stream; video.play().catch(() => {}); }
+  });
+  watch(pc, "decoded");
+  return { pc, location: await negotiate(pc, url, token) };
+}
+
+async function hangUp(session) {
+  if (!session) return;
+  session.pc.close();
+  if (session.location) await fetch(session.location, { method: "DELETE" });
+  whipState.state = "closed";
+  setStatus("stopped");
+}
+
+function endpointUrl(kind) {
+  const room = document.getElementById("room").value || "demo";
+  const base = new URL(".", window.location.href);
+  return new URL(kind + "/" + encodeURIComponent(room), base).toString();
+}
+
+function setup(kind) {
+  const params = new URLSearchParams(window.location.search);
+  if (params.get("room")) document.getElementById("room").value = params.get("room");
+  const video = document.getElementById("video");
+  let session = null;
+  const start = async () => {
+    try {
+      whipState.state = "connecting"; setStatus("connecting...");
+      const token = document.getElementById("token").value || null;
+      session = kind === "whip"
+        ? await publish(endpointUrl("whip"), token, video)
+        : await view(endpointUrl("whep"), token, video);
+    } catch (err) {
+      whipState.state = "error"; whipState.error = String(err); setStatus(String(err));
+    }
+  };
+  document.getElementById("start").onclick = start;
+  document.getElementById("stop").onclick = () => hangUp(session).then(() => { session = null; });
+  if (params.get("autostart") === "1") start();
+}
+window.whipSetup = setup;

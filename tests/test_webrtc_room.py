@@ -1,0 +1,331 @@
+"""The room task alone: sessions, ETags, limits, timeouts, keyframes, teardown.
+
+No WebRTC, no sockets, no threads: the task is fed inputs with an explicit ``now`` and
+drained until ``pop_output`` returns None, exactly as the worker core does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sansio_aio import ExtOut, Reply, Request
+from sansio_aio.webrtc import (
+    CloseSession,
+    Created,
+    Done,
+    OpenSession,
+    PatchSession,
+    PeerAnswered,
+    PeerClose,
+    PeerFailed,
+    PeerKeyframe,
+    PeerMedia,
+    PeerOpen,
+    PeerState,
+    PeerTrickle,
+    Refused,
+    Room,
+    RoomConfig,
+    RoomInfo,
+    RoomSnapshot,
+    SessionEnded,
+)
+from sansio_aio.webrtc.sdp import SdpError, add_rtcp_mux_only, check_offer, parse_fragment
+
+
+def offer(direction: str = "sendonly", kinds: tuple[str, ...] = ("video",)) -> str:
+    lines = ["v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0"]
+    for i, kind in enumerate(kinds):
+        lines += [
+            f"m={kind} 9 UDP/TLS/RTP/SAVPF 96",
+            "c=IN IP4 0.0.0.0",
+            f"a=mid:{i}",
+            f"a={direction}",
+            "a=rtcp-mux",
+            "a=ice-ufrag:abcd",
+            "a=ice-pwd:0123456789012345678901",
+            "a=candidate:1 1 udp 2130706431 10.99.0.2 5000 typ host",
+            "a=candidate:2 1 udp 2130706431 0a1b2c3d-0000.local 5001 typ host",
+        ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+ANSWER = (
+    "v=0\r\no=- 2 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    "a=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n"
+    "a=candidate:1 1 udp 2130706431 10.99.0.1 6000 typ host\r\n"
+    "a=candidate:2 1 udp 2130706431 192.168.7.7 6001 typ host\r\n"
+)
+
+
+class Driven:
+    """A room plus a request counter; every call drains the outputs."""
+
+    def __init__(self, **cfg: Any) -> None:
+        self.room = Room(RoomConfig(name="r", **cfg))
+        self.rid = 0
+
+    def feed(self, now: float, event: Any) -> list[Any]:
+        self.room.on_event(now, event)
+        return self.drain(now)
+
+    def tick(self, now: float) -> list[Any]:
+        self.room.on_tick(now)
+        return self.drain(now)
+
+    def drain(self, now: float) -> list[Any]:
+        out = []
+        while (item := self.room.pop_output(now)) is not None:
+            out.append(item)
+        return out
+
+    def request(self, now: float, msg: Any) -> tuple[int, list[Any]]:
+        self.rid += 1
+        return self.rid, self.feed(now, Request(self.rid, msg))
+
+    def open(self, now: float, sid: str, role: str = "whip", text: str | None = None) -> Any:
+        """Open and answer a session; return the reply value."""
+        if text is None:
+            text = offer("sendonly" if role == "whip" else "recvonly")
+        rid, out = self.request(now, OpenSession(sid, role, text, f'"e-{sid}"'))  # type: ignore[arg-type]
+        if out and isinstance(out[0], Reply):
+            return out[0].msg
+        assert out == [PeerOpen(sid, role, out[0].offer, out[0].source)]  # type: ignore[arg-type]
+        out = self.feed(now, PeerAnswered(sid, ANSWER))
+        assert len(out) == 1 and out[0].id == rid
+        return out[0].msg
+
+
+def replies(out: list[Any]) -> list[Any]:
+    return [o.msg for o in out if isinstance(o, Reply)]
+
+
+def test_open_publisher_holds_request_until_driver_answers() -> None:
+    d = Driven()
+    rid, out = d.request(0.0, OpenSession("p", "whip", offer(), '"e"'))
+    assert len(out) == 1 and isinstance(out[0], PeerOpen)
+    assert out[0].role == "whip" and out[0].source is None
+    assert ".local" not in out[0].offer  # mDNS candidates never reach aiortc
+    out = d.feed(0.1, PeerAnswered("p", ANSWER))
+    assert out == [Reply(rid, Created("p", '"e"', out[0].msg.answer))]
+    answer = out[0].msg.answer
+    assert "a=rtcp-mux\r\na=rtcp-mux-only\r\n" in answer
+    assert answer.count("a=candidate:") == 2
+
+
+def test_offered_candidates_follow_ice_networks() -> None:
+    d = Driven(ice_networks=("10.99.0.0/24",))
+    created = d.open(0.0, "p")
+    assert "10.99.0.1" in created.answer and "192.168.7.7" not in created.answer
+
+
+def test_viewer_needs_a_publisher_409_with_retry_after() -> None:
+    d = Driven(retry_after=7)
+    assert d.open(0.0, "v", "whep") == Refused(409, "room 'r' has no publisher", 7)
+    d404 = Driven(no_publisher_status=404)
+    assert d404.open(0.0, "v", "whep") == Refused(404, "room 'r' has no publisher", None)
+
+
+def test_viewer_gets_the_publisher_as_source() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    _, out = d.request(1.0, OpenSession("v", "whep", offer("recvonly"), '"ev"'))
+    assert isinstance(out[0], PeerOpen) and out[0].source == "p" and out[0].role == "whep"
+
+
+def test_viewer_refused_while_publisher_still_negotiating() -> None:
+    d = Driven()
+    d.request(0.0, OpenSession("p", "whip", offer(), '"e"'))
+    assert d.open(0.1, "v", "whep").status == 409
+
+
+def test_second_publisher_conflicts() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    assert d.open(0.1, "p2") == Refused(409, "room 'r' already has a publisher")
+
+
+def test_room_limit_503_with_retry_after() -> None:
+    d = Driven(max_sessions=2, retry_after=3)
+    d.open(0.0, "p")
+    assert isinstance(d.open(0.1, "v1", "whep"), Created)
+    assert d.open(0.2, "v2", "whep") == Refused(503, "room 'r' is full", 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "role", "status"),
+    [
+        ("garbage", "whip", 400),
+        ("", "whip", 400),
+        ("v=0\r\nthis is not sdp\r\n", "whip", 400),
+        ("v=0\r\ns=-\r\n", "whip", 400),
+        (offer().replace("a=ice-ufrag:abcd\r\n", ""), "whip", 400),
+        (offer(kinds=("application",)), "whip", 422),
+        (offer("recvonly"), "whip", 422),
+        (offer("sendonly"), "whep", 422),
+        ("v=0\r\nm=video\r\n", "whip", 400),
+    ],
+)
+def test_bad_offers_are_refused_before_any_peer(text: str, role: str, status: int) -> None:
+    d = Driven()
+    if role == "whep":
+        d.open(0.0, "p")
+    reply = d.open(1.0, "x", role, text)
+    assert isinstance(reply, Refused) and reply.status == status, reply
+    assert "x" not in d.room.sessions
+
+
+def test_driver_failure_refuses_and_frees_the_publisher_slot() -> None:
+    d = Driven()
+    rid, _ = d.request(0.0, OpenSession("p", "whip", offer(), '"e"'))
+    out = d.feed(0.1, PeerFailed("p", 422, "no common codec"))
+    assert Reply(rid, Refused(422, "no common codec")) in out
+    assert not any(isinstance(o, ExtOut) for o in out)  # the server never knew it
+    assert d.room.publisher is None
+    assert isinstance(d.open(0.2, "p2"), Created)
+
+
+def test_patch_rules() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    frag = (
+        "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\nm=video 9 RTP/AVP 0\r\n"
+        "a=mid:0\r\na=candidate:3 1 udp 1 10.99.0.2 7000 typ host\r\n"
+        "a=candidate:4 1 udp 1 ffff.local 7001 typ host\r\na=end-of-candidates\r\n"
+    )
+    assert replies(d.request(1, PatchSession("nope", frag, '"e-p"'))[1]) == [
+        Refused(404, "no such session")
+    ]
+    assert replies(d.request(1, PatchSession("p", frag, None))[1])[0].status == 428
+    assert replies(d.request(1, PatchSession("p", frag, '"stale"'))[1])[0].status == 412
+    _, out = d.request(1, PatchSession("p", frag, '"e-p"'))
+    assert replies(out) == [Done(204)]
+    trickles = [o for o in out if isinstance(o, PeerTrickle)]
+    assert trickles == [
+        PeerTrickle("p", (("0", "candidate:3 1 udp 1 10.99.0.2 7000 typ host"),), True)
+    ]
+    assert replies(d.request(1, PatchSession("p", frag, "*"))[1]) == [Done(204)]
+    restart = frag.replace("ice-ufrag:abcd", "ice-ufrag:zzzz")
+    assert replies(d.request(1, PatchSession("p", restart, "*"))[1])[0].status == 422
+    bad = "a=candidate:1 2\r\n"
+    assert replies(d.request(1, PatchSession("p", bad, '"e-p"'))[1])[0].status == 400
+
+
+def test_delete_then_404_and_server_told() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    _, out = d.request(1.0, CloseSession("p"))
+    assert PeerClose("p") in out and Done(200) in replies(out)
+    assert ExtOut(SessionEnded("r", "p", "deleted by the client")) in out
+    assert replies(d.request(1.0, CloseSession("p"))[1]) == [Refused(404, "no such session")]
+
+
+def test_publisher_leaving_ends_its_viewers() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    d.open(0.1, "v1", "whep")
+    d.open(0.2, "v2", "whep")
+    _, out = d.request(1.0, CloseSession("p"))
+    assert {o.session for o in out if isinstance(o, PeerClose)} == {"p", "v1", "v2"}
+    assert not d.room.sessions
+
+
+def test_unconnected_session_times_out() -> None:
+    d = Driven(connect_timeout=5.0)
+    d.open(10.0, "p")
+    assert d.room.next_deadline() == 15.0
+    assert d.tick(14.9) == []
+    out = d.tick(15.0)
+    assert PeerClose("p") in out
+    assert ExtOut(SessionEnded("r", "p", "ICE did not connect in time")) in out
+
+
+def test_connected_session_has_no_deadline_until_disconnected() -> None:
+    d = Driven(connect_timeout=5.0, disconnected_timeout=2.0)
+    d.open(0.0, "p")
+    d.feed(1.0, PeerState("p", "connected"))
+    assert d.room.next_deadline() is None
+    d.feed(3.0, PeerState("p", "disconnected"))
+    assert d.room.next_deadline() == 5.0
+    d.feed(4.0, PeerState("p", "connected"))  # came back in time
+    assert d.room.next_deadline() is None
+    d.feed(6.0, PeerState("p", "disconnected"))
+    out = d.tick(8.0)
+    assert ExtOut(SessionEnded("r", "p", "ICE lost")) in out
+
+
+def test_failed_peer_ends_session() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    out = d.feed(1.0, PeerState("p", "failed"))
+    assert PeerClose("p") in out and not d.room.sessions
+
+
+def test_keyframe_requests_are_rate_limited() -> None:
+    d = Driven(keyframe_interval=1.0)
+    d.open(0.0, "p")
+    d.open(0.0, "v1", "whep")
+    d.open(0.0, "v2", "whep")
+    assert d.feed(5.0, PeerState("v1", "connected")) == [PeerKeyframe("p")]
+    assert d.feed(5.2, PeerState("v2", "connected")) == []  # too soon: deferred
+    assert d.room.next_deadline() == 6.0
+    assert d.tick(6.0) == [PeerKeyframe("p")]
+
+
+def test_media_counters_show_in_snapshot() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    d.feed(1.0, PeerMedia("p", 42))
+    (snap,) = replies(d.request(2.0, RoomInfo())[1])
+    assert isinstance(snap, RoomSnapshot)
+    assert snap.room == "r" and snap.sessions[0].frames == 42
+    assert snap.sessions[0].state == "new" and snap.sessions[0].age == 2.0
+
+
+def test_idle_room_ends_by_itself() -> None:
+    d = Driven(idle_timeout=30.0)
+    d.tick(0.0)
+    assert d.room.next_deadline() == 30.0
+    d.open(10.0, "p")
+    d.request(11.0, CloseSession("p"))
+    assert not d.room.is_empty()
+    assert d.room.next_deadline() == 41.0
+    d.tick(40.0)
+    assert not d.room.is_empty()
+    d.tick(41.0)
+    assert d.room.is_empty()
+    assert d.open(41.0, "late").status == 503  # a racing request is refused, not lost
+
+
+def test_shutdown_closes_every_session() -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    d.open(0.0, "v", "whep")
+    rid, _ = d.request(0.5, OpenSession("v2", "whep", offer("recvonly"), '"x"'))
+    d.room.on_shutdown(1.0)
+    out = d.drain(1.0)
+    assert {o.session for o in out if isinstance(o, PeerClose)} == {"p", "v", "v2"}
+    assert Reply(rid, Refused(503, "session ended: the publisher left")) in out
+    assert d.room.is_empty()
+
+
+def test_unknown_request_is_a_400_not_a_crash() -> None:
+    d = Driven()
+    assert replies(d.request(0, "hello")[1])[0].status == 400
+
+
+def test_sdp_helpers() -> None:
+    with pytest.raises(SdpError) as err:
+        check_offer("nope", "whip")
+    assert err.value.status == 400
+    assert [m.kind for m in check_offer(offer(kinds=("audio", "video")), "whip").media] == [
+        "audio",
+        "video",
+    ]
+    fixed = add_rtcp_mux_only(offer(kinds=("audio", "video")))
+    assert fixed.count("a=rtcp-mux-only") == 2
+    assert add_rtcp_mux_only(fixed) == fixed
+    frag = parse_fragment("a=ice-ufrag:u\na=ice-pwd:p\na=end-of-candidates\n")
+    assert (frag.ufrag, frag.pwd, frag.end, frag.candidates) == ("u", "p", True, [])
