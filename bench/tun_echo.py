@@ -166,7 +166,7 @@ def run(packets: int = 100_000, rounds: int = 5, backend: str = "uvloop") -> dic
         "tun_echo",
         metric="packets/s",
         value=round(median(ours)),
-        baseline="hand-written add_reader responder (same echo logic, drain 64)",
+        baseline="hand-written add_reader responder (same echo logic, 64 per readiness)",
         baseline_value=round(median(base)),
         params={"packets": packets, "rounds": rounds, "backend": backend, "packet_bytes": 84},
         ratio_per_round=[round(r, 3) for r in ratios],
