@@ -127,6 +127,17 @@ class Runtime:
                 raise ConfigError(f"{HOST_KIND!r} is reserved for the host task; rename it")
             if not callable(factory):
                 raise ConfigError(f"kind {kind!r}: the factory must be callable (cfg) -> task")
+        claimed: dict[type, object] = {}
+        for driver in drivers:
+            if not callable(driver):
+                raise ConfigError(f"drivers must be Driver classes or factories, got {driver!r}")
+            for typ in getattr(driver, "output_types", ()):
+                if typ in claimed:
+                    raise ConfigError(
+                        f"drivers {claimed[typ]!r} and {driver!r} both handle {typ.__name__}; "
+                        "pass only one of them"
+                    )
+                claimed[typ] = driver
         self.backend_name, self._loop_factory = resolve_backend(backend)
         self._kinds = dict(kinds)
         self._n = workers
