@@ -160,8 +160,11 @@ def _enter_fresh_netns() -> None:
     link_up("lo")
 
 
-def _run_thread(target: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
-    """Start a thread that enters a fresh netns and runs ``target``; return its future."""
+def _run_thread(
+    target: Callable[[], T], name: str
+) -> tuple[threading.Thread, concurrent.futures.Future[T]]:
+    """Start a thread that enters a fresh netns and runs ``target``; return it and its
+    future (set just before the thread ends; join it to be sure it is gone)."""
     fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def main() -> None:
@@ -173,8 +176,9 @@ def _run_thread(target: Callable[[], T], name: str) -> concurrent.futures.Future
         else:
             fut.set_result(result)
 
-    threading.Thread(target=main, name=name, daemon=True).start()
-    return fut
+    thread = threading.Thread(target=main, name=name, daemon=True)
+    thread.start()
+    return thread, fut
 
 
 def run_in_netns(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -183,8 +187,12 @@ def run_in_netns(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     Blocks until it returns; its result is returned and its exception re-raised. Threads
     and processes ``fn`` starts share the namespace, which dies when they have all ended.
     """
-    fut = _run_thread(functools.partial(fn, *args, **kwargs), "netns")
-    return fut.result()
+    thread, fut = _run_thread(functools.partial(fn, *args, **kwargs), "netns")
+    try:
+        return fut.result()
+    finally:
+        if fut.done():
+            thread.join(5.0)
 
 
 async def arun_in_netns(
@@ -202,8 +210,12 @@ async def arun_in_netns(
     def target() -> T:
         return asyncio.run(fn(*args, **kwargs))
 
-    fut = _run_thread(target, "netns-loop")
-    return await asyncio.wrap_future(fut)
+    thread, fut = _run_thread(target, "netns-loop")
+    try:
+        return await asyncio.wrap_future(fut)
+    finally:
+        if fut.done():
+            thread.join(5.0)  # it is past its last statement: this takes microseconds
 
 
 def in_netns(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
