@@ -1,0 +1,132 @@
+"""Media end to end: aiortc publisher and viewers through the server, in a private netns.
+
+A publisher sends a generated 320x240 video track over WHIP; viewers on their own WHEP
+sessions each decode at least 30 frames; DELETE stops a viewer's media; the publisher
+leaving ends its viewers; two rooms land on different workers. The server runs with two
+workers; every peer (server and clients) lives in the test's own network namespace and
+uses no ICE server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from sansio_aio.webrtc import client
+from sansio_aio.webrtc.netns import LoopThread
+from tests.test_webrtc_support import ServeFactory, netns, peers, serve
+
+__all__ = ["netns", "peers", "serve"]
+
+FRAMES = 30
+TIMEOUT = 20.0
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
+    """Re-check ``check`` every 50 ms until it holds or ``timeout`` passes (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@pytest.mark.slow
+async def test_two_viewers_decode_and_delete_stops_media(
+    serve: ServeFactory, peers: LoopThread, backend: str
+) -> None:
+    async with serve(backend=backend, workers=2) as s:
+        base = s.inner
+
+        async def scenario() -> tuple[int, int, int, int, int]:
+            pub = await client.publish(f"{base}/whip/live", [client.PatternTrack(320, 240, 30)])
+            v1 = await client.view(f"{base}/whep/live")
+            v2 = await client.view(f"{base}/whep/live")
+            got1 = await v1.wait_frames(FRAMES, TIMEOUT)
+            got2 = await v2.wait_frames(FRAMES, TIMEOUT)
+            deleted = await v1.delete()
+            stopped_at = v1.frames
+            # v2 keeps decoding: use its next 30 frames (~1 s) as the clock for v1's silence.
+            await v2.wait_frames(v2.frames + FRAMES, TIMEOUT)
+            after = v1.frames - stopped_at
+            for session in (v1, v2):
+                await session.close()
+            await pub.delete()
+            await pub.close()
+            return got1, got2, deleted, after, v2.frames
+
+        got1, got2, deleted, after, v2_total = await peers.run(scenario(), 60)
+    assert got1 >= FRAMES and got2 >= FRAMES
+    assert deleted == 200
+    assert v2_total >= got2 + FRAMES
+    assert after <= 3, f"viewer decoded {after} frames after DELETE"
+
+
+@pytest.mark.slow
+async def test_publisher_leaving_ends_viewers(serve: ServeFactory, peers: LoopThread) -> None:
+    async with serve(workers=2) as s:
+        base = s.inner
+
+        async def scenario() -> tuple[int, str, int]:
+            pub = await client.publish(f"{base}/whip/live", [client.PatternTrack()])
+            viewer = await client.view(f"{base}/whep/live")
+            got = await viewer.wait_frames(FRAMES, TIMEOUT)
+            await pub.delete()
+            await pub.close()
+            return got, viewer.location, await viewer.delete()
+
+        got, location, status = await peers.run(scenario(), 60)
+        assert got >= FRAMES
+        assert status == 404  # the room ended the viewer's session with the publisher's
+        sid = location.rsplit("/", 1)[1]
+        assert await s.server.wait_until(lambda: sid not in s.server.sessions, 5)
+
+
+@pytest.mark.slow
+async def test_two_rooms_on_two_workers(serve: ServeFactory, peers: LoopThread) -> None:
+    async with serve(workers=2) as s:
+        base = s.inner
+
+        async def scenario() -> list[int]:
+            track = client.PatternTrack
+            sessions = [await client.publish(f"{base}/whip/{r}", [track()]) for r in ("a", "b")]
+            viewers = [await client.view(f"{base}/whep/{room}") for room in ("a", "b")]
+            counts = [await v.wait_frames(FRAMES, TIMEOUT) for v in viewers]
+            for session in viewers + sessions:
+                await session.delete()
+                await session.close()
+            return counts
+
+        counts = await peers.run(scenario(), 60)
+        assert counts[0] >= FRAMES and counts[1] >= FRAMES
+        assert {s.server.rooms[r].worker for r in ("a", "b")} == {0, 1}
+
+
+@pytest.mark.slow
+async def test_publisher_is_consumed_without_viewers(
+    serve: ServeFactory, peers: LoopThread
+) -> None:
+    async with serve(workers=1) as s:
+        base = s.inner
+        pub = await peers.run(client.publish(f"{base}/whip/solo", [client.PatternTrack()]), 20)
+        rt = s.server.rt
+        room = s.server.rooms["solo"]
+
+        async def consumed() -> bool:
+            stats = await rt.run_on_worker(room.worker, lambda core: core.drivers[0].stats())
+            return stats["webrtc_frames_in"] >= FRAMES
+
+        assert await until(consumed, TIMEOUT), "the publisher's frames were not consumed"
+        snap = await s.server.snapshot()
+        (info,) = snap["rooms"]["solo"]["sessions"]
+        assert info["role"] == "whip" and info["state"] == "connected"
+
+        async def stop() -> None:
+            await pub.delete()
+            await pub.close()
+
+        await peers.run(stop(), 10)
