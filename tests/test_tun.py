@@ -576,14 +576,16 @@ async def test_bad_binds_and_sends_are_error_values(need_tun: None, backend: str
         assert stats.workers[0].failures == 0
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["per-packet", "batch"])
 @in_netns
 async def test_packets_longer_than_the_read_size_are_reported_never_cut(
-    need_tun: None, backend: str
+    need_tun: None, backend: str, batch: bool
 ) -> None:
     quiet_netns()
     async with Runtime({"puppet": Puppet}, backend=backend, drivers=[TunDriver]) as rt:
         ref = await rt.spawn("puppet")
-        answer = await bound(rt, ref, TunBind("tun0", address="10.77.0.1", mtu=1500))
+        bind = TunBind("tun0", address="10.77.0.1", mtu=1500, batch=batch)
+        answer = await bound(rt, ref, bind)
         assert answer.mtu == 1500
         _set_mtu("tun0", 9000)  # behind the driver's back
 
@@ -593,10 +595,13 @@ async def test_packets_longer_than_the_read_size_are_reported_never_cut(
 
         await asyncio.to_thread(send_big)
         error = await expect(rt, TunError)
-        assert "longer than the read size" in error.error and "9000" in error.error
+        assert "longer than the read size" in error.error and "9000" in error.error, error
         await asyncio.to_thread(send_big)
-        pkt = await expect(rt, TunPacket)
-        assert len(pkt.data) == 20 + 8 + 4000 and pkt.data.endswith(b"a" * 4000)
+        if batch:
+            (data,) = (await expect(rt, TunPackets)).packets
+        else:
+            data = (await expect(rt, TunPacket)).data
+        assert len(data) == 20 + 8 + 4000 and data.endswith(b"a" * 4000)
         assert await driver_counter(rt, 0, "tun_rx_truncated") == 1
 
 

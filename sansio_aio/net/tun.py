@@ -266,10 +266,10 @@ class TunDriver(Driver):
                         return
                     n += 1
                     if len(data) >= size:
-                        self._oversized(q)
+                        self._oversized(q, 1)
                         size = q.bufsize
-                        continue
-                    deliver(owner, TunPacket(slot, data))
+                    else:
+                        deliver(owner, TunPacket(slot, data))
                     if q.fd != fd:
                         return  # the task unbound or ended during its drain
             finally:
@@ -282,6 +282,7 @@ class TunDriver(Driver):
             packets: list[bytes] = []
             append = packets.append
             error: OSError | None = None
+            cut = 0
             for _ in range(batch):
                 try:
                     data = read(fd, size)
@@ -290,22 +291,23 @@ class TunDriver(Driver):
                 except OSError as exc:
                     error = exc
                     break
-                if len(data) >= size:
-                    self._oversized(q)
-                    size = q.bufsize
-                else:
+                if len(data) < size:
                     append(data)
+                else:
+                    cut += 1
             self.rx += len(packets)
             if packets:
                 deliver(owner, TunPackets(slot, packets))
+            if cut and q.fd == fd:
+                self._oversized(q, cut)
             if error is not None and q.fd == fd:
                 self._fail(q, f"read failed: {_describe(error)}")
 
         return on_readable_batch if q.batch else on_readable
 
-    def _oversized(self, q: _Queue) -> None:
-        """A read filled the buffer: the packet was cut. Drop it, re-size, report."""
-        self.rx_truncated += 1
+    def _oversized(self, q: _Queue, count: int) -> None:
+        """Reads filled the buffer: those packets were cut. Drop, re-size, report."""
+        self.rx_truncated += count
         old = q.bufsize
         try:
             wanted = int(q.dev.mtu) + q.header + 1
@@ -319,7 +321,7 @@ class TunDriver(Driver):
             q.owner,
             TunError(
                 q.slot,
-                f"dropped a packet longer than the read size ({old - 1} bytes; "
+                f"dropped {count} packet(s) longer than the read size ({old - 1} bytes; "
                 f"the MTU was raised?): reads now take up to {q.bufsize - 1} bytes",
             ),
         )
