@@ -157,7 +157,14 @@ def link_delete(name: str) -> None:
 
 def _enter_fresh_netns() -> None:
     unshare_net()
-    link_up("lo")
+    try:
+        link_up("lo")
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        hint = ": needs CAP_NET_ADMIN" if exc.errno == errno.EPERM else ""
+        raise NetnsError(
+            exc.errno, f"cannot bring lo up in the new namespace ({name}{hint})"
+        ) from None
 
 
 def _run_thread(
