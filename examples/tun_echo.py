@@ -260,7 +260,8 @@ async def start_echo(rt: Runtime, cfg: EchoConfig, timeout: float = 5.0) -> list
         ref = await rt.spawn("echo", cfg, worker=w)
         event = await asyncio.wait_for(rt.next_event(), timeout)
         if not isinstance(event, TaskOutput) or event.msg[0] != "bound":
-            raise RuntimeError(f"echo task on worker {w} did not bind: {event}")
+            why = event.msg[1] if isinstance(event, TaskOutput) else event
+            raise RuntimeError(f"the echo task on worker {w} could not bind: {why}")
         refs.append(ref)
     return refs
 
@@ -286,7 +287,11 @@ async def serve(args: argparse.Namespace) -> int:
     async with Runtime(
         {"echo": EchoTask}, workers=args.workers, backend=args.backend, drivers=[TunDriver]
     ) as rt:
-        refs = await start_echo(rt, cfg)
+        try:
+            refs = await start_echo(rt, cfg)
+        except RuntimeError as exc:
+            print(f"tun_echo: {exc}", file=sys.stderr)
+            return 1
         print(
             f"tun_echo: ready on {cfg.name} ({'TAP' if cfg.tap else 'TUN'}) "
             f"{cfg.address}/{cfg.netmask}, {len(refs)} queue(s); Ctrl-C to stop",
