@@ -22,6 +22,7 @@ go round-robin. Spawn requests emitted by tasks go through the same balancer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -168,6 +169,7 @@ class Runtime:
         self._events: deque[AppEvent] = deque()
         self._event_waiter: asyncio.Future[None] | None = None
         self._events_dropped = 0
+        self._pending_wakes: set[Callable[[], None]] = set()
         self._undelivered = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -210,8 +212,10 @@ class Runtime:
         for w, worker in enumerate(self._workers):
             worker.outbox = Lane(1 << 62, wake_app)
             self._outboxes.append(worker.outbox)
-            self._lanes.append(worker.inbox[n])
-            worker.peers = [other.inbox[w] for other in self._workers]
+            lane = worker.inbox[n]
+            lane.wake = functools.partial(self._defer_wake, worker.wake)
+            self._lanes.append(lane)
+            worker.set_peers([other.inbox[w] for other in self._workers])
             self._started[w] = loop.create_future()
             self._stopped[w] = loop.create_future()
         for worker in self._workers:
@@ -543,6 +547,24 @@ class Runtime:
         )
 
     # ------------------------------------------------------------------ outbox
+
+    def _defer_wake(self, wake: Callable[[], None]) -> None:
+        """A lane to a worker went non-empty: wake that worker once this callback ends.
+
+        Every send made by one application callback then costs the worker one wake-up
+        (one syscall), however many messages it carries.
+        """
+        wakes = self._pending_wakes
+        if not wakes:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_wakes)
+        wakes.add(wake)
+
+    def _flush_wakes(self) -> None:
+        wakes = self._pending_wakes
+        self._pending_wakes = set()
+        for wake in wakes:
+            wake()
 
     def _wake(self) -> None:
         loop = self._loop

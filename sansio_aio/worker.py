@@ -23,6 +23,7 @@ resolution); timers are armed with ``call_later`` from it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -81,6 +82,7 @@ class Worker:
         self.outbox: Lane | None = None  # my lane to the controller (set by the controller)
         self.thread = threading.Thread(target=self._main, name=f"{name}-worker-{worker_id}")
         self.thread.daemon = True
+        self._pending_wakes: set[Callable[[], None]] = set()
         self.snapshot: WorkerStats | None = None
         self._stop_reported = False
         self._wake_handle_pending = False
@@ -296,14 +298,33 @@ class Worker:
             self._win_busy += _perf() - self._cur_start
         self._lag_max = 0.0
 
+    def set_peers(self, lanes: list[Lane]) -> None:
+        """Install my lanes into every worker's inbox (``lanes[v]`` goes to worker v).
+
+        Their wake-ups are deferred to the end of the current callback, so one callback
+        wakes each peer at most once however many bus messages it sent.
+        """
+        for lane in lanes:
+            lane.wake = functools.partial(self._defer_wake, lane.wake)
+        self.peers = lanes
+
+    def _defer_wake(self, wake: Callable[[], None]) -> None:
+        self._pending_wakes.add(wake)
+
     def _flush_app(self) -> None:
-        """Hand the core's buffered application messages over in one batch."""
+        """Hand the core's buffered application messages over in one batch, and run the
+        deferred wake-ups of other workers."""
         core = self.core
         assert core is not None and self.outbox is not None
         buf = core.app_buffer
         if buf:
             core.app_buffer = []
             self.outbox.push_many(buf)
+        if self._pending_wakes:
+            wakes = self._pending_wakes
+            self._pending_wakes = set()
+            for wake in wakes:
+                wake()
 
     # ------------------------------------------------------------------ CoreSink
 
@@ -353,7 +374,7 @@ class Worker:
             log.exception("worker %d: internal error delivering to %s", self.worker_id, task)
             return False
         finally:
-            if core.app_buffer:
+            if core.app_buffer or self._pending_wakes:
                 self._flush_app()
 
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
