@@ -1,0 +1,76 @@
+"""WHIP/WHEP server on aiortc, driven by sansio_aio (``make run``).
+
+    python examples/whip_whep.py                    # http://127.0.0.1:8080/
+    python examples/whip_whep.py --port 9000 --workers 4 --token secret
+    WHIP_PORT=9000 WHIP_ICE_SERVERS=stun:stun.example.org:3478 python examples/whip_whep.py
+
+Open the printed URL in a browser on the same machine: ``/publish`` sends the camera
+(or a generated test pattern), ``/view`` watches a room. From a command line::
+
+    python -m sansio_aio.webrtc.client publish http://127.0.0.1:8080/whip/demo
+    python -m sansio_aio.webrtc.client view http://127.0.0.1:8080/whep/demo --frames 100
+
+Every flag has a ``WHIP_*`` environment variable (``--help`` lists them). The server
+stops on SIGINT/SIGTERM, or after ``--seconds``, and prints a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+
+from sansio_aio.webrtc.config import parse_args
+from sansio_aio.webrtc.server import open_server
+
+
+async def serve(argv: list[str]) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--seconds", type=float, default=0.0)
+    pre.add_argument("--log-level", default="WARNING")
+    known, rest = pre.parse_known_args(argv)
+    logging.basicConfig(level=known.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    config = parse_args(rest)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    async with open_server(config) as server:
+        url = server.url
+        print(
+            f"WHIP/WHEP server on {url}/  (workers={config.workers}, "
+            f"backend={server.rt.backend_name})",
+            flush=True,
+        )
+        print(f"  publish: {url}/publish   view: {url}/view   stats: {url}/stats", flush=True)
+        print(
+            f"  WHIP endpoint: POST {url}/whip/ROOM   WHEP endpoint: POST {url}/whep/ROOM",
+            flush=True,
+        )
+        if known.seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), known.seconds)
+        else:
+            await stop.wait()
+        counters = dict(server.counters)
+    took = time.monotonic() - started
+    print(
+        f"summary: served {took:.1f} s, sessions created={counters['created']} "
+        f"refused={counters['refused']} deleted={counters['deleted']} ended={counters['ended']}",
+        flush=True,
+    )
+    return 0
+
+
+def main() -> int:
+    return asyncio.run(serve(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
