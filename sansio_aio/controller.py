@@ -159,7 +159,7 @@ class Runtime:
         self._running = False
         self._load = [0] * workers
         self._rr = 0
-        self._live: set[TaskRef] = set()
+        self._live: dict[TaskRef, Lane] = {}  # live task -> the lane to its worker
         self._ids = itertools.count(1)
         self._spawns: dict[int, asyncio.Future[TaskRef]] = {}
         self._requests: dict[int, tuple[asyncio.Future[Any], TaskRef]] = {}
@@ -376,8 +376,8 @@ class Runtime:
         Raises :class:`QueueFull` if the worker's inbox is full,
         :class:`UnknownTarget` if the target does not exist.
         """
-        if self._running and target in self._live:  # the hot path, inlined
-            lane = self._lanes[target.worker]
+        lane = self._live.get(target) if self._running else None  # type: ignore[arg-type]
+        if lane is not None:  # the hot path, inlined
             q = lane.q
             if len(q) < lane.capacity:
                 q.append((OP_EXT, target, msg))
@@ -624,7 +624,7 @@ class Runtime:
             _, sid, ref, error, w = item
             fut = self._spawns.pop(sid, None)
             if ref is not None:
-                self._live.add(ref)
+                self._live[ref] = self._lanes[ref.worker]
             elif self._load[w] > 0:
                 self._load[w] -= 1  # the placement did not happen
             if fut is not None and not fut.done():
@@ -636,7 +636,7 @@ class Runtime:
         if op == APP_ENDED:
             _, ref, tb = item
             if ref.kind != HOST_KIND:
-                self._live.discard(ref)
+                self._live.pop(ref, None)
                 if 0 <= ref.worker < self._n and self._load[ref.worker] > 0:
                     self._load[ref.worker] -= 1
             for rid in self._req_by_task.pop(ref, ()):

@@ -196,7 +196,7 @@ class WorkerCore:
         self.closing = False
         self.stopped = False
         self.drivers = list(drivers)
-        self._routes: dict[type, Callable[[_Entry, Any], None]] = {
+        self._routes: dict[type, Callable[[TaskRef, Any], None]] = {
             ExtOut: self._r_ext_out,
             Reply: self._r_reply,
             Subscribe: self._r_subscribe,
@@ -210,7 +210,7 @@ class WorkerCore:
             for typ in driver.output_types:
                 if typ in self._routes:
                     raise ValueError(f"two handlers for output type {typ.__name__}")
-                self._routes[typ] = self._driver_route(driver)
+                self._routes[typ] = driver.handle
         self._ops: dict[int, Callable[..., None]] = {
             OP_EXT: self._op_ext,
             OP_HOST: self._op_host,
@@ -306,7 +306,7 @@ class WorkerCore:
                                     if route is None:
                                         self._unrouted(entry, out)
                                     else:
-                                        route(entry, out)
+                                        route(entry.ref, out)
                                 out = pop_out(now)
                             if entry.is_empty():
                                 self._end(entry, None)
@@ -328,13 +328,26 @@ class WorkerCore:
             counters.outputs += outs
 
     def deliver(self, ref: TaskRef, event: Any, now: float) -> bool:
-        """Feed a driver's input to ``ref``; False (and counted) if the task is gone."""
-        entry = self._entry(ref)
+        """Feed a driver's input to ``ref``; False (and counted) if the task is gone.
+
+        Fed at once (and drained) when called from the top of the worker's stack; queued
+        behind the current drain when a driver delivers from inside ``handle``.
+        """
+        entry = self._by_ref.get(ref)
         if entry is None:
             self.counters.orphans += 1
             return False
+        if self._depth:
+            self._pending.append((entry, event))
+            return True
         self.now = now
-        self._feed(entry, event)
+        self._depth = 1
+        try:
+            self._feed_one(entry, event)
+            if self._pending:
+                self._flush_pending()
+        finally:
+            self._depth = 0
         return True
 
     def tick(self, now: float) -> None:
@@ -410,7 +423,7 @@ class WorkerCore:
                 if route is None:
                     self._unrouted(entry, out)
                 else:
-                    route(entry, out)
+                    route(entry.ref, out)
                 out = pop(now)
             if entry.is_empty():
                 self._end(entry, None)
@@ -458,7 +471,7 @@ class WorkerCore:
             if route is None:
                 self._unrouted(entry, out)
             else:
-                route(entry, out)
+                route(entry.ref, out)
             out = pop(now)
 
     def _drain_new(self, entry: _Entry) -> None:
@@ -661,14 +674,15 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ output routes
 
-    def _r_ext_out(self, entry: _Entry, out: ExtOut) -> None:
+    def _r_ext_out(self, ref: TaskRef, out: ExtOut) -> None:
         self.counters.outputs += 1
-        self.app_buffer.append(TaskOutput(entry.ref, out.msg))
+        self.app_buffer.append(TaskOutput(ref, out.msg))
 
-    def _r_reply(self, entry: _Entry, out: Reply) -> None:
+    def _r_reply(self, ref: TaskRef, out: Reply) -> None:
         self._sink.to_app((APP_REPLY, out.id, out.msg))
 
-    def _r_subscribe(self, entry: _Entry, out: Subscribe) -> None:
+    def _r_subscribe(self, ref: TaskRef, out: Subscribe) -> None:
+        entry = self._by_ref[ref]
         channels = entry.channels
         if channels is None:
             channels = entry.channels = set()
@@ -683,7 +697,8 @@ class WorkerCore:
         else:
             subs.append(entry)
 
-    def _r_unsubscribe(self, entry: _Entry, out: Unsubscribe) -> None:
+    def _r_unsubscribe(self, ref: TaskRef, out: Unsubscribe) -> None:
+        entry = self._by_ref[ref]
         channels = entry.channels
         if not channels or out.channel not in channels:
             return
@@ -702,20 +717,19 @@ class WorkerCore:
             del self._subs[channel]
             self._hub.unregister(channel, self.worker_id)
 
-    def _r_publish(self, entry: _Entry, out: Publish) -> None:
+    def _r_publish(self, ref: TaskRef, out: Publish) -> None:
         channel = out.channel
         me = self.worker_id
         for worker in self._hub.workers(channel):
             if worker == me:
                 subs = self._subs.get(channel)
                 if subs:
-                    source = entry.ref
                     for sub in list(subs):
-                        self._pending.append((sub, BusMessage(channel, source, out.msg)))
-            elif not self._sink.to_worker(worker, (OP_BUS, channel, entry.ref, out.msg), out.safe):
+                        self._pending.append((sub, BusMessage(channel, ref, out.msg)))
+            elif not self._sink.to_worker(worker, (OP_BUS, channel, ref, out.msg), out.safe):
                 self.counters.bus_dropped += 1
 
-    def _r_broadcast(self, entry: _Entry, out: Broadcast) -> None:
+    def _r_broadcast(self, ref: TaskRef, out: Broadcast) -> None:
         me = self.worker_id
         for worker in range(self._workers):
             if worker == me:
@@ -726,31 +740,21 @@ class WorkerCore:
             elif not self._sink.to_worker(worker, (OP_BCAST, me, out.msg), out.safe):
                 self.counters.bus_dropped += 1
 
-    def _r_send_to(self, entry: _Entry, out: SendTo) -> None:
+    def _r_send_to(self, ref: TaskRef, out: SendTo) -> None:
         target = out.target
         if target.worker == self.worker_id:
             dest = self._entry(target)
             if dest is None:
                 self.counters.orphans += 1
             else:
-                self._pending.append((dest, Direct(entry.ref, out.msg)))
+                self._pending.append((dest, Direct(ref, out.msg)))
         elif not 0 <= target.worker < self._workers:
             self.counters.orphans += 1
-        elif not self._sink.to_worker(
-            target.worker, (OP_DIRECT, target, entry.ref, out.msg), out.safe
-        ):
+        elif not self._sink.to_worker(target.worker, (OP_DIRECT, target, ref, out.msg), out.safe):
             self.counters.bus_dropped += 1
 
-    def _r_spawn(self, entry: _Entry, out: Spawn) -> None:
-        self._sink.to_app((APP_SPAWN_REQ, out.kind, out.cfg, entry.ref, out.tag))
-
-    def _driver_route(self, driver: Driver) -> Callable[[_Entry, Any], None]:
-        handle = driver.handle
-
-        def route(entry: _Entry, out: Any) -> None:
-            handle(entry.ref, out)
-
-        return route
+    def _r_spawn(self, ref: TaskRef, out: Spawn) -> None:
+        self._sink.to_app((APP_SPAWN_REQ, out.kind, out.cfg, ref, out.tag))
 
 
 def next_tick(due: float, now: float, period: float) -> float:

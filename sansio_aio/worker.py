@@ -369,13 +369,13 @@ class Worker:
         if core is None:
             return False
         try:
-            return core.deliver(task, event, _monotonic())
+            ok = core.deliver(task, event, _monotonic())
         except Exception:
             log.exception("worker %d: internal error delivering to %s", self.worker_id, task)
             return False
-        finally:
-            if core.app_buffer or self._pending_wakes:
-                self._flush_app()
+        if core.app_buffer or self._pending_wakes:
+            self._flush_app()
+        return ok
 
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """DriverContext: wrap a callback so its run time counts as busy time."""
@@ -393,11 +393,14 @@ class Worker:
 class _Context:
     """The DriverContext a worker hands its drivers."""
 
-    __slots__ = ("_loop", "_worker")
+    __slots__ = ("_loop", "_worker", "deliver")
 
     def __init__(self, worker: Worker, loop: asyncio.AbstractEventLoop) -> None:
         self._worker = worker
         self._loop = loop
+        #: Feed an input to a task under the drain rule (the worker's own method, bound
+        #: here so a driver's per-packet call costs no extra layer).
+        self.deliver: Callable[[TaskRef, Any], bool] = worker.deliver
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -412,10 +415,6 @@ class _Context:
     def now(self) -> float:
         """The worker's clock (``time.monotonic()``)."""
         return _monotonic()
-
-    def deliver(self, task: TaskRef, event: Any) -> bool:
-        """Feed ``event`` to ``task`` under the drain rule."""
-        return self._worker.deliver(task, event)
 
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Wrap a callback so its run time counts as the worker's busy time."""
