@@ -363,7 +363,8 @@ class SimNetwork:
         start = now
         if cond.bandwidth is not None:
             busy = self._busy_until.get(key, now)
-            if busy > now and (busy - now) * cond.bandwidth > cond.queue_bytes:
+            # bytes still waiting for the wire (a tolerance keeps float noise out)
+            if busy > now and (busy - now) * cond.bandwidth > cond.queue_bytes + 1e-6:
                 stats.queue_dropped += 1
                 trace.record(now, "net", "queue-drop", tag)
                 return False

@@ -9,8 +9,8 @@ violations without changing the core, each task built by the simulation is wrapp
 
 * ``on_event``/``on_tick``/``on_shutdown`` record the input and its time;
 * ``pop_output`` records each output; when the task returns ``None``, a strict wrapper
-  asks once more, and a second answer is a violation (the output is still passed on,
-  so nothing is lost);
+  asks once more, and after ``is_empty``/``next_deadline`` too: an answer is a
+  violation (the output is kept and handed out, so nothing is lost);
 * ``next_deadline`` (only on :class:`WatchedDeadline`, used when the task defines one,
   so the core's "no deadline" fast path is kept) rejects deadlines in the past and a
   task woken three times at one instant that still asks for that instant: the core
@@ -39,7 +39,17 @@ Report = Callable[[ProtocolViolation], None]
 class Watched:
     """Forwards the task protocol to ``task``, recording calls in ``trace``."""
 
-    __slots__ = ("_last_tick", "_report", "_strict", "_ticks_here", "label", "now", "task", "trace")
+    __slots__ = (
+        "_last_tick",
+        "_report",
+        "_stash",
+        "_strict",
+        "_ticks_here",
+        "label",
+        "now",
+        "task",
+        "trace",
+    )
 
     def __init__(self, task: Any, label: str, trace: Trace, report: Report, strict: bool) -> None:
         self.task = task
@@ -50,6 +60,7 @@ class Watched:
         self.now = -math.inf
         self._last_tick = -math.inf
         self._ticks_here = 0
+        self._stash: list[Any] = []
 
     def on_tick(self, now: float) -> None:
         """Forward ``on_tick``."""
@@ -70,20 +81,33 @@ class Watched:
 
     def pop_output(self, now: float) -> Any | None:
         """Forward ``pop_output``; a strict wrapper double-checks the final ``None``."""
-        out = self.task.pop_output(now)
+        # an output found stranded earlier is handed out first
+        out = self._stash.pop(0) if self._stash else self.task.pop_output(now)
         if out is None:
             if self._strict:
                 extra = self.task.pop_output(now)
                 if extra is not None:
-                    self._violate(
-                        f"{self.label}.pop_output returned {describe(extra)} after returning None "
-                        f"(t={now!r}): outputs must appear only while handling an input"
-                    )
+                    self._stranded(extra, "pop_output returned None")
+                    self._stash.pop()
                     self.trace.record(now, self.label, "out", extra)
                     return extra
             return None
         self.trace.record(now, self.label, "out", out)
         return out
+
+    def _stranded(self, extra: Any, when: str) -> None:
+        self._violate(
+            f"{self.label}.pop_output returned {describe(extra)} after returning None "
+            f"(an output that appeared after {when}, t={self.now!r}): outputs must appear "
+            "only while handling an input, or the runtime leaves them stranded"
+        )
+        self._stash.append(extra)
+
+    def _probe(self, when: str) -> None:
+        """Strict: an output queued by ``is_empty``/``next_deadline`` would be stranded."""
+        extra = self.task.pop_output(self.now)
+        if extra is not None:
+            self._stranded(extra, when)
 
     def on_shutdown(self, now: float) -> None:
         """Forward ``on_shutdown``."""
@@ -92,8 +116,11 @@ class Watched:
         self.task.on_shutdown(now)
 
     def is_empty(self) -> bool:
-        """Forward ``is_empty``."""
-        return bool(self.task.is_empty())
+        """Forward ``is_empty`` (a strict wrapper then checks nothing was queued)."""
+        empty = bool(self.task.is_empty())
+        if self._strict:
+            self._probe("is_empty()")
+        return empty
 
     def _violate(self, message: str) -> None:
         self.trace.record(self.now, self.label, "VIOLATION", message)
@@ -111,6 +138,8 @@ class WatchedDeadline(Watched):
     def next_deadline(self) -> float | None:
         """Forward ``next_deadline``, refusing values that would make the worker spin."""
         when = self.task.next_deadline()
+        if self._strict:
+            self._probe("next_deadline()")
         if when is None:
             return None
         now = self.now

@@ -1,0 +1,263 @@
+"""SimRuntime: the runtime's semantics in one thread on a fake clock (no threads, no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sansio_aio import (
+    Ext,
+    ExtOut,
+    RequestTimeout,
+    ShutdownTimeout,
+    Task,
+    TaskEnded,
+    TaskFailed,
+    TaskFailedError,
+    TaskOutput,
+    UnknownKind,
+    UnknownTarget,
+)
+from sansio_aio.testing import FakeClock, ProtocolViolation, SimRuntime, SimulationStalled
+
+from .tasks import (
+    Echo,
+    Finite,
+    Graceful,
+    Host,
+    Parent,
+    Publisher,
+    Recorder,
+    Stuck,
+    Subscriber,
+    Ticker,
+)
+
+KINDS: dict[str, Callable[[Any], Any]] = {
+    "echo": Echo,
+    "recorder": Recorder,
+    "ticker": Ticker,
+    "sub": Subscriber,
+    "pub": Publisher,
+    "parent": Parent,
+    "graceful": Graceful,
+    "stuck": Stuck,
+    "finite": Finite,
+}
+
+
+async def outputs(rt: SimRuntime, n: int) -> list[TaskOutput]:
+    got: list[TaskOutput] = []
+    while len(got) < n:
+        ev = await rt.next_event()
+        if isinstance(ev, TaskOutput):
+            got.append(ev)
+    return got
+
+
+async def test_no_threads_are_started() -> None:
+    before = threading.active_count()
+    async with SimRuntime(KINDS, workers=3) as rt:
+        refs = [await rt.spawn("echo") for _ in range(3)]
+        assert sorted(r.worker for r in refs) == [0, 1, 2]
+        assert threading.active_count() == before
+
+
+async def test_placement_least_loaded_ties_round_robin() -> None:
+    async with SimRuntime(KINDS, workers=2) as rt:
+        refs = [await rt.spawn("echo") for _ in range(4)]
+        assert Counter(r.worker for r in refs) == {0: 2, 1: 2}
+    async with SimRuntime(KINDS, workers=2) as rt:
+        for _ in range(3):
+            await rt.spawn("echo", worker=0)
+        assert (await rt.spawn("echo")).worker == 1
+        assert (await rt.stats()).placed == (3, 1)
+
+
+async def test_messages_requests_and_errors() -> None:
+    async with SimRuntime(KINDS, workers=2) as rt:
+        a = await rt.spawn("echo")
+        rt.send_nowait(a, "hello")
+        assert await rt.next_event() == TaskOutput(a, "hello")
+        assert await rt.request(a, ("double", 21)) == 42
+        t0 = rt.now
+        with pytest.raises(RequestTimeout):
+            await rt.request(a, "ignore", timeout=5.0)
+        assert rt.now == pytest.approx(t0 + 5.0)  # simulated seconds, not real ones
+        with pytest.raises(TaskFailedError):
+            await rt.request(a, "raise")
+        assert isinstance(await rt.next_event(), TaskFailed)
+        with pytest.raises(UnknownTarget):
+            rt.send_nowait(a, "to the dead")
+        with pytest.raises(UnknownKind):
+            await rt.spawn("nope")
+        with pytest.raises(UnknownTarget):
+            rt.send_nowait(1, "no host task")
+
+
+async def test_failure_is_isolated() -> None:
+    async with SimRuntime(KINDS, workers=1) as rt:
+        bad, good = await rt.spawn("echo"), await rt.spawn("echo")
+        rt.send_nowait(bad, ("raise", "magic packet"))
+        failed = await rt.next_event()
+        assert isinstance(failed, TaskFailed) and failed.task == bad
+        assert "ValueError: magic packet" in failed.error
+        rt.send_nowait(good, "still here")
+        assert await rt.next_event() == TaskOutput(good, "still here")
+
+
+async def test_bus_pubsub_across_workers_in_order() -> None:
+    async with SimRuntime(KINDS, workers=2) as rt:
+        subs = [await rt.spawn("sub", "ch") for _ in range(3)]
+        pub = await rt.spawn("pub")
+        rt.send_nowait(pub, ("publish", "ch", 100, True))
+        got = await outputs(rt, 301)
+        for s in subs:
+            assert [o.msg[2] for o in got if o.task == s] == list(range(100))
+        assert TaskOutput(pub, ("published", 100)) in got
+        rt.send_nowait(subs[0], "quit")  # ends without unsubscribing: the runtime cleans up
+        assert await rt.next_event() == TaskEnded(subs[0])
+        rt.send_nowait(pub, ("publish", "ch", 1, True))
+        rest = await outputs(rt, 3)
+        assert {o.task for o in rest} == {subs[1], subs[2], pub}
+
+
+async def test_broadcast_and_worker_messages() -> None:
+    async with SimRuntime(KINDS, workers=2, host=Host) as rt:
+        hello = await outputs(rt, 2)
+        assert sorted(o.msg[1] for o in hello) == [0, 1]
+        rt.send_nowait(1, "broadcast")
+        got = await outputs(rt, 2)
+        assert sorted((o.msg[1], o.msg[2]) for o in got) == [(0, 1), (1, 1)]
+        rt.send_nowait(0, "ping")
+        assert (await rt.next_event()).msg == ("worker-msg", 0, "ping")  # type: ignore[union-attr]
+
+
+async def test_tasks_spawn_through_the_balancer() -> None:
+    async with SimRuntime(KINDS, workers=2) as rt:
+        await rt.spawn("parent", 3, worker=0)
+        got = await outputs(rt, 3)
+        assert sorted(o.msg[1] for o in got) == [0, 1, 2]
+        assert Counter(o.msg[2].worker for o in got) == {1: 2, 0: 1}
+        rt.send_nowait(got[0].task, "unknown-kind")
+        bad = await rt.next_event()
+        assert bad.msg[1] == "bad" and "unknown task kind" in bad.msg[3]  # type: ignore[union-attr]
+
+
+async def test_constructor_outputs_and_finite_tasks() -> None:
+    async with SimRuntime(KINDS) as rt:
+        ref = await rt.spawn("finite", 3)
+        events = [await rt.next_event() for _ in range(4)]
+        assert events == [
+            TaskOutput(ref, 0),
+            TaskOutput(ref, 1),
+            TaskOutput(ref, 2),
+            TaskEnded(ref),
+        ]
+        assert rt.now == 0.0  # all at the spawn instant, not at the next tick
+
+
+async def test_ticks_and_deadlines_in_simulated_time() -> None:
+    async with SimRuntime(KINDS, tick=10.0) as rt:
+        t = await rt.spawn("ticker", 0.05)
+        rt.send_nowait(t, "arm")
+        assert (await rt.next_event()).msg == ("armed", 0.05)  # type: ignore[union-attr]
+        assert (await rt.next_event()).msg == ("woke", 0.05, 0.05)  # type: ignore[union-attr]
+        assert (await rt.next_event()).msg == ("tick", 10.0)  # type: ignore[union-attr]
+        rt.advance(30.0)
+        assert [e.msg for e in rt.poll_events()] == [("tick", 20.0), ("tick", 30.0), ("tick", 40.0)]  # type: ignore[union-attr]
+
+
+async def test_graceful_shutdown_and_timeout_naming_the_stuck_task() -> None:
+    rt = SimRuntime(KINDS, workers=2)
+    async with rt:
+        g = await rt.spawn("graceful")
+    assert TaskOutput(g, "bye") in rt.poll_events()
+    rt2 = SimRuntime(KINDS)
+    await rt2.start()
+    s = await rt2.spawn("stuck")
+    with pytest.raises(ShutdownTimeout, match="stuck#0@w0") as info:
+        await rt2.shutdown(timeout=2.0)
+    assert info.value.unfinished == [s]
+    assert rt2.now == pytest.approx(2.0)
+
+
+async def test_stats_count_inputs_and_tasks() -> None:
+    async with SimRuntime(KINDS, workers=2) as rt:
+        refs = [await rt.spawn("echo") for _ in range(4)]
+        for r in refs:
+            rt.send_nowait(r, "x")
+        stats = await rt.stats()
+        assert [w.tasks for w in stats.workers] == [2, 2]
+        assert sum(w.msgs_in for w in stats.workers) == 4
+        assert sum(w.msgs_out for w in stats.workers) == 4
+
+
+async def test_waiting_for_an_event_that_never_comes_is_reported() -> None:
+    async with SimRuntime(KINDS, max_time=30.0) as rt:
+        await rt.spawn("echo")
+        with pytest.raises(SimulationStalled, match=r"no event within 30\.0"):
+            await rt.next_event()
+        assert rt.now == pytest.approx(30.0)
+
+
+async def test_manual_clock_waits_for_the_test_to_advance_it() -> None:
+    clock = FakeClock(autojump=False)
+    async with SimRuntime(KINDS, clock=clock, tick=1.0) as rt:
+        await rt.spawn("ticker")
+        waiting = asyncio.ensure_future(rt.next_event())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # time does not move by itself
+        rt.advance(1.0)
+        ev = await asyncio.wait_for(waiting, 5)
+        assert ev.msg == ("tick", 1.0)  # type: ignore[union-attr]
+
+
+class Spinner(Task):
+    def next_deadline(self) -> float | None:
+        return 0.5
+
+
+class Stranding(Task):
+    def on_event(self, now: float, event: Any) -> None:
+        self.later = True
+
+    def is_empty(self) -> bool:
+        if getattr(self, "later", False):
+            self.later = False
+            self.emit(ExtOut("stranded"))
+        return super().is_empty()
+
+
+async def test_protocol_violations_are_raised_and_nothing_is_lost() -> None:
+    async with SimRuntime({"spin": Spinner}, strict=True) as rt:
+        await rt.spawn("spin")
+        with pytest.raises(ProtocolViolation, match="would spin"):
+            rt.advance(1.0)
+    rt2 = SimRuntime({"strand": Stranding})
+    async with rt2:
+        ref = await rt2.spawn("strand")
+        with pytest.raises(ProtocolViolation, match="after returning None"):
+            rt2.send_nowait(ref, "x")
+        assert await rt2.next_event() == TaskOutput(ref, "stranded")
+
+
+async def test_lookup_and_run_on_worker() -> None:
+    async with SimRuntime(KINDS, workers=2) as rt:
+        ref = await rt.spawn("recorder", worker=1)
+        task = rt.lookup(ref)
+        assert isinstance(task, Recorder)
+        assert await rt.run_on_worker(1, lambda core: core.worker_id) == 1
+
+
+async def test_fixture_factory(sim_runtime: Callable[..., SimRuntime], sim_seed: int) -> None:
+    rt = sim_runtime(KINDS, workers=2)
+    assert rt.running and rt.seed == sim_seed
+    ref = await rt.spawn("echo")
+    rt.send_nowait(ref, Ext("wrapped"))
+    assert (await rt.next_event()).msg == Ext("wrapped")  # type: ignore[union-attr]
