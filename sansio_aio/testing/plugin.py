@@ -268,6 +268,28 @@ def _check_backend(name: Any) -> None:
         pytest.skip(reason)
 
 
+_warmed = False
+
+
+def _warm_up_backends() -> None:
+    """Build and close one loop of each backend, once per process.
+
+    libuv opens a process-wide signal pipe the first time a uvloop loop is made and never
+    closes it; that is not a leak of the runtime, so it is allocated before the snapshot.
+    """
+    global _warmed
+    if _warmed:
+        return
+    _warmed = True
+    from ..backends import BACKENDS, available_backends
+
+    for name in available_backends():
+        try:
+            BACKENDS[name]().close()
+        except Exception:  # pragma: no cover - a broken backend fails in the test itself
+            continue
+
+
 async def _stop_and_check(rts: list[Runtime], before: Any, check: bool) -> None:
     from .leaks import await_no_leaks
 
@@ -315,6 +337,7 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     from ..controller import Runtime
     from .leaks import ResourceSnapshot
 
+    _warm_up_backends()
     before = ResourceSnapshot.take()
     rt = Runtime(kinds, **kwargs)
     await rt.start()
@@ -332,6 +355,7 @@ async def runtime_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     from ..controller import Runtime
     from .leaks import ResourceSnapshot
 
+    _warm_up_backends()
     before = ResourceSnapshot.take()
     made: list[Runtime] = []
     check = True
