@@ -1,0 +1,339 @@
+"""WHEP fan-out: CPU per viewer and the most viewers one worker holds at >= 25 fps.
+
+Two servers, measured the same way in the same run, each in its own process (pinned to
+CPU 1) inside one private network namespace made for the run:
+
+* **sansio_aio**: ``examples/whip_whep``'s server (``open_server``) with ``workers=1``:
+  the room task on one worker, the aiortc driver relaying the publisher through one
+  ``MediaRelay`` (``buffered=False``) to every viewer's sender.
+* **baseline**: aiortc's own MediaRelay example setup, written by hand: one aiohttp app
+  and every peer connection on one asyncio loop, ``relay.subscribe(track)`` per viewer
+  and a ``MediaBlackhole`` keeping the publisher consumed, behind the same WHIP/WHEP
+  POSTs (so the client code is identical).
+
+Load (the bench process, pinned to CPU 0, peers in the namespace): one publisher per
+server sending a generated 320x240 video at 30 fps, then steps of N viewers. A step
+opens N viewers on one server, lets them settle, measures every viewer's decoded fps
+and the server process's CPU (``/proc/<pid>/stat``) over a window, and closes them;
+the two servers alternate step by step (A B, B A, ...) so machine noise hits both. A
+step "holds" when every viewer gets >= 25 fps; a server stops at its first failed
+step. Reported: the most viewers held (the metric), CPU per viewer (CPU above the
+publisher-only level, divided by the viewers, at the largest step held), every step.
+
+Knobs for experiments (environment of the run): ``WHEP_FANOUT_BACKEND`` picks the
+sansio_aio worker backend (default uvloop); ``WHEP_FANOUT_UNBUFFERED=1`` makes the
+baseline subscribe with ``buffered=False`` like sansio_aio does.
+
+``python -m bench whep_fanout`` runs the full set (viewer steps up to 32, about a
+minute and a half); ``run(quick=True)`` is a quick check (1 and 2 viewers, short windows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FPS_FLOOR = 25.0
+FULL_STEPS = (1, 4, 8, 12, 16, 20, 24, 28, 32)
+QUICK_STEPS = (1, 2)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ servers (child side)
+
+
+async def _serve_sansio(ready: asyncio.Future[int]) -> None:
+    from sansio_aio.webrtc.config import ServerConfig
+    from sansio_aio.webrtc.server import open_server
+
+    backend = os.environ.get("WHEP_FANOUT_BACKEND") or None
+    config = ServerConfig(
+        port=0, workers=1, pages=False, max_sessions_per_room=100, backend=backend
+    )
+    async with open_server(config) as server:
+        ready.set_result(int(server.url.rsplit(":", 1)[1]))
+        await asyncio.Event().wait()
+
+
+async def _serve_baseline(ready: asyncio.Future[int]) -> None:
+    """aiortc's MediaRelay example setup, behind WHIP/WHEP POSTs, on one loop."""
+    from aiohttp import web
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaBlackhole, MediaRelay
+
+    relay = MediaRelay()
+    tracks: dict[str, Any] = {}
+    pcs: set[RTCPeerConnection] = set()
+    holes: list[MediaBlackhole] = []
+    jobs: set[asyncio.Future[None]] = set()
+
+    async def answer(pc: RTCPeerConnection, offer: str) -> web.Response:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        return await finish(pc)
+
+    async def finish(pc: RTCPeerConnection) -> web.Response:
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.Response(
+            status=201,
+            text=pc.localDescription.sdp,
+            content_type="application/sdp",
+            headers={"Location": f"/session/{id(pc)}"},
+        )
+
+    async def whip(request: web.Request) -> web.Response:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.add(pc)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            tracks[track.kind] = track
+            hole = MediaBlackhole()  # the example keeps incoming media consumed
+            hole.addTrack(relay.subscribe(track))
+            holes.append(hole)
+            jobs.add(asyncio.ensure_future(hole.start()))
+
+        return await answer(pc, await request.text())
+
+    async def whep(request: web.Request) -> web.Response:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pcs.add(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=await request.text(), type="offer"))
+        if "video" in tracks:
+            buffered = os.environ.get("WHEP_FANOUT_UNBUFFERED") != "1"
+            pc.addTrack(relay.subscribe(tracks["video"], buffered=buffered))
+        return await finish(pc)
+
+    app = web.Application()
+    app.router.add_post("/whip/{room}", whip)
+    app.router.add_post("/whep/{room}", whep)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    ready.set_result(int(runner.addresses[0][1]))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for pc in pcs:
+            await pc.close()
+        await runner.cleanup()
+
+
+def serve_main(kind: str) -> None:
+    """Child process entry: serve, print ``PORT <n>``, run until SIGTERM."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[int] = loop.create_future()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        serve = _serve_sansio if kind == "sansio_aio" else _serve_baseline
+        job = asyncio.ensure_future(serve(ready))
+        print(f"PORT {await ready}", flush=True)
+        await stop.wait()
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ load (bench side)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+class _Server:
+    """One server process under test, with its publisher."""
+
+    def __init__(self, kind: str, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.kind = kind
+        self.proc = proc
+        self.base = f"http://127.0.0.1:{port}"
+        self.publisher: Any = None
+        self.rows: list[dict[str, Any]] = []
+        self.failed = False
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _start_server(kind: str, net: Any) -> _Server:
+    proc = net.popen(
+        [sys.executable, "-m", "bench.whep_fanout", "serve", kind],
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(proc.pid, {1})
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        return _Server(kind, proc, int(line.split()[1]))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+async def _step(server: _Server, viewers: int, settle: float, window: float) -> dict[str, Any]:
+    """Open ``viewers`` viewers on ``server``, measure one window, close them."""
+    from sansio_aio.webrtc import client
+
+    sessions = [await client.view(f"{server.base}/whep/bench") for _ in range(viewers)]
+    try:
+        await asyncio.sleep(settle)
+        frames0 = [v.frames for v in sessions]
+        cpu0, t0 = _cpu_seconds(server.proc.pid), time.monotonic()
+        await asyncio.sleep(window)
+        cpu1, t1 = _cpu_seconds(server.proc.pid), time.monotonic()
+    finally:
+        for v in sessions:
+            await v.close()
+    span = t1 - t0
+    fps = [(v.frames - f) / span for v, f in zip(sessions, frames0, strict=True)]
+    return {
+        "viewers": viewers,
+        "server_cpu": round((cpu1 - cpu0) / span, 3),
+        "min_fps": round(min(fps), 1) if fps else None,
+        "mean_fps": round(sum(fps) / len(fps), 1) if fps else None,
+    }
+
+
+async def _load(servers: list[_Server], steps: Sequence[int], settle: float, window: float) -> None:
+    """Runs on the peers' loop: publishers, then viewer steps alternating the servers."""
+    from sansio_aio.webrtc import client
+
+    for server in servers:
+        track = client.PatternTrack(320, 240, 30)
+        server.publisher = await client.publish(f"{server.base}/whip/bench", [track])
+    try:
+        for server in servers:
+            server.rows.append(await _step(server, 0, settle, window))
+        for i, viewers in enumerate(steps):
+            order = servers if i % 2 == 0 else servers[::-1]
+            for server in order:
+                if server.failed:
+                    continue
+                row = await _step(server, viewers, settle, window)
+                server.rows.append(row)
+                server.failed = row["min_fps"] < FPS_FLOOR
+            if all(server.failed for server in servers):
+                break
+    finally:
+        for server in servers:
+            if server.publisher is not None:
+                await server.publisher.close()
+
+
+def _summary(server: _Server) -> dict[str, Any]:
+    rows = server.rows
+    idle = rows[0]["server_cpu"]
+    held = [r for r in rows[1:] if r["min_fps"] >= FPS_FLOOR]
+    best = held[-1] if held else None
+    ref = best or (rows[1] if len(rows) > 1 else None)
+    return {
+        "steps": rows,
+        "publisher_only_cpu": idle,
+        "max_viewers": best["viewers"] if best else 0,
+        "cpu_per_viewer": (
+            round((ref["server_cpu"] - idle) / ref["viewers"], 4)
+            if ref and ref["viewers"]
+            else None
+        ),
+    }
+
+
+async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[str, Any]:
+    from sansio_aio.webrtc.netns import PrivateNetwork
+
+    net = PrivateNetwork()
+    peers = net.loop_thread("fanout-peers")
+    servers: list[_Server] = []
+    try:
+        servers.append(await _start_server("sansio_aio", net))
+        servers.append(await _start_server("baseline", net))
+        await peers.run(_load(servers, steps, settle, window), 900)
+        return {server.kind: _summary(server) for server in servers}
+    finally:
+        for server in servers:
+            await asyncio.to_thread(server.stop)
+        peers.stop()
+        net.close()
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure and write ``bench/results/whep_fanout.json``; return the record."""
+    from sansio_aio.webrtc.netns import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"whep_fanout bench cannot run here: {reason}")
+    steps = QUICK_STEPS if quick else FULL_STEPS
+    settle, window = (0.5, 1.0) if quick else (1.0, 2.5)
+    old = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {0})
+    try:
+        results = asyncio.run(_measure(steps, settle, window))
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, old)
+    ours, base = results["sansio_aio"], results["baseline"]
+    return write_result(
+        "whep_fanout",
+        metric=f"viewers held at >= {FPS_FLOOR:g} fps (320x240 30 fps, one worker)",
+        value=ours["max_viewers"],
+        baseline="aiortc MediaRelay example setup (one loop, relay.subscribe per viewer)",
+        baseline_value=base["max_viewers"],
+        params={
+            "steps": list(steps),
+            "settle_s": settle,
+            "window_s": window,
+            "video": "320x240@30 VP8",
+            "quick": quick,
+            "cpu_pinning": "server on CPU 1, load on CPU 0",
+        },
+        cpu_per_viewer=ours["cpu_per_viewer"],
+        baseline_cpu_per_viewer=base["cpu_per_viewer"],
+        cpu_per_viewer_ratio=(
+            round(base["cpu_per_viewer"] / ours["cpu_per_viewer"], 3)
+            if ours["cpu_per_viewer"] and base["cpu_per_viewer"]
+            else None
+        ),
+        publisher_only_cpu=ours["publisher_only_cpu"],
+        baseline_publisher_only_cpu=base["publisher_only_cpu"],
+        steps={"sansio_aio": ours["steps"], "baseline": base["steps"]},
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "serve":
+        serve_main(sys.argv[2])
+    else:
+        import json
+
+        print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
