@@ -4,11 +4,14 @@ Theory of operation
 -------------------
 Take a :class:`ResourceSnapshot` before the runtime starts and compare after it shut
 down. A *leaked thread* is one that appeared in between and is still alive; the
-threads of the application loop's default executor (``asyncio_N``, used by
-``asyncio.to_thread`` and by the runtime's own join) belong to the loop, not to the
-runtime, and are ignored. A *leaked fd* is a descriptor open now that was not open
-before (or now points at something else) and is a socket, a pipe, an anonymous inode
-(epoll, eventfd) or a device: regular files opened by pytest or logging are ignored.
+threads of the application loop's default executor (``asyncio_N``, ``uvloop_N``, used
+by ``asyncio.to_thread`` and by the runtime's own join) belong to the loop, not to the
+runtime, and are ignored. A *leaked fd* is a descriptor number that was free at the
+snapshot, is open now, and is a socket, a pipe, an anonymous inode (epoll, eventfd) or a
+device: regular files opened by pytest or logging are ignored. Numbers taken at the
+snapshot are skipped even if they now name another object: the application loop may
+replace its own descriptors between two ``run_until_complete`` calls (uvloop renews its
+signal socket pair on each run), and a number still taken cannot have been leaked.
 
 Closing is not always synchronous (an asyncio transport closes on the next loop
 iteration, a thread needs a moment to finish after it was told to), so
@@ -29,7 +32,7 @@ __all__ = ["ResourceSnapshot", "await_no_leaks", "leaks", "wait_for_no_leaks"]
 
 _FD_DIR = "/proc/self/fd"
 _WATCHED_PREFIXES = ("socket:", "pipe:", "anon_inode:", "/dev/")
-_IGNORED_THREAD_PREFIXES = ("asyncio_", "ThreadPoolExecutor")
+_IGNORED_THREAD_PREFIXES = ("asyncio_", "uvloop_", "ThreadPoolExecutor")
 
 
 def _fds() -> dict[int, str]:
@@ -70,8 +73,8 @@ def leaks(before: ResourceSnapshot) -> list[str]:
             continue
         found.append(f"thread {t.name!r} (ident {t.ident}, daemon={t.daemon}) still alive")
     for fd, target in sorted(_fds().items()):
-        if before.fds.get(fd) == target:
-            continue
+        if fd in before.fds:
+            continue  # that number was taken at the snapshot (see the module docs)
         if target.startswith(_WATCHED_PREFIXES):
             found.append(f"fd {fd} -> {target} still open")
     return found
