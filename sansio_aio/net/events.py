@@ -344,7 +344,8 @@ class TcpData:
 class TcpEof:
     """The peer of ``slot`` half-closed: no more data will arrive; sending still works.
 
-    Emit :class:`TcpClose` when done (the driver does not close on EOF by itself).
+    Emit :class:`TcpClose` (or :class:`TcpShutdown`) when done sending. If this side
+    had already sent its FIN, the connection closes by itself and ``TcpClosed`` follows.
     """
 
     slot: int

@@ -1,0 +1,484 @@
+"""TCP driver (row N1, C13 for connections) on real sockets on 127.0.0.1 / ::1.
+
+Every test runs on every backend. ``Probe`` emits the outputs the test sends it and
+reports every input as an ``ExtOut``; with ``echo`` it echoes data and closes on EOF.
+Clients are asyncio streams on the test's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from sansio_aio import Ext, ExtOut, Reply, Request, Runtime, Task, TaskEnded, TaskFailed, TaskOutput
+from sansio_aio.net.events import (
+    TcpAccepted,
+    TcpClose,
+    TcpClosed,
+    TcpConnect,
+    TcpConnected,
+    TcpData,
+    TcpEof,
+    TcpError,
+    TcpListen,
+    TcpListening,
+    TcpPaused,
+    TcpPauseReading,
+    TcpResumed,
+    TcpResumeReading,
+    TcpSend,
+    TcpShutdown,
+)
+from sansio_aio.net.tcp import TcpDriver
+
+LO = "127.0.0.1"
+T = 5.0
+
+
+class Probe(Task):
+    """Emits what the test sends (a list of outputs); reports every input as ExtOut."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        cfg = cfg or {}
+        self.echo = cfg.get("echo", False)
+        self.done = False
+        for out in cfg.get("start", ()):
+            self.emit(out)
+
+    def on_event(self, now: float, event: Any) -> None:
+        if self.echo:
+            if type(event) is TcpData:
+                self.emit(TcpSend(event.slot, event.data))
+                return
+            if type(event) is TcpEof:
+                self.emit(TcpClose(event.slot))
+                return
+        if isinstance(event, Ext):
+            if event.msg == "end":
+                self.done = True
+            elif event.msg == "raise":
+                raise RuntimeError("boom (asked by the test)")
+            else:
+                for out in event.msg:
+                    self.emit(out)
+            return
+        if isinstance(event, Request):
+            self.emit(Reply(event.id, event.msg))
+            return
+        self.emit(ExtOut(event))
+
+    def is_empty(self) -> bool:
+        return self.done or super().is_empty()
+
+
+def runtime(backend: str, **kw: Any) -> Runtime:
+    kw.setdefault("drivers", [TcpDriver])
+    return Runtime({"probe": Probe}, backend=backend, **kw)
+
+
+async def msg(rt: Runtime, timeout: float = T) -> Any:
+    ev = await asyncio.wait_for(rt.next_event(), timeout)
+    assert isinstance(ev, TaskOutput), f"expected a task output, got {ev!r}"
+    return ev.msg
+
+
+async def listen(rt: Runtime, ref: Any, addr: Any = (LO, 0), **kw: Any) -> TcpListening:
+    rt.send_nowait(ref, [TcpListen(addr, **kw)])
+    ev = await msg(rt)
+    assert isinstance(ev, TcpListening)
+    return ev
+
+
+async def read_data(rt: Runtime, slot: int, n: int) -> bytes:
+    """Collect ``TcpData`` of ``slot`` until ``n`` bytes arrived."""
+    buf = b""
+    while len(buf) < n:
+        ev = await msg(rt)
+        assert isinstance(ev, TcpData) and ev.slot == slot, ev
+        buf += ev.data
+    assert len(buf) == n
+    return buf
+
+
+async def driver_stats(rt: Runtime) -> dict[str, int]:
+    return await rt.run_on_worker(0, lambda core: dict(core.drivers[0].stats()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LO, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def have_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ listen, accept
+
+
+async def test_listen_accept_receive_send(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe", {"start": [TcpListen((LO, 0), tag="srv")]})
+        lst = await msg(rt)
+        assert isinstance(lst, TcpListening) and lst.ok and lst.tag == "srv"
+        assert lst.addr[0] == LO and lst.addr[1] > 0
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        acc = await msg(rt)
+        assert isinstance(acc, TcpAccepted) and acc.listener == lst.slot
+        assert acc.slot not in (lst.slot, -1)
+        assert acc.remote == writer.get_extra_info("sockname")
+        assert acc.local == lst.addr
+        writer.write(b"hello task")
+        assert await read_data(rt, acc.slot, 10) == b"hello task"
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"hello client")])
+        assert await asyncio.wait_for(reader.readexactly(12), T) == b"hello client"
+        rt.send_nowait(ref, [TcpClose(acc.slot)])
+        assert await msg(rt) == TcpClosed(acc.slot)
+        assert await asyncio.wait_for(reader.read(), T) == b""
+        writer.close()
+        stats = await driver_stats(rt)
+        assert stats["tcp_accepted"] == 1 and stats["tcp_conns"] == 0
+
+
+async def test_echo_with_100_concurrent_clients(backend: str) -> None:
+    n_clients, rounds = 100, 10
+    async with runtime(backend) as rt:
+        await rt.spawn("probe", {"echo": True, "start": [TcpListen((LO, 0), backlog=256)]})
+        lst = await msg(rt)
+        assert lst.ok
+
+        async def client(i: int) -> int:
+            rng = random.Random(i)
+            reader, writer = await asyncio.open_connection(*lst.addr)
+            total = 0
+            for _ in range(rounds):
+                data = rng.randbytes(rng.randint(1, 20_000))
+                writer.write(data)
+                assert await reader.readexactly(len(data)) == data
+                total += len(data)
+            writer.write_eof()
+            assert await reader.read() == b""  # the echo closed after our EOF
+            writer.close()
+            await writer.wait_closed()
+            return total
+
+        totals = await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(n_clients))), 60)
+        stats = await driver_stats(rt)
+        assert stats["tcp_accepted"] == n_clients
+        assert stats["tcp_rx_bytes"] == stats["tcp_tx_bytes"] == sum(totals)
+        assert stats["tcp_errors"] == 0
+
+
+async def test_listen_on_a_busy_port_fails_as_value(backend: str) -> None:
+    with socket.socket() as busy:
+        busy.bind((LO, 0))
+        busy.listen()
+        async with runtime(backend) as rt:
+            ref = await rt.spawn("probe")
+            lst = await listen(rt, ref, busy.getsockname())
+            assert not lst.ok and lst.slot == -1 and lst.errno == errno.EADDRINUSE
+            good = await listen(rt, ref)
+            assert good.ok
+
+
+@pytest.mark.parametrize(
+    ("addr", "needle"),
+    [
+        (("localhost", 0), "not an IP address"),
+        (("127.0.0.1", -1), "port must be"),
+        ("127.0.0.1", "(host, port)"),
+    ],
+)
+async def test_bad_addresses_are_error_values(backend: str, addr: Any, needle: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref, addr)
+        assert not lst.ok and needle in (lst.error or "") and lst.errno == errno.EINVAL
+        rt.send_nowait(ref, [TcpConnect(addr, tag="c")])
+        con = await msg(rt)
+        assert isinstance(con, TcpConnected) and not con.ok and needle in (con.error or "")
+        assert con.tag == "c"
+        rt.send_nowait(ref, [TcpListen((LO, 0), backlog=0)])
+        bad = await msg(rt)
+        assert not bad.ok and "backlog" in bad.error
+
+
+async def test_close_listener_acks_and_frees_the_port(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        rt.send_nowait(ref, [TcpClose(lst.slot)])
+        assert await msg(rt) == TcpClosed(lst.slot)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(*lst.addr)
+        with socket.socket() as again:
+            again.bind(lst.addr)
+            again.listen()
+
+
+# ------------------------------------------------------------------ connect
+
+
+async def test_connect_send_receive_close(backend: str) -> None:
+    got_eof = asyncio.Event()
+
+    async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data.upper())
+        got_eof.set()
+        writer.close()
+
+    server = await asyncio.start_server(upper, LO, 0)
+    addr = server.sockets[0].getsockname()
+    try:
+        async with runtime(backend) as rt:
+            ref = await rt.spawn("probe")
+            rt.send_nowait(ref, [TcpConnect(addr, tag="up")])
+            con = await msg(rt)
+            assert isinstance(con, TcpConnected) and con.ok, con
+            assert con.tag == "up" and con.remote == addr and con.local[0] == LO
+            rt.send_nowait(ref, [TcpSend(con.slot, b"shout")])
+            assert await read_data(rt, con.slot, 5) == b"SHOUT"
+            rt.send_nowait(ref, [TcpClose(con.slot)])
+            closed = await msg(rt)
+            assert closed == TcpClosed(con.slot)
+            await asyncio.wait_for(got_eof.wait(), T)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_connect_refused_is_an_error_value(backend: str) -> None:
+    port = free_port()
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        rt.send_nowait(ref, [TcpConnect((LO, port), tag=7)])
+        con = await msg(rt)
+        assert isinstance(con, TcpConnected) and not con.ok and con.slot == -1
+        assert con.errno == errno.ECONNREFUSED and con.tag == 7
+        assert (await driver_stats(rt))["tcp_errors"] == 1
+
+
+async def test_connect_times_out_as_an_error_value(backend: str) -> None:
+    # A listener that never accepts, with its accept queue full: further SYNs are
+    # dropped, so a connect can only time out (all on loopback).
+    with socket.socket() as full:
+        full.bind((LO, 0))
+        full.listen(0)
+        fillers = []
+        try:
+            for _ in range(4):
+                f = socket.socket()
+                f.setblocking(False)
+                try:
+                    f.connect(full.getsockname())
+                except BlockingIOError:
+                    pass
+                fillers.append(f)
+            async with runtime(backend) as rt:
+                ref = await rt.spawn("probe")
+                rt.send_nowait(ref, [TcpConnect(full.getsockname(), timeout=0.3)])
+                con = await msg(rt)
+                assert isinstance(con, TcpConnected) and not con.ok
+                assert con.errno == errno.ETIMEDOUT and "timed out" in (con.error or "")
+        finally:
+            for f in fillers:
+                f.close()
+
+
+async def test_ipv6_connect_and_accept_inside_one_task(backend: str) -> None:
+    if not have_ipv6():
+        pytest.skip("IPv6 loopback (::1) is not available on this machine")
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref, ("::1", 0))
+        assert lst.ok and lst.addr[0] == "::1"
+        rt.send_nowait(ref, [TcpConnect(lst.addr[:2])])
+        first, second = await msg(rt), await msg(rt)
+        by_type = {type(first): first, type(second): second}
+        con, acc = by_type[TcpConnected], by_type[TcpAccepted]
+        assert con.ok and acc.remote[:2] == con.local[:2]
+        rt.send_nowait(ref, [TcpSend(con.slot, b"over six")])
+        assert await read_data(rt, acc.slot, 8) == b"over six"
+
+
+# ------------------------------------------------------------------ half-close
+
+
+async def test_peer_half_close_then_reply_then_close(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        acc = await msg(rt)
+        writer.write(b"question")
+        writer.write_eof()
+        assert await read_data(rt, acc.slot, 8) == b"question"
+        assert await msg(rt) == TcpEof(acc.slot)
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"answer"), TcpClose(acc.slot)])
+        assert await asyncio.wait_for(reader.read(), T) == b"answer"
+        assert await msg(rt) == TcpClosed(acc.slot)
+        writer.close()
+
+
+async def test_task_half_close_keeps_reading(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        acc = await msg(rt)
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"last words"), TcpShutdown(acc.slot)])
+        assert await asyncio.wait_for(reader.read(), T) == b"last words"  # then EOF
+        writer.write(b"still listening")
+        assert await read_data(rt, acc.slot, 15) == b"still listening"
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"too late")])
+        err = await msg(rt)
+        assert isinstance(err, TcpError) and err.errno == errno.EPIPE and err.op == "send"
+        writer.close()  # both sides have now sent FIN: the connection closes by itself
+        assert await msg(rt) == TcpEof(acc.slot)
+        assert await msg(rt) == TcpClosed(acc.slot)
+
+
+async def test_peer_reset_arrives_as_closed_with_error(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        sock = socket.create_connection(lst.addr)
+        acc = await msg(rt)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+        closed = await msg(rt)
+        assert isinstance(closed, TcpClosed) and closed.slot == acc.slot
+        # a reset is reported as an error, or as a clean close if the kernel saw EOF first
+        assert closed.error is None or closed.errno == errno.ECONNRESET, closed
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"gone")])
+        assert isinstance(await msg(rt), TcpError)
+
+
+# ------------------------------------------------------------------ backpressure
+
+
+async def test_backpressure_pauses_refuses_and_resumes(backend: str) -> None:
+    high, low, cap = 64 * 1024, 16 * 1024, 256 * 1024
+    chunk = 128 * 1024
+    drivers = [lambda: TcpDriver(high=high, low=low, max_buffer=cap)]
+    async with runtime(backend, drivers=drivers) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, lst.addr)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        acc = await msg(rt)
+        n = 60  # 7.5 MiB in one drain: more than the kernel's buffers can absorb
+        rt.send_nowait(ref, [TcpSend(acc.slot, bytes([i]) * chunk) for i in range(n)])
+        await rt.request(ref, "sync")  # every input of that drain has been reported
+        events = [e.msg for e in rt.poll_events()]  # type: ignore[union-attr]
+        paused = [e for e in events if isinstance(e, TcpPaused)]
+        refused = [e for e in events if isinstance(e, TcpError)]
+        assert len(paused) + len(refused) == len(events), events
+        assert len(paused) == 1 and paused[0].slot == acc.slot and paused[0].buffered > high
+        assert refused and all(e.errno == errno.ENOBUFS for e in refused)
+        assert "write buffer full" in refused[0].error
+        stats = await driver_stats(rt)
+        assert stats["tcp_paused"] == 1 and stats["tcp_send_refused"] == len(refused)
+        assert 0 < stats["tcp_write_buffered"] <= cap  # bounded, whatever the task sends
+        # reading is paused while the buffer is high: data sent now waits in the kernel
+        writer.write(b"ping")
+        await writer.drain()
+        for _ in range(3):  # several turns of the worker's loop
+            await rt.request(ref, "sync")
+        assert rt.poll_events() == []
+        # the client drains: everything accepted arrives, in order, then TcpResumed
+        accepted = n - len(refused)
+        got = await asyncio.wait_for(reader.readexactly(accepted * chunk), 30)
+        assert got == b"".join(bytes([i]) * chunk for i in range(accepted))
+        assert await msg(rt) == TcpResumed(acc.slot)
+        assert await read_data(rt, acc.slot, 4) == b"ping"  # reading resumed
+        writer.close()
+
+
+async def test_task_can_pause_and_resume_reading(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        _, writer = await asyncio.open_connection(*lst.addr)
+        acc = await msg(rt)
+        rt.send_nowait(ref, [TcpPauseReading(acc.slot)])
+        await rt.request(ref, "sync")
+        writer.write(b"wait for it")
+        await writer.drain()
+        for _ in range(3):  # several loop turns of the worker: nothing may be read
+            await rt.request(ref, "sync")
+        assert rt.poll_events() == []
+        rt.send_nowait(ref, [TcpResumeReading(acc.slot)])
+        assert await read_data(rt, acc.slot, 11) == b"wait for it"
+        writer.close()
+
+
+# ------------------------------------------------------------------ bad input, release
+
+
+async def test_bad_slots_and_malformed_sends_are_error_values(backend: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        other = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        acc = await msg(rt)
+        rt.send_nowait(
+            ref,
+            [
+                TcpSend(424242, b"x"),
+                TcpSend(acc.slot, "not bytes"),  # type: ignore[arg-type]
+                TcpSend(lst.slot, b"a listener is no connection"),
+                TcpShutdown(999),
+                TcpPauseReading(998),
+                TcpClose(997),
+            ],
+        )
+        errs = [await msg(rt) for _ in range(6)]
+        assert [type(e) for e in errs] == [TcpError] * 6, errs
+        assert [e.op for e in errs] == ["send", "send", "send", "shutdown", "pause", "close"]
+        rt.send_nowait(other, [TcpSend(acc.slot, b"not yours"), TcpClose(acc.slot)])
+        for _ in range(2):
+            ev = await asyncio.wait_for(rt.next_event(), T)
+            assert ev.task == other and isinstance(ev.msg, TcpError)  # type: ignore[union-attr]
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"fine")])  # the connection lives on
+        assert await asyncio.wait_for(reader.readexactly(4), T) == b"fine"
+        writer.close()
+
+
+@pytest.mark.parametrize("how", ["end", "raise"])
+async def test_an_ended_tasks_listeners_and_connections_are_closed(backend: str, how: str) -> None:
+    async with runtime(backend) as rt:
+        ref = await rt.spawn("probe")
+        lst = await listen(rt, ref)
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        await msg(rt)  # TcpAccepted
+        rt.send_nowait(ref, how)
+        ended = await asyncio.wait_for(rt.next_event(), T)
+        assert isinstance(ended, TaskEnded if how == "end" else TaskFailed)
+        assert await asyncio.wait_for(reader.read(), T) == b""  # the connection closed
+        writer.close()
+        with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(lst.addr)
+            again.listen()  # fails with EADDRINUSE if the task's listener were open
+        stats = await driver_stats(rt)
+        assert stats["tcp_listeners"] == 0 and stats["tcp_conns"] == 0
