@@ -54,19 +54,25 @@ class PatternTrack(MediaStreamTrack):
     def __init__(self, width: int = 320, height: int = 240, fps: int = 30) -> None:
         super().__init__()
         import av
-        import numpy as np
 
         self._fps = fps
         self._start: float | None = None
         self._count = 0
         self._frames = []
-        base = (np.arange(width, dtype=np.uint16)[None, :] + np.arange(height)[:, None]) % 256
-        for i in range(fps):
-            y = ((base + i * 8) % 256).astype(np.uint8)
-            u = np.full((height // 2, width // 2), 128 + (i % 16), np.uint8)
-            v = np.full((height // 2, width // 2), 128, np.uint8)
-            planes = np.concatenate([y, u.reshape(-1, width), v.reshape(-1, width)])
-            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        ramp = bytes(range(256)) * ((width + height) // 256 + 3)
+        for i in range(fps):  # one second of diagonal stripes moving to the left
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for index, plane in enumerate(frame.planes):
+                pad = bytes(plane.line_size - plane.width)
+                if index == 0:
+                    rows = [
+                        ramp[(y + i * 8) % 256 : (y + i * 8) % 256 + plane.width] + pad
+                        for y in range(plane.height)
+                    ]
+                    plane.update(b"".join(rows))
+                else:
+                    value = 128 + (i % 16) if index == 1 else 128
+                    plane.update((bytes([value]) * plane.width + pad) * plane.height)
             self._frames.append(frame)
 
     async def recv(self) -> Any:

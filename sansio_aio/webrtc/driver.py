@@ -209,6 +209,13 @@ class WebRtcDriver(Driver):
         job.add_done_callback(peer.jobs.discard)
 
     async def _open(self, task: TaskRef, cmd: PeerOpen) -> None:
+        try:
+            await self._negotiate(task, cmd)
+        except Exception as exc:  # a bug or a broken environment: answer, never hang
+            log.exception("negotiating %s of %s failed", cmd.session, task)
+            self._fail((task, cmd.session), 500, f"internal error: {exc!r}")
+
+    async def _negotiate(self, task: TaskRef, cmd: PeerOpen) -> None:
         key = (task, cmd.session)
         peer = self._peers[key]
         try:
@@ -271,6 +278,9 @@ class WebRtcDriver(Driver):
                     peer.video_frames += 1
         except MediaStreamError:
             return
+        except Exception:
+            log.exception("reading a publisher track failed; the track is dropped")
+            track.stop()
 
     async def _trickle(self, task: TaskRef, cmd: PeerTrickle) -> None:
         peer = self._peers.get((task, cmd.session))
@@ -304,7 +314,7 @@ class WebRtcDriver(Driver):
             if tr.kind != "video" or send_pli is None:
                 continue
             for src in receiver.getSynchronizationSources():
-                job = self._ctx.loop.create_task(send_pli(src.source))
+                job = self._ctx.loop.create_task(_quietly(send_pli(src.source)))
                 peer.jobs.add(job)
                 job.add_done_callback(peer.jobs.discard)
                 self._counters["webrtc_keyframes"] += 1
@@ -349,6 +359,13 @@ class WebRtcDriver(Driver):
     def _deliver(self, task: TaskRef, event: Any) -> None:
         if self._ctx is not None:
             self._ctx.deliver(task, event)
+
+
+async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await coro
+    except Exception:
+        log.debug("a keyframe request failed", exc_info=True)
 
 
 async def _close_pc(pc: RTCPeerConnection) -> None:

@@ -33,7 +33,13 @@ from typing import Any
 from aiohttp import web
 
 from ..controller import Runtime
-from ..errors import RequestTimeout, RuntimeClosed, TaskFailedError, UnknownTarget
+from ..errors import (
+    RequestTimeout,
+    RuntimeClosed,
+    SansioAioError,
+    TaskFailedError,
+    UnknownTarget,
+)
 from ..events import TaskEnded, TaskFailed, TaskOutput, TaskRef
 from .config import ServerConfig
 from .driver import WebRtcDriver
@@ -307,7 +313,11 @@ class WhipServer:
 
     async def _ask_room(self, room: str, msg: Any) -> tuple[TaskRef, Any]:
         """Send ``msg`` to ``room`` (spawning it if needed); retry once if it just ended."""
-        ref = await self._room_ref(room)
+        try:
+            ref = await self._room_ref(room)
+        except SansioAioError as exc:
+            retry = self.config.retry_after
+            return TaskRef(-1, "room", -1), Refused(503, f"cannot start the room: {exc}", retry)
         for attempt in (1, 2):
             try:
                 reply = await self.rt.request(ref, msg, timeout=self.config.request_timeout)
@@ -316,7 +326,11 @@ class WhipServer:
                 self._forget_room(ref)
                 if attempt == 2:
                     return ref, Refused(503, f"room unavailable: {exc}", self.config.retry_after)
-                ref = await self._room_ref(room)
+                try:
+                    ref = await self._room_ref(room)
+                except SansioAioError as err:
+                    retry = self.config.retry_after
+                    return ref, Refused(503, f"cannot start the room: {err}", retry)
             except RequestTimeout:
                 return ref, Refused(503, "the room did not answer in time", 1)
             except RuntimeClosed:
