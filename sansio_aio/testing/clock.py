@@ -91,7 +91,7 @@ class FakeClock:
         if not math.isfinite(start):
             raise HarnessError(f"start must be a finite time, got {start!r}")
         self._now = float(start)
-        self._heap: list[Timer] = []
+        self._heap: list[tuple[float, int, Timer]] = []  # tuples compare in C
         self._seq = itertools.count()
         self.autojump = autojump
         #: Timers fired since the clock was made.
@@ -116,13 +116,13 @@ class FakeClock:
     def next_deadline(self) -> float | None:
         """When the earliest pending timer fires, or ``None`` if none is pending."""
         heap = self._heap
-        while heap and heap[0].cancelled:
+        while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
-        return heap[0].when if heap else None
+        return heap[0][0] if heap else None
 
     def pending(self) -> int:
         """Number of pending (not cancelled) timers."""
-        return sum(1 for t in self._heap if not t.cancelled)
+        return sum(1 for _, _, t in self._heap if not t.cancelled)
 
     # ------------------------------------------------------------------ scheduling
 
@@ -130,8 +130,10 @@ class FakeClock:
         """Run ``callback(*args)`` at time ``when`` (at once, in order, if already due)."""
         if not math.isfinite(when):
             raise HarnessError(f"cannot schedule a timer at {when!r}")
-        timer = Timer(max(float(when), self._now), next(self._seq), callback, args)
-        heapq.heappush(self._heap, timer)
+        at = max(float(when), self._now)
+        seq = next(self._seq)
+        timer = Timer(at, seq, callback, args)
+        heapq.heappush(self._heap, (at, seq, timer))
         return timer
 
     def call_later(self, delay: float, callback: Callable[..., None], *args: Any) -> Timer:
@@ -157,8 +159,8 @@ class FakeClock:
             raise HarnessError(f"time only moves forward: now={self._now!r}, asked {when!r}")
         fired = 0
         heap = self._heap
-        while heap and heap[0].when <= when:
-            timer = heapq.heappop(heap)
+        while heap and heap[0][0] <= when:
+            timer = heapq.heappop(heap)[2]
             if timer.cancelled:
                 continue
             self._fire(timer)

@@ -327,7 +327,7 @@ class SimNetwork:
         stats = self.stats
         stats.sent += 1
         trace = self.trace
-        tag = f"{what} {_fmt(src)}>{_fmt(dst)} {size}B"
+        tag = f"{what} {_fmt(src)}>{_fmt(dst)} {size}B" if trace.enabled else what
         if stream is None and self._partitions and self.partitioned(src, dst):
             stats.partitioned += 1
             trace.record(now, "net", "cut", tag)
@@ -381,7 +381,8 @@ class SimNetwork:
                 last = self._stream_last.get(stream, when)
                 when = max(when, last)
                 self._stream_last[stream] = when
-            trace.record(now, "net", "send", f"{tag} eta={when:.9f}")
+            if trace.enabled:
+                trace.record(now, "net", "send", f"{tag} eta={when:.9f}")
             self.clock.call_at(when, self._arrive, src, dst, arrive, tag, stream is not None)
         return True
 

@@ -55,6 +55,29 @@ MAX_UDP6_PAYLOAD = 65527
 _ANY = {4: "0.0.0.0", 6: "::"}
 
 
+_CHECKED: dict[Any, tuple[tuple[Any, ...], str, int]] = {}
+
+
+def _checked(addr: Any) -> tuple[tuple[Any, ...], str, int]:
+    """``check_address`` then ``_norm``, memoised (addresses repeat on the per-packet path).
+
+    Raises ``ValueError``/``TypeError`` exactly as ``check_address`` does.
+    """
+    try:
+        hit = _CHECKED.get(addr)
+    except TypeError:  # unhashable: not an address tuple anyway
+        hit = None
+    if hit is not None:
+        return hit
+    _, valid = check_address(addr)
+    host, version = _norm(valid[0])
+    result = (valid, host, version)
+    if len(_CHECKED) >= 4096:
+        _CHECKED.clear()
+    _CHECKED[addr] = result
+    return result
+
+
 def _norm(host: str) -> tuple[str, int]:
     """Canonical host text and IP version of a validated host ('' is IPv4 any)."""
     if host == "":
@@ -302,8 +325,7 @@ class SimUdpDriver(Driver):
 
     def _send(self, task: TaskRef, s: _Sock, dest: Any, data: Any) -> None:
         try:
-            _, addr = check_address(dest)
-            host, version = _norm(addr[0])
+            addr, host, version = _checked(dest)
         except (ValueError, TypeError) as exc:
             self._error(task, s.slot, str(exc), errno_mod.EINVAL, dest)
             return

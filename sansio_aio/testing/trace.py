@@ -29,40 +29,40 @@ _SHORT_BYTES = 48
 
 def describe(value: Any, _depth: int = 0) -> str:
     """A deterministic, compact text form of ``value`` for traces."""
+    typ = type(value)
+    if typ in _PLAIN:
+        return repr(value)
+    fields = _FIELDS.get(typ)
+    if fields is not None and _depth <= 6:  # a dataclass seen before: the hot path
+        parts = [f"{name}={describe(getattr(value, name), _depth + 1)}" for name in fields]
+        return f"{typ.__name__}({', '.join(parts)})"
     if _depth > 6:
         return "..."
-    typ = type(value)
-    if value is None or typ in (bool, int, str):
-        return repr(value)
-    if typ is float:
-        return repr(value)
     if typ in (bytes, bytearray, memoryview):
         data = bytes(value)
         if len(data) <= _SHORT_BYTES:
             return repr(data)
         return f"<{len(data)} B sha1:{hashlib.sha1(data).hexdigest()[:12]}>"
     if typ is tuple:
-        inner = ", ".join(describe(v, _depth + 1) for v in value)
+        inner = ", ".join([describe(v, _depth + 1) for v in value])
         return f"({inner},)" if len(value) == 1 else f"({inner})"
     if typ is list:
-        return "[" + ", ".join(describe(v, _depth + 1) for v in value) + "]"
+        return "[" + ", ".join([describe(v, _depth + 1) for v in value]) + "]"
     if typ is dict:
-        items = ", ".join(
-            f"{describe(k, _depth + 1)}: {describe(v, _depth + 1)}" for k, v in value.items()
-        )
-        return "{" + items + "}"
+        items = [f"{describe(k, _depth + 1)}: {describe(v, _depth + 1)}" for k, v in value.items()]
+        return "{" + ", ".join(items) + "}"
     if typ in (set, frozenset):
-        parts = sorted(describe(v, _depth + 1) for v in value)
-        return "{" + ", ".join(parts) + "}"
+        return "{" + ", ".join(sorted([describe(v, _depth + 1) for v in value])) + "}"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = ", ".join(
-            f"{f.name}={describe(getattr(value, f.name), _depth + 1)}"
-            for f in dataclasses.fields(value)
-        )
-        return f"{typ.__name__}({fields})"
+        _FIELDS[typ] = tuple(f.name for f in dataclasses.fields(value))
+        return describe(value, _depth)
     if all("__repr__" not in vars(k) for k in typ.__mro__[:-1]):
         return f"<{typ.__name__}>"  # the default repr carries an address
     return repr(value)
+
+
+_PLAIN = frozenset({type(None), bool, int, float, str})
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 @final
