@@ -58,7 +58,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 async def _serve_sansio(ready: asyncio.Future[int]) -> None:
     from sansio_aio.webrtc.config import ServerConfig
-    from sansio_aio.webrtc.server import open_server
+    from sansio_aio.webrtc.runner import open_server
 
     backend = os.environ.get("WHEP_FANOUT_BACKEND") or None
     config = ServerConfig(

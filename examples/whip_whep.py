@@ -25,7 +25,7 @@ import sys
 import time
 
 from sansio_aio.webrtc.config import parse_args
-from sansio_aio.webrtc.server import open_server
+from sansio_aio.webrtc.runner import open_server
 
 
 async def serve(argv: list[str]) -> int:

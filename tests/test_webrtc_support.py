@@ -69,7 +69,7 @@ ServeFactory = Callable[..., contextlib.AbstractAsyncContextManager[Served]]
 @pytest.fixture
 def serve(netns: PrivateNetwork) -> ServeFactory:
     """``async with serve(workers=2, backend="uvloop", **config) as s``: a live server."""
-    from sansio_aio.webrtc.server import open_server
+    from sansio_aio.webrtc.runner import open_server
 
     @contextlib.asynccontextmanager
     async def start(backend: str = "uvloop", **overrides: Any) -> AsyncIterator[Served]:

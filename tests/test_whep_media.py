@@ -130,3 +130,51 @@ async def test_publisher_is_consumed_without_viewers(
             await pub.close()
 
         await peers.run(stop(), 10)
+
+
+@pytest.mark.slow
+async def test_decoded_relay_reencodes_per_viewer(serve: ServeFactory, peers: LoopThread) -> None:
+    async with serve(workers=1, relay="decoded") as s:
+        base = s.inner
+
+        async def scenario() -> list[int]:
+            pub = await client.publish(f"{base}/whip/live", [client.PatternTrack()])
+            viewers = [await client.view(f"{base}/whep/live") for _ in range(2)]
+            counts = [await v.wait_frames(FRAMES, TIMEOUT) for v in viewers]
+            for session in [*viewers, pub]:
+                await session.delete()
+                await session.close()
+            return counts
+
+        counts = await peers.run(scenario(), 60)
+        assert min(counts) >= FRAMES
+        room = s.server.rooms["live"]
+        stats = await s.server.rt.run_on_worker(room.worker, lambda c: c.drivers[0].stats())
+        assert stats["webrtc_reencode_viewers"] == 2 and stats["webrtc_passthrough_viewers"] == 0
+
+
+@pytest.mark.slow
+async def test_late_viewer_starts_on_a_requested_keyframe(
+    serve: ServeFactory, peers: LoopThread
+) -> None:
+    async with serve(workers=1) as s:
+        base = s.inner
+
+        async def scenario() -> tuple[int, int]:
+            pub = await client.publish(f"{base}/whip/live", [client.PatternTrack()])
+            early = await client.view(f"{base}/whep/live")
+            # Two seconds of stream first: the publisher's first keyframe is long gone.
+            await early.wait_frames(2 * FRAMES, TIMEOUT)
+            late = await client.view(f"{base}/whep/live")
+            got = await late.wait_frames(FRAMES, TIMEOUT)
+            for session in (early, late, pub):
+                await session.delete()
+                await session.close()
+            return early.frames, got
+
+        early_frames, late_frames = await peers.run(scenario(), 60)
+        assert early_frames >= 2 * FRAMES and late_frames >= FRAMES
+        room = s.server.rooms["live"]
+        stats = await s.server.rt.run_on_worker(room.worker, lambda c: c.drivers[0].stats())
+        assert stats["webrtc_passthrough_viewers"] == 2
+        assert stats["webrtc_keyframes"] >= 2

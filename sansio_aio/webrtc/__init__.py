@@ -39,7 +39,8 @@ from .room import Room
 
 if TYPE_CHECKING:
     from .driver import WebRtcDriver
-    from .server import WhipServer, open_server
+    from .runner import open_server
+    from .server import WhipServer
 
 __all__ = [
     "CloseSession",
@@ -70,7 +71,7 @@ __all__ = [
     "parse_args",
 ]
 
-_LAZY = {"WebRtcDriver": ".driver", "WhipServer": ".server", "open_server": ".server"}
+_LAZY = {"WebRtcDriver": ".driver", "WhipServer": ".server", "open_server": ".runner"}
 
 
 def __getattr__(name: str) -> Any:

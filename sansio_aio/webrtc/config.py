@@ -118,6 +118,10 @@ class ServerConfig:
     cors_origin: str = "*"
     #: Serve the publish/view pages at ``{prefix}/``.
     pages: bool = True
+    #: ``"encoded"``: forward the publisher's encoded video to viewers whose offer
+    #: accepts its codec (no re-encode per viewer); ``"decoded"``: aiortc's relay of
+    #: decoded frames, re-encoded per viewer.
+    relay: str = "encoded"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -126,6 +130,8 @@ class ServerConfig:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.prefix and (not self.prefix.startswith("/") or self.prefix.endswith("/")):
             raise ConfigError(f"prefix must look like '/api' (or be empty), got {self.prefix!r}")
+        if self.relay not in ("encoded", "decoded"):
+            raise ConfigError(f"relay must be 'encoded' or 'decoded', got {self.relay!r}")
         if self.no_publisher_status not in (404, 409):
             raise ConfigError("no_publisher_status must be 404 or 409")
         for name in ("max_sessions", "max_sessions_per_room", "max_body"):
@@ -214,6 +220,12 @@ def parse_args(
         p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
     p.add_argument("--cors-origin", default=_env(env, "cors_origin", d.cors_origin))
     p.add_argument("--no-pages", action="store_true", default=_env(env, "no_pages") == "1")
+    p.add_argument(
+        "--relay",
+        choices=["encoded", "decoded"],
+        default=_env(env, "relay", d.relay),
+        help="forward encoded video (default) or re-encode per viewer",
+    )
     a = p.parse_args(argv)
     ice = a.ice_server if a.ice_server is not None else _split(_env(env, "ice_servers"))
     nets = a.ice_network if a.ice_network is not None else _split(_env(env, "ice_networks"))
@@ -240,4 +252,5 @@ def parse_args(
         request_timeout=a.request_timeout,
         cors_origin=a.cors_origin,
         pages=not a.no_pages,
+        relay=a.relay,
     )

@@ -11,11 +11,14 @@ requires). Results come back to the task as inputs through ``ctx.deliver``:
 ``connectionState`` change, ``PeerMedia`` about once a second.
 
 Media: each publisher's tracks go into one ``MediaRelay``; one sink per track always
-reads it (so aiortc's unbounded receive queue never grows, with or without viewers), and
-every viewer on this worker subscribes to the same relay with ``buffered=False`` (a slow
-viewer skips frames instead of queueing them). A room lives on one worker, so a viewer's
-publisher is always in this driver. aiortc decodes once per publisher and re-encodes
-once per viewer.
+reads it (so aiortc's unbounded receive queue never grows, with or without viewers). A
+room lives on one worker, so a viewer's publisher is always in this driver. With
+``relay="encoded"`` (the default) the publisher's video receiver is also tapped
+(:mod:`.passthrough`): a viewer whose offer accepts the publisher's codec gets the
+encoded frames as they arrived, so its sender only packetizes (no re-encode), starting
+on a keyframe requested from the publisher. Other viewers, and every viewer with
+``relay="decoded"``, subscribe to the decoded relay with ``buffered=False`` (a slow
+viewer skips frames instead of queueing them) and their sender re-encodes.
 
 Peers are keyed by ``(task, session)``. ``release(task)`` closes every peer the task
 held; ``close()`` (loop stopped) runs the outstanding closes to completion so no
@@ -54,6 +57,16 @@ from .events import (
     PeerState,
     PeerTrickle,
 )
+from .media import (
+    CountingTrack,
+    Peer,
+    close_pc,
+    codec_preferences,
+    offers_codec,
+    quietly,
+    video_codec,
+)
+from .passthrough import EncodedSource, hook_viewer_keyframes, tap_receiver
 
 __all__ = ["WebRtcDriver"]
 
@@ -62,67 +75,42 @@ log = logging.getLogger("sansio_aio.webrtc")
 _Key = tuple[TaskRef, str]
 
 
-class _CountingTrack(MediaStreamTrack):
-    """A pass-through track that counts the frames a viewer's sender pulls."""
-
-    def __init__(self, source: MediaStreamTrack) -> None:
-        super().__init__()
-        self.kind = source.kind
-        self._source = source
-        self.frames = 0
-
-    async def recv(self) -> Any:
-        frame = await self._source.recv()
-        self.frames += 1
-        return frame
-
-    def stop(self) -> None:
-        super().stop()
-        self._source.stop()
-
-
-class _Peer:
-    """One session's peer connection and what hangs off it."""
-
-    __slots__ = ("counters", "jobs", "pc", "relay", "reported", "role", "tracks", "video_frames")
-
-    def __init__(self, role: str) -> None:
-        self.pc: RTCPeerConnection | None = None  # built by _open, on the loop
-        self.role = role
-        self.jobs: set[asyncio.Task[None]] = set()
-        self.relay: MediaRelay | None = None
-        self.tracks: dict[str, MediaStreamTrack] = {}  # publisher: kind -> remote track
-        self.counters: list[_CountingTrack] = []  # viewer: relayed tracks
-        self.video_frames = 0  # publisher: video frames received
-        self.reported = -1
-
-    def frames(self) -> int:
-        if self.role == "whip":
-            return self.video_frames
-        return sum(t.frames for t in self.counters if t.kind == "video")
-
-
 class WebRtcDriver(Driver):
     """Performs room tasks' peer commands with aiortc on the worker's loop.
 
     Args:
         ice_servers: STUN/TURN servers for every peer connection (default: none, so
             aiortc never contacts Google's STUN server).
+        relay: ``"encoded"`` forwards the publisher's encoded video to every viewer
+            whose offer accepts its codec (no re-encode; see ``passthrough``), the
+            others get the decoded relay; ``"decoded"`` always re-encodes per viewer
+            (aiortc's own way).
         media_interval: seconds between ``PeerMedia`` reports.
+        keyframe_interval: least seconds between two keyframe requests the driver
+            sends a publisher on behalf of encoded viewers.
     """
 
     output_types = (PeerOpen, PeerTrickle, PeerKeyframe, PeerClose)
 
     def __init__(
-        self, ice_servers: Sequence[IceServer] = (), *, media_interval: float = 1.0
+        self,
+        ice_servers: Sequence[IceServer] = (),
+        *,
+        relay: str = "encoded",
+        media_interval: float = 1.0,
+        keyframe_interval: float = 0.5,
     ) -> None:
+        if relay not in ("encoded", "decoded"):
+            raise ValueError(f"relay must be 'encoded' or 'decoded', got {relay!r}")
+        self._relay_mode = relay
+        self._keyframe_interval = keyframe_interval
         self._ice = [
             RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
             for s in ice_servers
         ]
         self._media_interval = media_interval
         self._ctx: DriverContext | None = None
-        self._peers: dict[_Key, _Peer] = {}
+        self._peers: dict[_Key, Peer] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._counters = {
@@ -132,6 +120,8 @@ class WebRtcDriver(Driver):
             "webrtc_keyframes": 0,
             "webrtc_candidates": 0,
             "webrtc_bad_candidates": 0,
+            "webrtc_passthrough_viewers": 0,
+            "webrtc_reencode_viewers": 0,
         }
 
     # ------------------------------------------------------------------ Driver
@@ -199,7 +189,7 @@ class WebRtcDriver(Driver):
                 coro.close()
                 self._deliver(task, PeerFailed(session, 409, "session already open"))
                 return
-            self._peers[key] = _Peer(new)
+            self._peers[key] = Peer(new)
         peer = self._peers.get(key)
         if peer is None:
             coro.close()
@@ -223,7 +213,7 @@ class WebRtcDriver(Driver):
         except Exception as exc:
             self._fail(key, 400, f"malformed SDP: {exc!r}")
             return
-        source: _Peer | None = None
+        source: Peer | None = None
         if cmd.role == "whep":
             source = self._peers.get((task, cmd.source or ""))
             if source is None or source.relay is None:
@@ -245,6 +235,8 @@ class WebRtcDriver(Driver):
                 if peer.relay is None or track.kind in peer.tracks:
                     return
                 peer.tracks[track.kind] = track
+                if track.kind == "video" and self._relay_mode == "encoded":
+                    self._tap(peer, pc, track)
                 sink = peer.relay.subscribe(track, buffered=False)
                 job = asyncio.ensure_future(self._consume(peer, sink))
                 peer.jobs.add(job)
@@ -253,13 +245,11 @@ class WebRtcDriver(Driver):
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=cmd.offer, type="offer"))
             if source is not None and source.relay is not None:
-                for kind, track in source.tracks.items():
-                    if any(t.kind == kind for t in pc.getTransceivers()):
-                        relayed = _CountingTrack(source.relay.subscribe(track, buffered=False))
-                        peer.counters.append(relayed)
-                        pc.addTrack(relayed)
+                self._add_viewer_tracks(peer, pc, source, cmd.offer)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
+            if cmd.role == "whip":
+                peer.codec = video_codec(pc.localDescription.sdp)
         except Exception as exc:
             self._fail(key, 422, f"cannot answer this offer: {exc}")
             return
@@ -268,7 +258,57 @@ class WebRtcDriver(Driver):
         self._counters["webrtc_opened"] += 1
         self._deliver(task, PeerAnswered(cmd.session, pc.localDescription.sdp))
 
-    async def _consume(self, peer: _Peer, track: MediaStreamTrack) -> None:
+    def _tap(self, peer: Peer, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        """Fan the publisher's encoded video out (falls back to decoded if impossible)."""
+        for transceiver in pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                source = EncodedSource(lambda: self._request_keyframe(peer))
+                if tap_receiver(transceiver.receiver, source):
+                    peer.encoded = source
+                return
+
+    def _add_viewer_tracks(
+        self, peer: Peer, pc: RTCPeerConnection, source: Peer, offer: str
+    ) -> None:
+        """Give a viewer the publisher's tracks: encoded video if it can, else decoded."""
+        assert source.relay is not None
+        kinds = {t.kind for t in pc.getTransceivers()}
+        for kind, track in source.tracks.items():
+            if kind not in kinds:
+                continue
+            codec = source.codec
+            if (
+                kind == "video"
+                and source.encoded is not None
+                and codec is not None
+                and offers_codec(offer, codec)
+            ):
+                encoded = source.encoded.subscribe()
+                sender = pc.addTrack(encoded)
+                for transceiver in pc.getTransceivers():
+                    if transceiver.sender is sender:
+                        transceiver.setCodecPreferences(codec_preferences(codec))
+                hook_viewer_keyframes(sender, encoded)
+                peer.counters.append(encoded)
+                self._counters["webrtc_passthrough_viewers"] += 1
+                continue
+            relayed = CountingTrack(source.relay.subscribe(track, buffered=False))
+            peer.counters.append(relayed)
+            pc.addTrack(relayed)
+            if kind == "video":
+                self._counters["webrtc_reencode_viewers"] += 1
+
+    def _request_keyframe(self, peer: Peer) -> None:
+        """Ask ``peer`` (a publisher) for a keyframe, at most once per interval."""
+        if self._ctx is None:
+            return
+        now = self._ctx.now()
+        if now - peer.last_keyframe < self._keyframe_interval:
+            return
+        peer.last_keyframe = now
+        self._send_pli(peer)
+
+    async def _consume(self, peer: Peer, track: MediaStreamTrack) -> None:
         """Read a publisher track for ever (keeps aiortc's receive queue empty)."""
         video = track.kind == "video"
         try:
@@ -306,7 +346,11 @@ class WebRtcDriver(Driver):
 
     def _keyframe(self, task: TaskRef, session: str) -> None:
         peer = self._peers.get((task, session))
-        if peer is None or peer.pc is None or self._ctx is None:
+        if peer is not None:
+            self._send_pli(peer)
+
+    def _send_pli(self, peer: Peer) -> None:
+        if peer.pc is None or self._ctx is None:
             return
         for tr in peer.pc.getTransceivers():
             receiver = tr.receiver
@@ -314,7 +358,7 @@ class WebRtcDriver(Driver):
             if tr.kind != "video" or send_pli is None:
                 continue
             for src in receiver.getSynchronizationSources():
-                job = self._ctx.loop.create_task(_quietly(send_pli(src.source)))
+                job = self._ctx.loop.create_task(quietly(send_pli(src.source)))
                 peer.jobs.add(job)
                 job.add_done_callback(peer.jobs.discard)
                 self._counters["webrtc_keyframes"] += 1
@@ -338,9 +382,12 @@ class WebRtcDriver(Driver):
                 job.cancel()
         for t in peer.counters:
             t.stop()
+        if peer.encoded is not None:
+            peer.encoded.on_end()
+            peer.encoded = None
         if peer.pc is None or self._ctx.loop.is_closed():
             return
-        job = self._ctx.loop.create_task(_close_pc(peer.pc))
+        job = self._ctx.loop.create_task(close_pc(peer.pc))
         self._closing.add(job)
         job.add_done_callback(self._closing.discard)
 
@@ -359,17 +406,3 @@ class WebRtcDriver(Driver):
     def _deliver(self, task: TaskRef, event: Any) -> None:
         if self._ctx is not None:
             self._ctx.deliver(task, event)
-
-
-async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
-    try:
-        await coro
-    except Exception:
-        log.debug("a keyframe request failed", exc_info=True)
-
-
-async def _close_pc(pc: RTCPeerConnection) -> None:
-    try:
-        await pc.close()
-    except Exception:
-        log.debug("closing a peer connection failed", exc_info=True)

@@ -24,8 +24,7 @@ import contextlib
 import logging
 import re
 import secrets
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
@@ -42,7 +41,6 @@ from ..errors import (
 )
 from ..events import TaskEnded, TaskFailed, TaskOutput, TaskRef
 from .config import ServerConfig
-from .driver import WebRtcDriver
 from .events import (
     CloseSession,
     Created,
@@ -55,9 +53,8 @@ from .events import (
     RoomSnapshot,
     SessionEnded,
 )
-from .room import Room
 
-__all__ = ["WhipServer", "open_server"]
+__all__ = ["WhipServer"]
 
 log = logging.getLogger("sansio_aio.webrtc")
 
@@ -74,7 +71,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class WhipServer:
     """WHIP (ingest) and WHEP (egress) endpoints over a running :class:`Runtime`.
 
-    Use :func:`open_server` to get one with its runtime and HTTP site started.
+    Use :func:`~sansio_aio.webrtc.runner.open_server` to get one with its runtime and
+    HTTP site started.
     """
 
     def __init__(self, rt: Runtime, config: ServerConfig) -> None:
@@ -420,58 +418,3 @@ def _bearer(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-@contextlib.asynccontextmanager
-async def open_server(
-    config: ServerConfig,
-    *,
-    socks: Sequence[socket.socket] = (),
-    backend: Any = None,
-) -> AsyncIterator[WhipServer]:
-    """Start the runtime, the rooms' driver and the HTTP site; stop them on exit.
-
-    Args:
-        config: the server's configuration; it listens on ``config.host:config.port``
-            (port 0: an ephemeral port, see ``server.urls``).
-        socks: more listening sockets to serve the same app on (tests pass one made
-            inside a private network namespace).
-        backend: overrides ``config.backend`` (a backend name or a loop factory).
-    """
-    ice = config.ice_servers
-
-    def driver() -> WebRtcDriver:
-        return WebRtcDriver(ice)
-
-    rt = Runtime(
-        {"room": Room},
-        workers=config.workers,
-        backend=backend if backend is not None else config.backend,
-        drivers=[driver],
-        name="whip",
-    )
-    async with rt:
-        server = WhipServer(rt, config)
-        server.start()
-        runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
-        await runner.setup()
-        try:
-            sites: list[web.BaseSite] = [web.TCPSite(runner, config.host, config.port)]
-            sites += [web.SockSite(runner, sock) for sock in socks]
-            for site in sites:
-                await site.start()
-            server.urls = _site_urls(runner, config)
-            server.url = server.urls[0]
-            yield server
-        finally:
-            await runner.cleanup()
-            await server.close()
-
-
-def _site_urls(runner: web.AppRunner, config: ServerConfig) -> list[str]:
-    urls = []
-    for addr in runner.addresses:
-        if isinstance(addr, tuple):
-            host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-            urls.append(f"http://{host}:{addr[1]}{config.prefix}")
-    return urls or [f"http://{config.host}:{config.port}{config.prefix}"]

@@ -1,0 +1,125 @@
+"""Media helpers of the driver: per-session state, a frame-counting track, codec matching.
+
+No asyncio loop is touched here; the track's ``recv`` runs on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
+from aiortc.contrib.media import MediaRelay
+from aiortc.sdp import SessionDescription
+
+from .passthrough import EncodedSource, EncodedTrack
+
+log = logging.getLogger("sansio_aio.webrtc")
+
+__all__ = [
+    "CountingTrack",
+    "Peer",
+    "close_pc",
+    "codec_preferences",
+    "offers_codec",
+    "quietly",
+    "video_codec",
+]
+
+
+class CountingTrack(MediaStreamTrack):
+    """A pass-through track that counts the frames a viewer's sender pulls."""
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self._source = source
+        self.frames = 0
+
+    async def recv(self) -> Any:
+        frame = await self._source.recv()
+        self.frames += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+def video_codec(sdp: str) -> str | None:
+    """The codec name (``VP8``, ``H264``) of the first video section of ``sdp``."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "video" and media.rtp.codecs:
+            return str(media.rtp.codecs[0].mimeType.split("/", 1)[1])
+    return None
+
+
+def offers_codec(offer: str, codec: str) -> bool:
+    """True if the first video section of ``offer`` lists ``codec``."""
+    for media in SessionDescription.parse(offer).media:
+        if media.kind == "video":
+            names = {c.mimeType.split("/", 1)[1].upper() for c in media.rtp.codecs}
+            return codec.upper() in names
+    return False
+
+
+def codec_preferences(codec: str) -> list[Any]:
+    """aiortc's capabilities for ``codec`` (and RTX), for ``setCodecPreferences``."""
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    wanted = {codec.upper(), "RTX"}
+    return [c for c in caps if c.mimeType.split("/", 1)[1].upper() in wanted]
+
+
+class Peer:
+    """One session's peer connection and what hangs off it (owned by the driver)."""
+
+    __slots__ = (
+        "codec",
+        "counters",
+        "encoded",
+        "jobs",
+        "last_keyframe",
+        "pc",
+        "relay",
+        "reported",
+        "role",
+        "tracks",
+        "video_frames",
+    )
+
+    def __init__(self, role: str) -> None:
+        self.pc: RTCPeerConnection | None = None  # built by _open, on the loop
+        self.encoded: EncodedSource | None = None  # publisher: encoded-frame fan-out
+        self.codec: str | None = None  # publisher: negotiated video codec ("VP8", ...)
+        self.last_keyframe = float("-inf")
+        self.role = role
+        self.jobs: set[asyncio.Task[None]] = set()
+        self.relay: MediaRelay | None = None
+        self.tracks: dict[str, MediaStreamTrack] = {}  # publisher: kind -> remote track
+        self.counters: list[CountingTrack | EncodedTrack] = []  # viewer: its tracks
+        self.video_frames = 0  # publisher: video frames received
+        self.reported = -1
+
+    def frames(self) -> int:
+        """Video frames received (publisher) or handed to the sender (viewer)."""
+        if self.role == "whip":
+            return self.video_frames
+        return sum(t.frames for t in self.counters if t.kind == "video")
+
+
+async def quietly(coro: Coroutine[Any, Any, Any]) -> None:
+    """Await ``coro``, logging (not raising) its failure."""
+    try:
+        await coro
+    except Exception:
+        log.debug("a keyframe request failed", exc_info=True)
+
+
+async def close_pc(pc: RTCPeerConnection) -> None:
+    """Close ``pc``, logging (not raising) a failure."""
+    try:
+        await pc.close()
+    except Exception:
+        log.debug("closing a peer connection failed", exc_info=True)
