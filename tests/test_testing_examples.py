@@ -7,7 +7,6 @@ are driven one by one with ``TaskHarness`` and together with ``SimRuntime``.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -131,55 +130,82 @@ async def test_multi_types_system_on_the_simulated_runtime_matches_the_real_one(
 # ------------------------------------------------------------------ UDP echo
 
 
-def _echo_task(module: ModuleType) -> type[Task]:
-    found = [
-        obj
-        for name, obj in vars(module).items()
-        if inspect.isclass(obj) and issubclass(obj, Task) and "echo" in name.lower()
-    ]
-    if not found:
-        pytest.skip(f"no echo task class in {module.__name__}")
-    return found[0]
+def test_udp_echo_server_task_by_hand() -> None:
+    from sansio_aio import Reply, Request
+    from sansio_aio.net.events import UdpBind, UdpBound, UdpError, UdpPacket, UdpSend
+
+    echo = load("udp_echo_server").EchoServer
+    h = TaskHarness(echo, {"addr": ("127.0.0.1", 0)})
+    assert h.take() == [UdpBind(("127.0.0.1", 0), reuse=False, rcvbuf=None)]
+    bound = UdpBound(3, ("127.0.0.1", 4242))
+    assert h.feed(bound) == [ExtOut(bound)]
+    peer = ("127.0.0.1", 5000)
+    assert h.feed(UdpPacket(3, peer, b"ping")) == [UdpSend(3, peer, b"ping")]
+    h.feed(UdpError(3, "send", "refused", 111, peer))
+    assert h.feed(Request(1, "count")) == [Reply(1, (1, 1))]
+    failed = TaskHarness(echo, {"addr": ("127.0.0.1", 1)})
+    failed.feed(UdpBound(-1, None, error="Address already in use", errno=98))
+    assert failed.ended  # nothing to serve: the task ends
 
 
-async def test_udp_echo_example_over_a_lossy_simulated_network() -> None:
-    from sansio_aio.net.events import UdpBind, UdpBound, UdpPacket, UdpSend
+class UdpClient(Task):
+    """Sends ``count`` numbered datagrams to ``dest`` at once; reports each echo."""
 
-    echo = _echo_task(load("udp_echo_server"))
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        from sansio_aio.net.events import UdpBind
 
-    class Client(Task):
-        def __init__(self, cfg: Any) -> None:
-            super().__init__(cfg)
-            self.emit(UdpBind(("127.0.0.1", 0)))
+        super().__init__(cfg)
+        self.emit(UdpBind(("127.0.0.1", 0)))
 
-        def on_event(self, now: float, event: Any) -> None:
-            if type(event) is UdpBound:
-                for i in range(200):
-                    self.emit(UdpSend(event.slot, self.cfg, b"%d" % i))
-            elif type(event) is UdpPacket:
-                self.emit(ExtOut(event.data))
+    def on_event(self, now: float, event: Any) -> None:
+        from sansio_aio.net.events import UdpBound, UdpPacket, UdpSend
 
-    async with SimRuntime({"echo": echo, "client": Client}, workers=2, seed=3) as rt:
-        rt.net.set_default(LinkConditions(latency=0.001, loss=0.1, duplicate=0.02))
-        ref = await rt.spawn("echo", _echo_cfg(echo))
-        bound = None
-        while bound is None:
-            ev = await rt.next_event()
-            if isinstance(ev, TaskOutput) and isinstance(ev.msg, tuple | UdpBound):
-                bound = ev
-        await rt.spawn("client", _bound_addr(rt))
+        if type(event) is UdpBound:
+            for i in range(self.cfg["count"]):
+                self.emit(UdpSend(event.slot, self.cfg["dest"], b"%d" % i))
+        elif type(event) is UdpPacket:
+            self.emit(ExtOut(event.data))
+
+
+async def test_udp_echo_servers_on_two_workers_over_a_lossy_network() -> None:
+    """The example's own start_servers/driver_totals drive a SimRuntime unchanged."""
+    mod = load("udp_echo_server")
+    kinds = {"echo": mod.EchoServer, "client": UdpClient}
+    async with SimRuntime(kinds, workers=2, seed=5) as rt:
+        rt.net.set_default(LinkConditions(latency=0.001, jitter=0.001, loss=0.1, duplicate=0.02))
+        addr = await mod.start_servers(rt, "127.0.0.1", 0, 2)  # SO_REUSEPORT on both
+        for _ in range(4):
+            await rt.spawn("client", {"dest": addr, "count": 100})
         rt.advance(1.0)
-        got = [e.msg for e in rt.poll_events() if isinstance(e, TaskOutput) and e.task != ref]
-        stats = rt.net.stats
-        assert 0 < len(got) <= 200 + stats.duplicated
-        assert set(got) <= {b"%d" % i for i in range(200)}
+        got = [e.msg for e in rt.poll_events() if isinstance(e, TaskOutput)]
+        totals = await mod.driver_totals(rt)
+    stats = rt.net.stats
+    assert stats.lost > 0 and set(got) <= {b"%d" % i for i in range(100)}
+    echoes = totals["udp_tx"] - 400  # the servers answer every datagram they receive
+    assert stats.delivered == stats.sent - stats.lost + stats.duplicated
+    assert len(got) == stats.delivered - echoes  # what was not delivered to a server
+    assert totals["udp_sockets"] == 6 and totals["udp_rx"] > 0
 
 
-def _echo_cfg(echo: type[Task]) -> Any:
-    return {"addr": ("127.0.0.1", 0)}
+# ------------------------------------------------------------------ TCP echo
 
 
-def _bound_addr(rt: SimRuntime) -> Any:
-    table = rt.net.registry["udp"]
-    (addr,) = list(table.by_addr)[:1]
-    return addr
+async def test_tcp_echo_example_over_a_lossy_network() -> None:
+    mod = load("tcp_echo")
+    kinds = {"server": mod.TcpEchoServer, "client": mod.TcpEchoClient}
+    async with SimRuntime(kinds, workers=2, seed=9) as rt:
+        rt.net.set_default(LinkConditions(latency=0.005, loss=0.05, bandwidth=10_000_000))
+        server = await rt.spawn("server", ("127.0.0.1", 0), worker=0)
+        listening = (await rt.next_event()).msg  # type: ignore[union-attr]
+        assert listening.ok
+        for _ in range(5):
+            cfg = {"dest": listening.addr, "messages": 20, "size": 3000}
+            await rt.spawn("client", cfg, worker=1)
+        reports = []
+        while len(reports) < 5:
+            event = await rt.next_event()
+            if isinstance(event, TaskOutput) and isinstance(event.msg, dict):
+                reports.append(event.msg)
+        assert all(r["complete"] and r["error"] is None for r in reports), reports
+        assert await rt.request(server, "count") == (5, 5 * 20 * 3000)
+        assert rt.net.stats.retransmitted > 0  # losses were hidden by the stream

@@ -307,9 +307,9 @@ async def test_tcp_refused_and_timed_out() -> None:
 
 async def test_tcp_backpressure_pauses_and_resumes() -> None:
     async with SimRuntime(TCP) as rt:
-        rt.net.set_default(bandwidth=100_000)
+        rt.net.set_default(bandwidth=1_000_000)
         addr = await _server(rt)
-        await rt.spawn("client", (addr, bytes(200_000)))
+        await rt.spawn("client", (addr, bytes(600_000)))
         seen = []
         while "echoed" not in seen:
             ev = await rt.next_event()

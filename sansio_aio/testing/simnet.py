@@ -24,7 +24,8 @@ The fate of one packet from ``src`` to ``dst`` (both ``(host, port)``):
    partition cut the link meanwhile it is lost in flight.
 
 Reliable transfers (the TCP model) skip steps 3-4: a "lost" segment costs one ``rto``
-of extra delay instead, and arrival times on one stream never go backwards.
+of extra delay instead, a full link queue delays a segment rather than dropping it, and
+arrival times on one stream never go backwards.
 
 Every random draw comes from ``SimNetwork.rng`` (``random.Random(seed)``), in an order
 fixed by the simulation, so the same seed and scenario give the same packet fates;
@@ -363,8 +364,9 @@ class SimNetwork:
         start = now
         if cond.bandwidth is not None:
             busy = self._busy_until.get(key, now)
-            # bytes still waiting for the wire (a tolerance keeps float noise out)
-            if busy > now and (busy - now) * cond.bandwidth > cond.queue_bytes + 1e-6:
+            # a datagram finding the queue full is tail-dropped; a stream segment waits
+            backlog = (busy - now) * cond.bandwidth if busy > now else 0.0
+            if stream is None and backlog > cond.queue_bytes + 1e-6:
                 stats.queue_dropped += 1
                 trace.record(now, "net", "queue-drop", tag)
                 return False

@@ -24,7 +24,8 @@ The model is TCP as a task sees it, not TCP's internals:
   stops reading), below ``low_water`` ``TcpResumed``; a send past ``hard_limit`` is
   refused whole with ``TcpError`` (``ENOBUFS``).
 * **closing.** ``TcpShutdown`` sends FIN after the queued data (the peer gets
-  ``TcpEof``); ``TcpClose`` does the same and acknowledges with ``TcpClosed``;
+  ``TcpEof``); once both sides sent FIN the connection closes by itself and each side
+  gets ``TcpClosed``; ``TcpClose`` sends FIN and acknowledges with ``TcpClosed`` at once;
   ``TcpClose(abort=True)``, a task that ends, or data for a closed connection reset the
   peer (``TcpClosed`` with ``ECONNRESET``).
 
@@ -203,8 +204,8 @@ class SimTcpDriver(Driver):
         self,
         net: SimNetwork,
         *,
-        high_water: int = 64 * 1024,
-        low_water: int = 16 * 1024,
+        high_water: int = 256 * 1024,
+        low_water: int = 64 * 1024,
         hard_limit: int = 4 * 1024 * 1024,
     ) -> None:
         self.net = net
@@ -245,7 +246,7 @@ class SimTcpDriver(Driver):
             if c is None:
                 self._error(task, output.slot, typ.__name__, "not a connection of this task")
             elif typ is TcpShutdown:
-                self._fin(c)
+                self._shutdown(c)
             elif typ is TcpPauseReading:
                 c.read_paused = True
             elif typ is TcpResumeReading:
@@ -475,6 +476,15 @@ class SimTcpDriver(Driver):
             c.wr_closed = True
             self._segment(c, "fin", b"")
 
+    def _shutdown(self, c: _Conn) -> None:
+        """Half-close; if the peer already finished too, the connection closes."""
+        if c.wr_closed:
+            return
+        self._fin(c)
+        if c.eof_seen:
+            self._forget(c)
+            self._deliver(c.owner, TcpClosed(c.slot))
+
     # ------------------------------------------------------------------ receiving
 
     def _on_segment(self, c: _Conn, seq: int, kind: str, data: bytes) -> None:
@@ -505,6 +515,9 @@ class SimTcpDriver(Driver):
             elif kind == "fin" and not c.eof_seen:
                 c.eof_seen = True
                 self._deliver(c.owner, TcpEof(c.slot))
+                if c.wr_closed and c.open:  # both sides sent FIN: closed by itself
+                    self._forget(c)
+                    self._deliver(c.owner, TcpClosed(c.slot))
 
     # ------------------------------------------------------------------ closing
 

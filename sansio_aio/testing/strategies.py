@@ -77,6 +77,7 @@ def link_conditions(
     mtu: bool = False,
 ) -> st.SearchStrategy[LinkConditions]:
     """Random :class:`LinkConditions` within the given bounds."""
+
     def build(draw: Any) -> LinkConditions:
         return LinkConditions(
             latency=draw(st.floats(0.0, max_latency)),
