@@ -76,6 +76,7 @@ _TRACES_KEY = pytest.StashKey[list["Trace"]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--sansio-seed`` and ``--sansio-trace-dir``."""
     group = parser.getgroup("sansio_aio", "sansio_aio test harness")
     group.addoption(
         "--sansio-seed",
@@ -90,6 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``sansio_runtime`` marker (tests run with ``--strict-markers``)."""
     config.addinivalue_line(
         "markers",
         "sansio_runtime(**kwargs): keyword arguments of the Runtime built by the 'runtime' "
@@ -143,6 +145,7 @@ def _remember_trace(node: pytest.Item | Any, trace: Trace) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing test that used a seed gets the seed, a replay command, its traces."""
     report = yield
     if report.failed and _SEED_KEY in item.stash:
         seed = item.stash[_SEED_KEY]
