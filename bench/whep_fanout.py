@@ -1,31 +1,36 @@
 """WHEP fan-out: CPU per viewer and the most viewers one worker holds at >= 25 fps.
 
-Two servers, measured the same way in the same run, each in its own process (pinned to
-CPU 1) inside one private network namespace made for the run:
+Three servers, measured the same way in the same run, each in its own process (pinned
+to CPU 1) inside one private network namespace made for the run:
 
-* **sansio_aio**: ``examples/whip_whep``'s server (``open_server``) with ``workers=1``:
-  the room task on one worker, the aiortc driver relaying the publisher through one
-  ``MediaRelay`` (``buffered=False``) to every viewer's sender.
+* **sansio_aio**: ``examples/whip_whep``'s server (``open_server``) with ``workers=1``
+  and its default ``relay="encoded"``: the room task on one worker, the aiortc driver
+  forwarding the publisher's encoded VP8 frames to every viewer (no re-encode).
+* **sansio_aio_decoded**: the same server with ``relay="decoded"``: one ``MediaRelay``
+  (``buffered=False``) of decoded frames, re-encoded by every viewer's sender, which
+  is aiortc's own way and the apples-to-apples check of the runtime's overhead.
 * **baseline**: aiortc's own MediaRelay example setup, written by hand: one aiohttp app
   and every peer connection on one asyncio loop, ``relay.subscribe(track)`` per viewer
   and a ``MediaBlackhole`` keeping the publisher consumed, behind the same WHIP/WHEP
   POSTs (so the client code is identical).
 
 Load (the bench process, pinned to CPU 0, peers in the namespace): one publisher per
-server sending a generated 320x240 video at 30 fps, then steps of N viewers. A step
-opens N viewers on one server, lets them settle, measures every viewer's decoded fps
-and the server process's CPU (``/proc/<pid>/stat``) over a window, and closes them;
-the two servers alternate step by step (A B, B A, ...) so machine noise hits both. A
-step "holds" when every viewer gets >= 25 fps; a server stops at its first failed
-step. Reported: the most viewers held (the metric), CPU per viewer (CPU above the
-publisher-only level, divided by the viewers, at the largest step held), every step.
+server sending a generated 320x240 video at 30 fps, then steps of N viewers. Viewers
+count complete encoded frames without decoding them (``view(decode=False)``), so the
+load generator stays light. A step opens N viewers on one server, lets them settle,
+measures every viewer's fps and the server process's CPU (``/proc/<pid>/stat``) over a
+window, and closes them. The servers take turns step by step, in a rotating order, so
+machine noise hits all of them. A step "holds" when every viewer gets >= 25 fps; a
+server stops at its first failed step. Reported: the most viewers held (the metric),
+CPU per viewer (CPU above the publisher-only level, divided by the viewers, at the
+largest step held), and every step with the load generator's own CPU (``load_cpu``).
 
 Knobs for experiments (environment of the run): ``WHEP_FANOUT_BACKEND`` picks the
 sansio_aio worker backend (default uvloop); ``WHEP_FANOUT_UNBUFFERED=1`` makes the
 baseline subscribe with ``buffered=False`` like sansio_aio does.
 
-``python -m bench whep_fanout`` runs the full set (viewer steps up to 32, about a
-minute and a half); ``run(quick=True)`` is a quick check (1 and 2 viewers, short windows).
+``python -m bench whep_fanout`` runs the full set (viewer steps up to 128, about two
+minutes); ``run(quick=True)`` is a quick check (1 and 2 viewers, short windows).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 FPS_FLOOR = 25.0
-FULL_STEPS = (1, 4, 8, 12, 16, 20, 24, 28, 32)
+FULL_STEPS = (1, 8, 16, 24, 32, 48, 64, 96, 128)
 QUICK_STEPS = (1, 2)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -62,7 +67,13 @@ async def _serve_sansio(ready: asyncio.Future[int]) -> None:
 
     backend = os.environ.get("WHEP_FANOUT_BACKEND") or None
     config = ServerConfig(
-        port=0, workers=1, pages=False, max_sessions_per_room=100, backend=backend
+        port=0,
+        workers=1,
+        pages=False,
+        max_sessions=1000,
+        max_sessions_per_room=1000,
+        backend=backend,
+        relay=os.environ.get("WHEP_FANOUT_RELAY", "encoded"),
     )
     async with open_server(config) as server:
         ready.set_result(int(server.url.rsplit(":", 1)[1]))
@@ -141,7 +152,9 @@ def serve_main(kind: str) -> None:
         ready: asyncio.Future[int] = loop.create_future()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        serve = _serve_sansio if kind == "sansio_aio" else _serve_baseline
+        if kind == "sansio_aio_decoded":
+            os.environ["WHEP_FANOUT_RELAY"] = "decoded"
+        serve = _serve_baseline if kind == "baseline" else _serve_sansio
         job = asyncio.ensure_future(serve(ready))
         print(f"PORT {await ready}", flush=True)
         await stop.wait()
@@ -203,13 +216,14 @@ async def _step(server: _Server, viewers: int, settle: float, window: float) -> 
     """Open ``viewers`` viewers on ``server``, measure one window, close them."""
     from sansio_aio.webrtc import client
 
-    sessions = [await client.view(f"{server.base}/whep/bench") for _ in range(viewers)]
+    url = f"{server.base}/whep/bench"
+    sessions = [await client.view(url, decode=False) for _ in range(viewers)]
     try:
         await asyncio.sleep(settle)
         frames0 = [v.frames for v in sessions]
-        cpu0, t0 = _cpu_seconds(server.proc.pid), time.monotonic()
+        cpu0, load0, t0 = _cpu_seconds(server.proc.pid), _cpu_seconds(os.getpid()), time.monotonic()
         await asyncio.sleep(window)
-        cpu1, t1 = _cpu_seconds(server.proc.pid), time.monotonic()
+        cpu1, load1, t1 = _cpu_seconds(server.proc.pid), _cpu_seconds(os.getpid()), time.monotonic()
     finally:
         for v in sessions:
             await v.close()
@@ -218,6 +232,7 @@ async def _step(server: _Server, viewers: int, settle: float, window: float) -> 
     return {
         "viewers": viewers,
         "server_cpu": round((cpu1 - cpu0) / span, 3),
+        "load_cpu": round((load1 - load0) / span, 3),
         "min_fps": round(min(fps), 1) if fps else None,
         "mean_fps": round(sum(fps) / len(fps), 1) if fps else None,
     }
@@ -234,7 +249,7 @@ async def _load(servers: list[_Server], steps: Sequence[int], settle: float, win
         for server in servers:
             server.rows.append(await _step(server, 0, settle, window))
         for i, viewers in enumerate(steps):
-            order = servers if i % 2 == 0 else servers[::-1]
+            order = servers[i % len(servers) :] + servers[: i % len(servers)]
             for server in order:
                 if server.failed:
                     continue
@@ -274,8 +289,8 @@ async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[s
     peers = net.loop_thread("fanout-peers")
     servers: list[_Server] = []
     try:
-        servers.append(await _start_server("sansio_aio", net))
-        servers.append(await _start_server("baseline", net))
+        for kind in ("sansio_aio", "sansio_aio_decoded", "baseline"):
+            servers.append(await _start_server(kind, net))  # noqa: PERF401
         await peers.run(_load(servers, steps, settle, window), 900)
         return {server.kind: _summary(server) for server in servers}
     finally:
@@ -303,6 +318,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, old)
     ours, base = results["sansio_aio"], results["baseline"]
+    decoded = results["sansio_aio_decoded"]
     return write_result(
         "whep_fanout",
         metric=f"viewers held at >= {FPS_FLOOR:g} fps (320x240 30 fps, one worker)",
@@ -326,7 +342,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         ),
         publisher_only_cpu=ours["publisher_only_cpu"],
         baseline_publisher_only_cpu=base["publisher_only_cpu"],
-        steps={"sansio_aio": ours["steps"], "baseline": base["steps"]},
+        decoded_relay_value=decoded["max_viewers"],
+        decoded_relay_cpu_per_viewer=decoded["cpu_per_viewer"],
+        decoded_relay_ratio=(
+            round(decoded["max_viewers"] / base["max_viewers"], 3) if base["max_viewers"] else None
+        ),
+        steps={k: v["steps"] for k, v in results.items()},
     )
 
 

@@ -116,12 +116,15 @@ class WhipSession:
             while True:
                 await track.recv()
                 if video:
-                    self.frames += 1
-                    if not self.first_frame.done():
-                        self.first_frame.set_result(time.monotonic())
-                    self._counting.set()
+                    self._frame_seen()
         except MediaStreamError:
             return
+
+    def _frame_seen(self) -> None:
+        self.frames += 1
+        if not self.first_frame.done():
+            self.first_frame.set_result(time.monotonic())
+        self._counting.set()
 
     async def wait_frames(self, count: int, timeout: float) -> int:
         """Wait until ``count`` video frames were decoded; return the count reached."""
@@ -203,15 +206,22 @@ async def view(
     token: str | None = None,
     http: aiohttp.ClientSession | None = None,
     audio: bool = False,
+    decode: bool = True,
     ice_servers: Sequence[str] = (),
 ) -> WhipSession:
-    """View a WHEP endpoint; the session counts decoded video frames."""
+    """View a WHEP endpoint; the session counts decoded video frames.
+
+    With ``decode=False`` it counts complete encoded video frames as they are
+    reassembled and never decodes them (a light load generator for benchmarks).
+    """
     pc = _pc(ice_servers)
-    pc.addTransceiver("video", direction="recvonly")
+    video = pc.addTransceiver("video", direction="recvonly")
     if audio:
         pc.addTransceiver("audio", direction="recvonly")
     holder: list[WhipSession] = []
     early: list[MediaStreamTrack] = []
+    if not decode:
+        _count_encoded(video.receiver, holder)
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:
@@ -225,6 +235,22 @@ async def view(
     for track in early:
         session._consume(track)
     return session
+
+
+def _count_encoded(receiver: Any, holder: list[WhipSession]) -> None:
+    """Count the receiver's encoded video frames instead of decoding them."""
+    queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)  # private aiortc
+    if queue is None:
+        raise WhipError(0, "this aiortc cannot count encoded frames: use decode=True")
+    put = queue.put
+
+    def count(item: Any, *args: Any, **kwargs: Any) -> None:
+        if item is None:
+            put(item, *args, **kwargs)  # lets the decoder thread end
+        elif holder:
+            holder[0]._frame_seen()
+
+    queue.put = count
 
 
 async def _main(argv: Sequence[str]) -> int:
