@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import errno as errno_mod
 import itertools
-import zlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -62,125 +61,14 @@ from ..net.events import (
     TcpSend,
     TcpShutdown,
 )
-from ..net.udp import check_address
 from .clock import Timer
+from .simaddr import ANY, checked, sockaddr, source_host
 from .simnet import HEADER_BYTES, SimNetwork
-from .simudp import _ANY, _is_loopback, _norm
+from .simstreams import Conn, Listener, StreamTable
 
 __all__ = ["SimTcpDriver"]
 
 MSS = 1460
-
-
-def _addr(host: str, port: int, version: int) -> Address:
-    return (host, port) if version == 4 else (host, port, 0, 0)
-
-
-class _Listener:
-    __slots__ = ("driver", "host", "open", "owner", "port", "reuse", "slot", "version")
-
-    def __init__(
-        self,
-        driver: SimTcpDriver,
-        slot: int,
-        owner: TaskRef,
-        host: str,
-        port: int,
-        version: int,
-        reuse: bool,
-    ) -> None:
-        self.driver = driver
-        self.slot = slot
-        self.owner = owner
-        self.host = host
-        self.port = port
-        self.version = version
-        self.reuse = reuse
-        self.open = True
-
-
-class _Conn:
-    """One end of a simulated connection."""
-
-    __slots__ = (
-        "driver",
-        "eof_seen",
-        "expected",
-        "held",
-        "inflight",
-        "local",
-        "open",
-        "owner",
-        "peer",
-        "peer_addr",
-        "read_paused",
-        "reorder",
-        "send_seq",
-        "slot",
-        "uid",
-        "wr_closed",
-        "write_paused",
-    )
-
-    def __init__(
-        self,
-        driver: SimTcpDriver,
-        slot: int,
-        owner: TaskRef,
-        local: Address,
-        remote: Address,
-        uid: int,
-    ) -> None:
-        self.driver = driver
-        self.slot = slot
-        self.owner = owner
-        self.local = local
-        self.peer_addr = remote
-        self.uid = uid
-        self.peer: _Conn | None = None
-        self.open = True
-        self.wr_closed = False
-        self.eof_seen = False
-        self.read_paused = False
-        self.write_paused = False
-        self.inflight = 0
-        self.send_seq = 0
-        self.expected = 0
-        self.reorder: dict[int, tuple[str, bytes]] = {}
-        self.held: list[tuple[str, bytes]] = []
-
-
-class _Table:
-    """Listeners and used ports of one network (shared by every worker's driver)."""
-
-    def __init__(self, first_port: int) -> None:
-        self.listeners: dict[tuple[str, int], list[_Listener]] = {}
-        self.used: set[tuple[str, int]] = set()
-        self.next_port = first_port
-        self.first_port = first_port
-        self.uids = itertools.count(1)
-
-    def port_busy(self, host: str, port: int, version: int) -> list[_Listener]:
-        out: list[_Listener] = []
-        for (h, p), lst in self.listeners.items():
-            if p == port and (h == host or h == _ANY[version] or host == _ANY[version]):
-                out.extend(x for x in lst if x.version == version)
-        return out
-
-    def free_port(self, host: str, version: int) -> int:
-        span = 65536 - self.first_port
-        for i in range(span):
-            port = self.first_port + (self.next_port - self.first_port + i) % span
-            if (host, port) not in self.used and not self.port_busy(host, port, version):
-                self.next_port = port + 1 if port < 65535 else self.first_port
-                return port
-        raise OSError(errno_mod.EADDRINUSE, "no free ephemeral port")
-
-    def find(self, host: str, port: int, version: int, src: Address) -> _Listener | None:
-        lst = self.listeners.get((host, port)) or self.listeners.get((_ANY[version], port))
-        if not lst:
-            return None
-        return lst[zlib.crc32(repr(tuple(src[:2])).encode()) % len(lst)]
 
 
 class SimTcpDriver(Driver):
@@ -211,12 +99,12 @@ class SimTcpDriver(Driver):
         self.net = net
         table = net.registry.get("tcp")
         if table is None:
-            table = net.registry["tcp"] = _Table(net.ephemeral)
-        self._table: _Table = table
+            table = net.registry["tcp"] = StreamTable(net.ephemeral)
+        self._table: StreamTable = table
         self._ctx: DriverContext | None = None
         self._ids = itertools.count(1)
-        self._conns: dict[int, _Conn] = {}
-        self._listeners: dict[int, _Listener] = {}
+        self._conns: dict[int, Conn] = {}
+        self._listeners: dict[int, Listener] = {}
         self.high_water = high_water
         self.low_water = low_water
         self.hard_limit = hard_limit
@@ -289,7 +177,7 @@ class SimTcpDriver(Driver):
         self.errors += 1
         self._deliver(task, TcpError(slot, op, msg, code))
 
-    def _own(self, task: TaskRef, slot: Any) -> _Conn | None:
+    def _own(self, task: TaskRef, slot: Any) -> Conn | None:
         c = self._conns.get(slot) if type(slot) is int else None
         return c if c is not None and c.owner == task else None
 
@@ -297,8 +185,7 @@ class SimTcpDriver(Driver):
 
     def _listen(self, task: TaskRef, out: TcpListen) -> None:
         try:
-            _, addr = check_address(out.addr)
-            host, version = _norm(addr[0])
+            addr, host, version = checked(out.addr)
         except ValueError as exc:
             self.errors += 1
             self._deliver(task, TcpListening(-1, None, out.tag, str(exc), errno_mod.EINVAL))
@@ -312,12 +199,12 @@ class SimTcpDriver(Driver):
             self._deliver(task, TcpListening(-1, None, out.tag, msg, errno_mod.EADDRINUSE))
             return
         slot = next(self._ids)
-        lst = _Listener(self, slot, task, host, port, version, out.reuse_port)
+        lst = Listener(self, slot, task, host, port, version, out.reuse_port)
         table.listeners.setdefault((host, port), []).append(lst)
         self._listeners[slot] = lst
-        self._deliver(task, TcpListening(slot, _addr(host, port, version), out.tag))
+        self._deliver(task, TcpListening(slot, sockaddr(host, port, version), out.tag))
 
-    def _drop_listener(self, lst: _Listener) -> None:
+    def _drop_listener(self, lst: Listener) -> None:
         lst.open = False
         self._listeners.pop(lst.slot, None)
         lst_list = self._table.listeners.get((lst.host, lst.port))
@@ -330,27 +217,25 @@ class SimTcpDriver(Driver):
 
     def _connect(self, task: TaskRef, out: TcpConnect) -> None:
         try:
-            _, addr = check_address(out.addr)
-            host, version = _norm(addr[0])
+            addr, host, version = checked(out.addr)
             if out.bind is not None:
-                _, baddr = check_address(out.bind)
-                bhost, bversion = _norm(baddr[0])
+                baddr, bhost, bversion = checked(out.bind)
                 if bversion != version:
                     raise ValueError(f"bind {out.bind!r} and {out.addr!r} differ in family")
             else:
-                bhost = host if _is_loopback(host) else ("127.0.0.1" if version == 4 else "::1")
+                bhost = source_host(ANY[version], host, version)
                 baddr = (bhost, 0)
         except ValueError as exc:
             self.errors += 1
             self._deliver(task, TcpConnected(-1, None, None, out.tag, str(exc), errno_mod.EINVAL))
             return
-        if host == _ANY[version]:
-            host = "127.0.0.1" if version == 4 else "::1"
+        if host == ANY[version]:
+            host = source_host(host, host, version)  # to "any": loopback
         table = self._table
         lport = baddr[1] or table.free_port(bhost, version)
         table.used.add((bhost, lport))
-        local = _addr(bhost, lport, version)
-        remote = _addr(host, addr[1], version)
+        local = sockaddr(bhost, lport, version)
+        remote = sockaddr(host, addr[1], version)
         state: dict[str, Any] = {"done": False}
         net = self.net
         clock = net.clock
@@ -396,13 +281,13 @@ class SimTcpDriver(Driver):
 
         net.transmit(local, remote, 0, syn_arrives, what="tcp-syn", stream=("syn", local))
 
-    def _new_conn(self, task: TaskRef, local: Address, remote: Address) -> _Conn:
+    def _new_conn(self, task: TaskRef, local: Address, remote: Address) -> Conn:
         slot = next(self._ids)
-        c = _Conn(self, slot, task, local, remote, next(self._table.uids))
+        c = Conn(self, slot, task, local, remote, next(self._table.uids))
         self._conns[slot] = c
         return c
 
-    def _accept(self, lst: _Listener, *, remote_addr: Address, local_addr: Address) -> _Conn:
+    def _accept(self, lst: Listener, *, remote_addr: Address, local_addr: Address) -> Conn:
         c = self._new_conn(lst.owner, local_addr, remote_addr)
         self._deliver(lst.owner, TcpAccepted(lst.slot, c.slot, remote_addr, local_addr))
         return c
@@ -449,7 +334,7 @@ class SimTcpDriver(Driver):
             c.write_paused = True
             self._deliver(task, TcpPaused(c.slot, c.inflight))
 
-    def _segment(self, c: _Conn, kind: str, data: bytes) -> None:
+    def _segment(self, c: Conn, kind: str, data: bytes) -> None:
         seq = c.send_seq
         c.send_seq += 1
         c.inflight += len(data)
@@ -464,19 +349,19 @@ class SimTcpDriver(Driver):
             c.local, c.peer_addr, len(data), arrive, what=f"tcp-{kind}", stream=("tcp", c.uid)
         )
 
-    def _sent_arrived(self, c: _Conn, size: int) -> None:
+    def _sent_arrived(self, c: Conn, size: int) -> None:
         c.inflight -= size
         if c.write_paused and c.inflight <= self.low_water and c.open:
             c.write_paused = False
             self._deliver(c.owner, TcpResumed(c.slot))
             self._flush_held(c)
 
-    def _fin(self, c: _Conn) -> None:
+    def _fin(self, c: Conn) -> None:
         if not c.wr_closed:
             c.wr_closed = True
             self._segment(c, "fin", b"")
 
-    def _shutdown(self, c: _Conn) -> None:
+    def _shutdown(self, c: Conn) -> None:
         """Half-close; if the peer already finished too, the connection closes."""
         if c.wr_closed:
             return
@@ -487,7 +372,7 @@ class SimTcpDriver(Driver):
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_segment(self, c: _Conn, seq: int, kind: str, data: bytes) -> None:
+    def _on_segment(self, c: Conn, seq: int, kind: str, data: bytes) -> None:
         if kind == "rst":
             if c.open:
                 self._reset(c, notify_self=True, peer_reset=True)
@@ -506,7 +391,7 @@ class SimTcpDriver(Driver):
             c.expected += 1
         self._flush_held(c)
 
-    def _flush_held(self, c: _Conn) -> None:
+    def _flush_held(self, c: Conn) -> None:
         while c.held and c.open and not c.read_paused and not c.write_paused:
             kind, data = c.held.pop(0)
             if kind == "data":
@@ -538,13 +423,13 @@ class SimTcpDriver(Driver):
             self._forget(c)
         self._deliver(task, TcpClosed(slot))
 
-    def _forget(self, c: _Conn) -> None:
+    def _forget(self, c: Conn) -> None:
         c.open = False
         self._conns.pop(c.slot, None)
         self._table.used.discard(tuple(c.local[:2]))
         self.net.forget_stream(("tcp", c.uid))
 
-    def _reset(self, c: _Conn, *, notify_self: bool, peer_reset: bool = False) -> None:
+    def _reset(self, c: Conn, *, notify_self: bool, peer_reset: bool = False) -> None:
         """Close ``c`` at once; the peer learns of it by a reset (unless it sent one)."""
         if not c.open:
             return

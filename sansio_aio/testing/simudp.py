@@ -25,7 +25,6 @@ This module imports no asyncio.
 from __future__ import annotations
 
 import errno as errno_mod
-import ipaddress
 import itertools
 import zlib
 from collections.abc import Mapping
@@ -46,48 +45,12 @@ from ..net.events import (
     UdpUnbind,
     UdpUnbound,
 )
-from ..net.udp import check_address
+from .simaddr import ANY, checked, sockaddr, source_host
 from .simnet import SimNetwork
 
 __all__ = ["SimUdpDriver"]
 
 MAX_UDP6_PAYLOAD = 65527
-_ANY = {4: "0.0.0.0", 6: "::"}
-
-
-_CHECKED: dict[Any, tuple[tuple[Any, ...], str, int]] = {}
-
-
-def _checked(addr: Any) -> tuple[tuple[Any, ...], str, int]:
-    """``check_address`` then ``_norm``, memoised (addresses repeat on the per-packet path).
-
-    Raises ``ValueError``/``TypeError`` exactly as ``check_address`` does.
-    """
-    try:
-        hit = _CHECKED.get(addr)
-    except TypeError:  # unhashable: not an address tuple anyway
-        hit = None
-    if hit is not None:
-        return hit
-    _, valid = check_address(addr)
-    host, version = _norm(valid[0])
-    result = (valid, host, version)
-    if len(_CHECKED) >= 4096:
-        _CHECKED.clear()
-    _CHECKED[addr] = result
-    return result
-
-
-def _norm(host: str) -> tuple[str, int]:
-    """Canonical host text and IP version of a validated host ('' is IPv4 any)."""
-    if host == "":
-        return "0.0.0.0", 4
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    return ip.compressed, ip.version
-
-
-def _is_loopback(host: str) -> bool:
-    return host.startswith("127.") or host == "::1"
 
 
 class _Sock:
@@ -113,8 +76,7 @@ class _Sock:
         self.open = True
 
     def address(self, host: str | None = None) -> Address:
-        h = self.host if host is None else host
-        return (h, self.port) if self.version == 4 else (h, self.port, 0, 0)
+        return sockaddr(self.host if host is None else host, self.port, self.version)
 
 
 class _Table:
@@ -128,11 +90,11 @@ class _Table:
     def users(self, host: str, port: int, version: int) -> list[_Sock]:
         """Sockets whose binding overlaps ``host:port`` (same host or a wildcard)."""
         out: list[_Sock] = []
-        wildcard = host == _ANY[version]
+        wildcard = host == ANY[version]
         for (h, p), socks in self.by_addr.items():
             if p != port:
                 continue
-            if wildcard or h == host or h == _ANY[version]:
+            if wildcard or h == host or h == ANY[version]:
                 out.extend(s for s in socks if s.version == version)
         return out
 
@@ -157,7 +119,7 @@ class _Table:
                 del self.by_addr[(s.host, s.port)]
 
     def lookup(self, host: str, port: int, version: int, src: Address) -> _Sock | None:
-        socks = self.by_addr.get((host, port)) or self.by_addr.get((_ANY[version], port))
+        socks = self.by_addr.get((host, port)) or self.by_addr.get((ANY[version], port))
         if not socks:
             return None
         if len(socks) == 1:
@@ -282,12 +244,11 @@ class SimUdpDriver(Driver):
 
     def _bind(self, task: TaskRef, out: UdpBind) -> None:
         try:
-            _, addr = check_address(out.addr)
+            addr, host, version = checked(out.addr)
             for name in ("rcvbuf", "sndbuf"):
                 v = getattr(out, name)
                 if v is not None and (type(v) is not int or v <= 0):
                     raise ValueError(f"{name} must be a positive int (bytes) or None, got {v!r}")
-            host, version = _norm(addr[0])
         except ValueError as exc:
             self.bind_errors += 1
             self._deliver(task, UdpBound(-1, None, out.tag, str(exc), errno_mod.EINVAL))
@@ -325,7 +286,7 @@ class SimUdpDriver(Driver):
 
     def _send(self, task: TaskRef, s: _Sock, dest: Any, data: Any) -> None:
         try:
-            addr, host, version = _checked(dest)
+            addr, host, version = checked(dest)
         except (ValueError, TypeError) as exc:
             self._error(task, s.slot, str(exc), errno_mod.EINVAL, dest)
             return
@@ -343,12 +304,9 @@ class SimUdpDriver(Driver):
             msg = f"Message too long (errno {errno_mod.EMSGSIZE})"
             self._error(task, s.slot, msg, errno_mod.EMSGSIZE, dest)
             return
-        if host == _ANY[version]:
-            host = "127.0.0.1" if version == 4 else "::1"  # the kernel's choice
-        src_host = s.host
-        if src_host == _ANY[version]:
-            src_host = host if _is_loopback(host) else ("127.0.0.1" if version == 4 else "::1")
-        src = s.address(src_host)
+        if host == ANY[version]:
+            host = source_host(host, host, version)  # to "any": loopback, the kernel's choice
+        src = s.address(source_host(s.host, host, version))
         self.tx += 1
         table = self._table
         port = addr[1]
