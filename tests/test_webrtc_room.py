@@ -329,3 +329,14 @@ def test_sdp_helpers() -> None:
     assert add_rtcp_mux_only(fixed) == fixed
     frag = parse_fragment("a=ice-ufrag:u\na=ice-pwd:p\na=end-of-candidates\n")
     assert (frag.ufrag, frag.pwd, frag.end, frag.candidates) == ("u", "p", True, [])
+
+
+def test_driver_that_never_answers_frees_the_session() -> None:
+    d = Driven(connect_timeout=5.0)
+    rid, _ = d.request(0.0, OpenSession("p", "whip", offer(), '"e"'))
+    assert d.room.next_deadline() == 5.0
+    out = d.tick(5.0)
+    assert (
+        Reply(rid, Refused(503, "session ended: the peer connection was not set up in time")) in out
+    )
+    assert PeerClose("p") in out and d.room.publisher is None

@@ -19,7 +19,8 @@ A session moves through these states (the table is :data:`TRANSITIONS`)::
 An ``OpenSession`` request is held open while the driver negotiates: the room keeps the
 request id and replies ``Created`` (or ``Refused``) when the driver answers, so the HTTP
 handler awaits one ``Runtime.request``. Deadlines (``next_deadline``) free sessions that
-never connect (``connect_timeout``) or lose ICE (``disconnected_timeout``), rate-limit
+the driver never answers or that never connect (``connect_timeout``) or that lose ICE
+(``disconnected_timeout``), rate-limit
 keyframe requests, and end the room after ``idle_timeout`` without sessions. When the
 publisher goes, its viewers go too. Session ids and ETags come from the server, so the
 task is deterministic under the test harness.
@@ -73,6 +74,12 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     "new": {"connecting": "new", "connected": "connected", "disconnected": "disconnected"},
     "connected": {"disconnected": "disconnected", "connected": "connected"},
     "disconnected": {"connected": "connected", "connecting": "disconnected"},
+}
+
+
+_TIMEOUT_REASONS = {
+    "negotiating": "the peer connection was not set up in time",
+    "new": "ICE did not connect in time",
 }
 
 
@@ -131,8 +138,7 @@ class Room(Task):
         """Run timeouts: unconnected or disconnected sessions, keyframes, room idleness."""
         for s in list(self.sessions.values()):
             if s.deadline is not None and s.deadline <= now:
-                why = "ICE did not connect in time" if s.state == "new" else "ICE lost"
-                self._end(s, why)
+                self._end(s, _TIMEOUT_REASONS.get(s.state, "ICE lost"))
         if self._keyframe_due is not None and self._keyframe_due <= now:
             self._keyframe_due = None
             self._keyframe(now)
@@ -216,6 +222,7 @@ class Room(Task):
             source = pub.id
         text = msg.offer if cfg.allow_mdns else strip_mdns_candidates(msg.offer)
         s = _Session(msg.session, msg.role, msg.etag, now, offer.ufrag, offer.pwd, request=rid)
+        s.deadline = now + cfg.connect_timeout  # the driver must answer by then, too
         self.sessions[s.id] = s
         self.emit(PeerOpen(s.id, msg.role, text, source))
 
