@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from sansio_aio.backends import BACKENDS
+from sansio_aio.testing.leaks import ResourceSnapshot, await_no_leaks
 from sansio_aio.webrtc.config import ServerConfig
 from sansio_aio.webrtc.netns import LoopThread, PrivateNetwork, unavailable_reason
 
@@ -76,11 +77,16 @@ def serve(netns: PrivateNetwork) -> ServeFactory:
         base = {"port": 0, "workers": 2, "connect_timeout": 10.0}
         base.update(overrides)
         config = replace(ServerConfig(), **base)
+        # libuv opens a process-wide signal pipe with its first loop: not a leak.
+        BACKENDS[backend]().close()
+        before = ResourceSnapshot.take()
         sock: socket.socket = netns.listen("127.0.0.1", 0)
         inner = f"http://127.0.0.1:{sock.getsockname()[1]}{config.prefix}"
         factory = netns.loop_factory(BACKENDS[backend])
         async with open_server(config, socks=[sock], backend=factory) as server:
             yield Served(server, inner)
+        # Worker threads, aiortc's decoder threads, sockets: all gone with the server.
+        assert await await_no_leaks(before, 5.0) == []
 
     return start
 
