@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import reprlib
 import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -510,7 +511,9 @@ class WorkerCore:
         self.counters.unrouted += 1
         if self.counters.unrouted <= 10:
             log.warning(
-                "task %s emitted %r, which no driver handles (output dropped)", entry.ref, out
+                "task %s emitted %s, which no driver handles (output dropped)",
+                entry.ref,
+                reprlib.repr(out),
             )
 
     # ------------------------------------------------------------------ ending tasks

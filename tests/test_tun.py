@@ -431,6 +431,9 @@ async def test_tap_frames_arp_and_udp(need_tun: None, backend: str) -> None:
         # a TAP echo answers ARP, so the kernel can reach the subnet behind it
         cfg = EchoConfig(name="tap0", tap=True, address="10.78.0.1")
         (echo,) = await example.start_echo(rt, cfg)
+        # resolve ARP first: datagrams sent while the neighbour is unresolved wait in a
+        # short kernel queue, and a burst can overflow it under load
+        assert await asyncio.to_thread(udp_flows, "10.78.0.1", "10.78.0.2", 1, 1) == 1
         good = await asyncio.to_thread(udp_flows, "10.78.0.1", "10.78.0.2", 4, 3)
         assert good == 12
         assert (await rt.request(echo, "stats"))["echoed"] >= 13  # 12 UDP + >= 1 ARP
