@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sansio_aio import ExtOut, Reply, Request
 from sansio_aio.webrtc import (
@@ -340,3 +342,46 @@ def test_driver_that_never_answers_frees_the_session() -> None:
         Reply(rid, Refused(503, "session ended: the peer connection was not set up in time")) in out
     )
     assert PeerClose("p") in out and d.room.publisher is None
+
+
+_SDP_LINES = st.sampled_from(
+    [
+        "v=0",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        "m=audio 9",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "a=sendonly",
+        "a=recvonly",
+        "a=inactive",
+        "a=mid:0",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:0123456789012345678901",
+        "a=candidate:1 1 udp 2130706431 10.99.0.2 5000 typ host",
+        "a=candidate:1 1 udp 1 x.local 5 typ host",
+        "a=candidate:",
+        "a=end-of-candidates",
+        "a=rtcp-mux",
+        "c=IN IP4 0.0.0.0",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.one_of(_SDP_LINES, st.text(max_size=40)), max_size=25),
+    role=st.sampled_from(["whip", "whep"]),
+)
+def test_any_offer_or_fragment_gets_an_answer_never_an_exception(
+    lines: list[str], role: str
+) -> None:
+    text = "\r\n".join(lines)
+    d = Driven()
+    d.open(0.0, "p")
+    d.feed(0.5, PeerState("p", "connected"))
+    _, out = d.request(1.0, OpenSession("x", role, text, '"x"'))  # type: ignore[arg-type]
+    assert len(out) == 1 and isinstance(out[0], Reply | PeerOpen)
+    if isinstance(out[0], Reply):
+        assert out[0].msg.status in (400, 409, 422)
+    _, out = d.request(2.0, PatchSession("p", text, "*"))
+    (reply,) = replies(out)
+    assert reply.status in (204, 400, 422)

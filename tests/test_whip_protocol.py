@@ -9,6 +9,7 @@ HTTP goes to 127.0.0.1; the server's peers live in a private network namespace.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -315,3 +316,31 @@ async def test_pages_are_served(serve: ServeFactory) -> None:
             async with http.get(s.url + path) as resp:
                 assert resp.status == 200 and resp.content_type == kind, path
                 assert len(await resp.text()) > 100
+
+
+async def test_concurrent_mixed_requests_all_answered(
+    serve: ServeFactory, peers: LoopThread
+) -> None:
+    whip = await make_offer(peers, "whip")
+    whep = await make_offer(peers, "whep")
+    async with serve(max_sessions_per_room=8) as s, aiohttp.ClientSession() as http:
+        await publish(http, s.url, peers, "busy")
+        calls = []
+        for i in range(40):
+            kind = i % 4
+            if kind == 0:
+                calls.append(post(http, f"{s.url}/whip/r{i}", "garbage"))
+            elif kind == 1:
+                calls.append(post(http, f"{s.url}/whep/busy", whep))
+            elif kind == 2:
+                calls.append(post(http, f"{s.url}/whep/nobody{i}", whep))
+            else:
+                calls.append(post(http, f"{s.url}/whip/busy", whip))
+        results = await asyncio.gather(*calls)
+        statuses = [r[0] for r in results]
+        assert statuses[0::4] == [400] * 10
+        assert sorted(statuses[1::4]) == [201] * 7 + [503] * 3  # 1 publisher + 7 viewers
+        assert statuses[2::4] == [409] * 10
+        assert statuses[3::4] == [409] * 10  # the room already has a publisher
+        stats = await s.server.rt.stats()
+        assert all(w.failures == 0 for w in stats.workers)

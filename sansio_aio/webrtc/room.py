@@ -202,15 +202,11 @@ class Room(Task):
         except SdpError as exc:
             self.emit(Reply(rid, Refused(exc.status, exc.reason)))
             return
-        if len(self.sessions) >= cfg.max_sessions:
-            self.emit(Reply(rid, Refused(503, f"room {self.name!r} is full", cfg.retry_after)))
-            return
         source: str | None = None
         if msg.role == "whip":
             if self.publisher is not None:
                 self.emit(Reply(rid, Refused(409, f"room {self.name!r} already has a publisher")))
                 return
-            self.publisher = msg.session
         else:
             pub = self.sessions.get(self.publisher) if self.publisher else None
             if pub is None or pub.state == "negotiating":
@@ -220,6 +216,11 @@ class Room(Task):
                 self.emit(Reply(rid, Refused(status, why, retry)))
                 return
             source = pub.id
+        if len(self.sessions) >= cfg.max_sessions:
+            self.emit(Reply(rid, Refused(503, f"room {self.name!r} is full", cfg.retry_after)))
+            return
+        if msg.role == "whip":
+            self.publisher = msg.session
         text = msg.offer if cfg.allow_mdns else strip_mdns_candidates(msg.offer)
         s = _Session(msg.session, msg.role, msg.etag, now, offer.ufrag, offer.pwd, request=rid)
         s.deadline = now + cfg.connect_timeout  # the driver must answer by then, too
