@@ -27,14 +27,28 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
 from .backends import LoopFactory, resolve_backend
 from .bus import BusHub
-from .core import (
+from .core import WorkerCore
+from .driver import DriverFactory
+from .errors import (
+    ConfigError,
+    QueueFull,
+    RequestTimeout,
+    RuntimeClosed,
+    ShutdownTimeout,
+    UnknownTarget,
+)
+from .events import TaskEnded, TaskFailed, TaskOutput, TaskRef
+from .handoff import Lane
+from .ledger import Ledger, ended_error, spawn_error
+from .stats import RuntimeStats, WorkerStats
+from .wire import (
     APP_ENDED,
     APP_REPLY,
     APP_REQ_FAILED,
@@ -47,29 +61,12 @@ from .core import (
     OP_CALL,
     OP_EXT,
     OP_FORCE_STOP,
-    OP_HOST,
     OP_REQUEST,
     OP_SHUTDOWN,
     OP_SPAWN,
-    OP_SPAWNED,
     HostFactory,
     TaskFactory,
-    WorkerCore,
 )
-from .driver import DriverFactory
-from .errors import (
-    ConfigError,
-    QueueFull,
-    RequestTimeout,
-    RuntimeClosed,
-    ShutdownTimeout,
-    TaskFailedError,
-    UnknownKind,
-    UnknownTarget,
-)
-from .events import TaskEnded, TaskFailed, TaskOutput, TaskRef
-from .handoff import Lane
-from .stats import RuntimeStats, WorkerStats
 from .worker import Worker
 
 __all__ = ["AppEvent", "Runtime"]
@@ -157,13 +154,11 @@ class Runtime:
         self._hub = BusHub()
         self._state = "new"
         self._running = False
-        self._load = [0] * workers
-        self._rr = 0
-        self._live: dict[TaskRef, Lane] = {}  # live task -> the lane to its worker
+        self._ledger = Ledger(workers, self._kinds, has_host=host is not None)
+        self._live = self._ledger.live  # live task -> the lane to its worker (hot path)
         self._ids = itertools.count(1)
         self._spawns: dict[int, asyncio.Future[TaskRef]] = {}
         self._requests: dict[int, tuple[asyncio.Future[Any], TaskRef]] = {}
-        self._req_by_task: dict[TaskRef, set[int]] = {}
         self._started: dict[int, asyncio.Future[None]] = {}
         self._stopped: dict[int, asyncio.Future[list[TaskRef]]] = {}
         self._events: deque[AppEvent] = deque()
@@ -215,6 +210,7 @@ class Runtime:
             lane = worker.inbox[n]
             lane.wake = functools.partial(self._defer_wake, worker.wake)
             self._lanes.append(lane)
+            self._ledger.lanes.append(lane)
             worker.set_peers([other.inbox[w] for other in self._workers])
             self._started[w] = loop.create_future()
             self._stopped[w] = loop.create_future()
@@ -233,6 +229,7 @@ class Runtime:
             raise ConfigError("runtime failed to start: " + "; ".join(errors))
         self._state = "running"
         self._running = True
+        self._ledger.accepting = True
         return self
 
     async def __aenter__(self) -> Runtime:
@@ -261,6 +258,7 @@ class Runtime:
             return
         self._state = "closing"
         self._running = False
+        self._ledger.accepting = False
         for lane in self._lanes:
             lane.push_force((OP_SHUTDOWN,))
         await self._stop_workers(timeout=timeout, raise_timeout=True)
@@ -300,7 +298,8 @@ class Runtime:
                 rfut.set_exception(closed)
         self._spawns.clear()
         self._requests.clear()
-        self._req_by_task.clear()
+        self._ledger.req_by_task.clear()
+        self._ledger.accepting = False
         self._wake_events()
         if raise_timeout and (unfinished or stuck):
             names = ", ".join(str(r) for r in unfinished) or "none"
@@ -319,17 +318,6 @@ class Runtime:
                 f"the runtime is {self._state}: use 'async with Runtime(...)' or 'await start()'"
             )
 
-    def _pick(self) -> int:
-        load = self._load
-        best = min(load)
-        n = self._n
-        for i in range(n):
-            w = (self._rr + i) % n
-            if load[w] == best:
-                self._rr = (w + 1) % n
-                return w
-        return 0  # pragma: no cover
-
     async def spawn(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
         """Start a task of ``kind`` built with ``cfg``; return its reference.
 
@@ -337,38 +325,15 @@ class Runtime:
         task queues in its constructor are drained at once.
         """
         self._check_running()
-        if kind not in self._kinds:
-            raise UnknownKind(f"unknown task kind {kind!r}; registered: {sorted(self._kinds)}")
-        if worker is None:
-            worker = self._pick()
-        elif not 0 <= worker < self._n:
-            raise UnknownTarget(f"no worker {worker}; workers are 0..{self._n - 1}")
+        worker = self._ledger.place(kind, worker)
         assert self._loop is not None
         sid = next(self._ids)
         fut: asyncio.Future[TaskRef] = self._loop.create_future()
         self._spawns[sid] = fut
-        self._load[worker] += 1
         self._lanes[worker].push_force((OP_SPAWN, sid, kind, cfg, None, None))
         return await fut
 
     # ------------------------------------------------------------------ messages
-
-    def _route(self, target: TaskRef | int, msg: Any) -> tuple[Lane, tuple[Any, ...]]:
-        if isinstance(target, int):
-            if not 0 <= target < self._n:
-                raise UnknownTarget(f"no worker {target}; workers are 0..{self._n - 1}")
-            if self._host is None:
-                raise UnknownTarget(
-                    "messages to a worker go to its host task; pass host=... to Runtime"
-                )
-            return self._lanes[target], (OP_HOST, msg)
-        if target not in self._live:
-            if target.kind == HOST_KIND and self._host and 0 <= target.worker < self._n:
-                return self._lanes[target.worker], (OP_HOST, msg)
-            if not 0 <= target.worker < self._n:
-                raise UnknownTarget(f"no worker {target.worker}; workers are 0..{self._n - 1}")
-            raise UnknownTarget(f"no live task {target!r} (it ended, or never existed)")
-        return self._lanes[target.worker], (OP_EXT, target, msg)
 
     def send_nowait(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg`` to a task (``TaskRef``) or a worker's host task (worker id).
@@ -385,7 +350,7 @@ class Runtime:
                     lane.wake()
                 return
         self._check_running()
-        lane, item = self._route(target, msg)
+        lane, item = self._ledger.route(target, msg)
         if not lane.push(item):
             raise QueueFull(
                 f"inbox of worker {lane_worker(target)} is full "
@@ -395,13 +360,13 @@ class Runtime:
     def send_force(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg`` even if the inbox is past its bound (never fails for room)."""
         self._check_running()
-        lane, item = self._route(target, msg)
+        lane, item = self._ledger.route(target, msg)
         lane.push_force(item)
 
     async def send(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg``, waiting for room in the worker's inbox if it is full."""
         self._check_running()
-        lane, item = self._route(target, msg)
+        lane, item = self._ledger.route(target, msg)
         if lane.push(item):
             return
         loop = asyncio.get_running_loop()
@@ -424,25 +389,20 @@ class Runtime:
         if the task ends or fails first, :class:`UnknownTarget` if it does not exist.
         """
         self._check_running()
-        if task not in self._live:
-            raise UnknownTarget(f"no live task {task!r}")
+        lane = self._ledger.live_lane(task)
         assert self._loop is not None
         rid = next(self._ids)
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._requests[rid] = (fut, task)
-        self._req_by_task.setdefault(task, set()).add(rid)
-        self._lanes[task.worker].push_force((OP_REQUEST, task, rid, msg))
+        self._ledger.track(task, rid)
+        lane.push_force((OP_REQUEST, task, rid, msg))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RequestTimeout(f"{task} did not reply within {timeout} s") from None
         finally:
             self._requests.pop(rid, None)
-            rids = self._req_by_task.get(task)
-            if rids is not None:
-                rids.discard(rid)
-                if not rids:
-                    del self._req_by_task[task]
+            self._ledger.untrack(task, rid)
 
     async def run_on_worker(self, worker: int, fn: Callable[[WorkerCore], R]) -> R:
         """Run ``fn(core)`` on worker ``worker``'s thread and return its result.
@@ -541,7 +501,7 @@ class Runtime:
             snaps.append(_replace_stats(snap, age=max(0.0, now - snap.last_seen), depth=depth))
         return RuntimeStats(
             workers=tuple(snaps),
-            placed=tuple(self._load),
+            placed=tuple(self._ledger.load),
             events_dropped=self._events_dropped,
             events_pending=len(self._events),
         )
@@ -623,31 +583,25 @@ class Runtime:
         if op == APP_SPAWNED:
             _, sid, ref, error, w = item
             fut = self._spawns.pop(sid, None)
-            if ref is not None:
-                self._live[ref] = self._lanes[ref.worker]
-            elif self._load[w] > 0:
-                self._load[w] -= 1  # the placement did not happen
+            self._ledger.spawned(ref, w)
             if fut is not None and not fut.done():
                 if ref is not None:
                     fut.set_result(ref)
                 else:
-                    fut.set_exception(_spawn_error(str(error)))
+                    fut.set_exception(spawn_error(str(error)))
             return False
         if op == APP_ENDED:
             _, ref, tb = item
-            if ref.kind != HOST_KIND:
-                self._live.pop(ref, None)
-                if 0 <= ref.worker < self._n and self._load[ref.worker] > 0:
-                    self._load[ref.worker] -= 1
-            for rid in self._req_by_task.pop(ref, ()):
+            for rid in self._ledger.ended(ref):
                 entry = self._requests.get(rid)
                 if entry is not None and not entry[0].done():
-                    msg = f"{ref} failed" if tb else f"{ref} ended without replying"
-                    entry[0].set_exception(TaskFailedError(msg, ref, tb or ""))
+                    entry[0].set_exception(ended_error(ref, tb))
             return self._push_event(TaskFailed(ref, tb) if tb else TaskEnded(ref))
         if op == APP_SPAWN_REQ:
             _, kind, cfg, requester, tag = item
-            self._spawn_for_task(kind, cfg, requester, tag)
+            error = self._ledger.spawn_for_task(kind, cfg, requester, tag)
+            if error is not None and tag is None:
+                log.warning("spawn of %r requested by %s failed: %s", kind, requester, error)
             return False
         if op == APP_REQ_FAILED:
             _, rid, message = item
@@ -680,30 +634,10 @@ class Runtime:
         log.error("controller: unknown message %r", item)  # pragma: no cover
         return False
 
-    def _spawn_for_task(self, kind: str, cfg: Any, requester: TaskRef, tag: Hashable) -> None:
-        if self._state != "running" or kind not in self._kinds:
-            error = f"unknown task kind {kind!r}" if kind not in self._kinds else "runtime closing"
-            if tag is not None and 0 <= requester.worker < self._n:
-                self._lanes[requester.worker].push_force((OP_SPAWNED, requester, tag, None, error))
-            else:
-                log.warning("spawn of %r requested by %s failed: %s", kind, requester, error)
-            return
-        worker = self._pick()
-        self._load[worker] += 1
-        self._lanes[worker].push_force((OP_SPAWN, -1, kind, cfg, requester, tag))
-
 
 def lane_worker(target: TaskRef | int) -> int:
     """The worker id a send target lives on."""
     return target if isinstance(target, int) else target.worker
-
-
-def _spawn_error(error: str) -> Exception:
-    if error.startswith("unknown task kind"):
-        return UnknownKind(error)
-    if "shutting down" in error:
-        return RuntimeClosed(error)
-    return TaskFailedError(error, None)
 
 
 def _refresh(core: WorkerCore) -> None:

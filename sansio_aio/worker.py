@@ -32,11 +32,12 @@ from typing import Any
 
 from .backends import LoopFactory
 from .bus import BusHub
-from .core import APP_STARTED, APP_STOPPED, HostFactory, TaskFactory, WorkerCore, next_tick
+from .core import WorkerCore, next_tick
 from .driver import Driver, DriverFactory
 from .events import TaskRef
 from .handoff import Lane
 from .stats import WorkerStats
+from .wire import APP_STARTED, APP_STOPPED, HostFactory, TaskFactory
 
 __all__ = ["Worker"]
 

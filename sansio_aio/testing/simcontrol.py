@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Hashable
 from typing import Any
 
-from ..core import (
+from ..errors import UnknownTarget
+from ..events import TaskEnded, TaskFailed, TaskOutput, TaskRef
+from ..handoff import Lane
+from ..ledger import Ledger, ended_error, spawn_error
+from ..wire import (
     APP_ENDED,
     APP_REPLY,
     APP_REQ_FAILED,
@@ -35,20 +38,12 @@ from ..core import (
     APP_SPAWNED,
     APP_STOPPED,
     APP_UNKNOWN,
-    HOST_KIND,
-    OP_EXT,
-    OP_HOST,
-    OP_SPAWN,
-    OP_SPAWNED,
 )
-from ..errors import RuntimeClosed, TaskFailedError, UnknownKind, UnknownTarget
-from ..events import TaskEnded, TaskFailed, TaskOutput, TaskRef
-from ..handoff import Lane
 from .clock import FakeClock
 from .simworker import SimWorker
 from .trace import Trace
 
-__all__ = ["PENDING", "AppEvent", "SimController"]
+__all__ = ["PENDING", "AppEvent", "SimController", "spawn_error"]
 
 AppEvent = TaskOutput | TaskEnded | TaskFailed
 
@@ -56,8 +51,12 @@ AppEvent = TaskOutput | TaskEnded | TaskFailed
 PENDING: Any = object()
 
 
-class SimController:
-    """Placement, routing and dispatch of application-bound messages (see module docs)."""
+class SimController(Ledger):
+    """Placement, routing and dispatch of application-bound messages (see module docs).
+
+    Placement, routing and per-task requests are the real controller's own
+    :class:`~sansio_aio.ledger.Ledger`; this class adds the dispatch and the trace.
+    """
 
     def __init__(
         self,
@@ -69,18 +68,11 @@ class SimController:
         clock: FakeClock,
         trace: Trace,
     ) -> None:
-        self.n = n
-        self.kinds = kinds
-        self.has_host = has_host
-        self.workers: list[SimWorker] = []
-        self.accepting = False  # spawns emitted by tasks are refused unless running
-        self.load = [0] * n
-        self.rr = 0
-        self.live: set[TaskRef] = set()
+        super().__init__(n, kinds, has_host=has_host)
+        self._workers: list[SimWorker] = []
         self.ids = itertools.count(1)
         #: Spawn and request results by id: a TaskRef, a value, an exception, or PENDING.
         self.results: dict[int, Any] = {}
-        self.req_by_task: dict[TaskRef, set[int]] = {}
         self.events: deque[AppEvent] = deque()
         self.event_capacity = event_capacity
         self.events_dropped = 0
@@ -92,37 +84,19 @@ class SimController:
 
     # ------------------------------------------------------------------ placement
 
-    def pick(self) -> int:
-        """The least-loaded worker; ties round-robin (the controller's rule)."""
-        load = self.load
-        best = min(load)
-        for i in range(self.n):
-            w = (self.rr + i) % self.n
-            if load[w] == best:
-                self.rr = (w + 1) % self.n
-                return w
-        return 0  # pragma: no cover
+    @property
+    def workers(self) -> list[SimWorker]:
+        """The simulated workers (setting them installs the controller's lanes)."""
+        return self._workers
+
+    @workers.setter
+    def workers(self, workers: list[SimWorker]) -> None:
+        self._workers = workers
+        self.lanes = [w.inbox[self.n] for w in workers]
 
     def lane(self, worker: int) -> Lane:
         """The controller's lane into ``worker``'s inbox."""
-        return self.workers[worker].inbox[self.n]
-
-    def route(self, target: TaskRef | int, msg: Any) -> tuple[Lane, tuple[Any, ...]]:
-        """The lane and inbox message for ``msg`` to a task or a worker's host task."""
-        n = self.n
-        if isinstance(target, int):
-            if not 0 <= target < n:
-                raise UnknownTarget(f"no worker {target}; workers are 0..{n - 1}")
-            if not self.has_host:
-                raise UnknownTarget(
-                    "messages to a worker go to its host task; pass host=... to SimRuntime"
-                )
-            return self.lane(target), (OP_HOST, msg)
-        if target not in self.live:
-            if target.kind == HOST_KIND and self.has_host and 0 <= target.worker < n:
-                return self.lane(target.worker), (OP_HOST, msg)
-            raise UnknownTarget(f"no live task {target!r}")
-        return self.lane(target.worker), (OP_EXT, target, msg)
+        return self.lanes[worker]
 
     # ------------------------------------------------------------------ dispatch
 
@@ -145,10 +119,7 @@ class SimController:
                     trace.record(now, "app", "reply", (rid, item[2]))
             elif op == APP_SPAWNED:
                 _, sid, ref, error, w = item
-                if ref is not None:
-                    self.live.add(ref)
-                elif self.load[w] > 0:
-                    self.load[w] -= 1  # the placement did not happen
+                self.spawned(ref, w)
                 trace.record(now, "app", "spawned", (ref, error))
                 if results.get(sid) is PENDING:
                     results[sid] = ref if ref is not None else spawn_error(str(error))
@@ -168,14 +139,9 @@ class SimController:
                 self.undelivered += 1
 
     def _ended(self, now: float, ref: TaskRef, tb: str | None) -> None:
-        if ref.kind != HOST_KIND:
-            self.live.discard(ref)
-            if 0 <= ref.worker < self.n and self.load[ref.worker] > 0:
-                self.load[ref.worker] -= 1
-        for rid in self.req_by_task.pop(ref, ()):
+        for rid in self.ended(ref):
             if self.results.get(rid) is PENDING:
-                msg = f"{ref} failed" if tb else f"{ref} ended without replying"
-                self.results[rid] = TaskFailedError(msg, ref, tb or "")
+                self.results[rid] = ended_error(ref, tb)
         self._trace.record(now, "app", "ended" if tb is None else "failed", ref)
         self.push_event(TaskFailed(ref, tb) if tb else TaskEnded(ref))
 
@@ -185,23 +151,3 @@ class SimController:
             self.events.append(event)
         else:
             self.events_dropped += 1
-
-    def spawn_for_task(self, kind: str, cfg: Any, requester: TaskRef, tag: Hashable) -> None:
-        """A ``Spawn`` emitted by a task: place it like any spawn, or answer the error."""
-        if not self.accepting or kind not in self.kinds:
-            error = f"unknown task kind {kind!r}" if kind not in self.kinds else "runtime closing"
-            if tag is not None and 0 <= requester.worker < self.n:
-                self.lane(requester.worker).push_force((OP_SPAWNED, requester, tag, None, error))
-            return
-        worker = self.pick()
-        self.load[worker] += 1
-        self.lane(worker).push_force((OP_SPAWN, -1, kind, cfg, requester, tag))
-
-
-def spawn_error(error: str) -> Exception:
-    """The exception ``spawn`` raises for a worker's spawn error message."""
-    if error.startswith("unknown task kind"):
-        return UnknownKind(error)
-    if "shutting down" in error:
-        return RuntimeClosed(error)
-    return TaskFailedError(error, None)

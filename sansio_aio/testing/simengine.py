@@ -44,26 +44,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 from ..bus import BusHub
-from ..core import (
-    HOST_KIND,
-    OP_FORCE_STOP,
-    OP_SHUTDOWN,
-    OP_SPAWN,
-    HostFactory,
-    TaskFactory,
-    WorkerCore,
-)
+from ..core import WorkerCore
 from ..driver import DriverFactory
 from ..errors import (
     ConfigError,
     QueueFull,
     RuntimeClosed,
     ShutdownTimeout,
-    UnknownKind,
-    UnknownTarget,
 )
 from ..events import TaskRef
 from ..task import TaskProtocol
+from ..wire import HOST_KIND, OP_FORCE_STOP, OP_SHUTDOWN, OP_SPAWN, HostFactory, TaskFactory
 from .clock import FakeClock
 from .errors import ProtocolViolation, SimulationStalled
 from .simcontrol import PENDING, AppEvent, SimController
@@ -333,16 +324,10 @@ class SimEngine:
     def spawn_now(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
         """Start a task at the current instant and return its reference (synchronous)."""
         self._check_running()
-        if kind not in self._kinds:
-            raise UnknownKind(f"unknown task kind {kind!r}; registered: {sorted(self._kinds)}")
         ctl = self._ctl
-        if worker is None:
-            worker = ctl.pick()
-        elif not 0 <= worker < self._n:
-            raise UnknownTarget(f"no worker {worker}; workers are 0..{self._n - 1}")
+        worker = ctl.place(kind, worker)
         sid = next(ctl.ids)
         ctl.results[sid] = PENDING
-        ctl.load[worker] += 1
         self.trace.record(self.clock.now(), "rt", "spawn", (kind, cfg, worker))
         ctl.lane(worker).push_force((OP_SPAWN, sid, kind, cfg, None, None))
         self.settle()

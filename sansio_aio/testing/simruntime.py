@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ..core import OP_REQUEST, WorkerCore
+from ..core import WorkerCore
 from ..errors import RequestTimeout, RuntimeClosed, UnknownTarget
 from ..events import TaskRef
 from ..stats import RuntimeStats
+from ..wire import OP_REQUEST
 from .errors import SimulationStalled
 from .simcontrol import PENDING, AppEvent
 from .simengine import SimEngine
@@ -106,13 +107,12 @@ class SimRuntime(SimEngine):
         """
         self._check_running()
         ctl = self._ctl
-        if task not in ctl.live:
-            raise UnknownTarget(f"no live task {task!r}")
+        lane = ctl.live_lane(task)
         rid = next(ctl.ids)
         ctl.results[rid] = PENDING
-        ctl.req_by_task.setdefault(task, set()).add(rid)
+        ctl.track(task, rid)
         self.trace.record(self.clock.now(), "rt", "request", (task, rid, msg))
-        ctl.lane(task.worker).push_force((OP_REQUEST, task, rid, msg))
+        lane.push_force((OP_REQUEST, task, rid, msg))
         try:
             done = await self._wait(
                 lambda: ctl.results.get(rid) is not PENDING, timeout, f"request to {task}"
@@ -125,11 +125,7 @@ class SimRuntime(SimEngine):
             return result
         finally:
             ctl.results.pop(rid, None)
-            rids = ctl.req_by_task.get(task)
-            if rids is not None:
-                rids.discard(rid)
-                if not rids:
-                    del ctl.req_by_task[task]
+            ctl.untrack(task, rid)
 
     async def run_on_worker(self, worker: int, fn: Callable[[WorkerCore], R]) -> R:
         """Run ``fn(core)`` on worker ``worker`` (at once) and return its result."""

@@ -26,11 +26,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..core import APP_STOPPED, WorkerCore
+from ..core import WorkerCore
 from ..driver import Driver
 from ..events import TaskRef
 from ..handoff import Lane
 from ..stats import WorkerStats
+from ..wire import APP_STOPPED
 from .clock import FakeClock, Timer
 from .errors import HarnessError
 
