@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,tun,webrtc
 NAME   ?=
+ARGS   ?=
 
-.PHONY: all run test bench lint docs clean venv
+.PHONY: all run run-demo run-udp test bench lint clean venv
 
 all: test
 
@@ -18,11 +19,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The main demo: the WHIP/WHEP server (http://127.0.0.1:8080/, Ctrl-C stops it).
 run: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/whip_whep.py $(ARGS)
 
+# Smaller demos: the core runtime (two workers, a bus, stats), UDP echo with a client.
+run-demo: $(STAMP)
+	$(PY) examples/demo.py $(ARGS)
+
+run-udp: $(STAMP)
+	$(PY) examples/udp_demo.py $(ARGS)
+
+# Every test. The browser test needs Chromium: installed here when missing and possible.
 test: $(STAMP)
-	$(PY) -m pytest
+	@bash scripts/ensure_chromium.sh
+	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(NAME)
