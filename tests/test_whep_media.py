@@ -150,7 +150,7 @@ async def test_decoded_relay_reencodes_per_viewer(serve: ServeFactory, peers: Lo
         assert min(counts) >= FRAMES
         room = s.server.rooms["live"]
         stats = await s.server.rt.run_on_worker(room.worker, lambda c: c.drivers[0].stats())
-        assert stats["webrtc_reencode_viewers"] == 2 and stats["webrtc_passthrough_viewers"] == 0
+        assert stats["webrtc_reencode_video"] == 2 and stats["webrtc_passthrough_video"] == 0
 
 
 @pytest.mark.slow
@@ -176,5 +176,33 @@ async def test_late_viewer_starts_on_a_requested_keyframe(
         assert early_frames >= 2 * FRAMES and late_frames >= FRAMES
         room = s.server.rooms["live"]
         stats = await s.server.rt.run_on_worker(room.worker, lambda c: c.drivers[0].stats())
-        assert stats["webrtc_passthrough_viewers"] == 2
+        assert stats["webrtc_passthrough_video"] == 2
         assert stats["webrtc_keyframes"] >= 2
+
+
+@pytest.mark.slow
+async def test_audio_and_video_are_forwarded_encoded(
+    serve: ServeFactory, peers: LoopThread
+) -> None:
+    from aiortc.mediastreams import AudioStreamTrack
+
+    async with serve(workers=1) as s:
+        base = s.inner
+
+        async def scenario() -> tuple[int, int]:
+            tracks = [client.PatternTrack(), AudioStreamTrack()]
+            pub = await client.publish(f"{base}/whip/live", tracks)
+            viewer = await client.view(f"{base}/whep/live", audio=True)
+            await viewer.wait_frames(FRAMES, TIMEOUT)
+            frames, audio = viewer.frames, viewer.audio_frames
+            for session in (viewer, pub):
+                await session.delete()
+                await session.close()
+            return frames, audio
+
+        frames, audio = await peers.run(scenario(), 60)
+        assert frames >= FRAMES and audio >= 10, (frames, audio)  # ~1 s of 20 ms frames
+        room = s.server.rooms["live"]
+        stats = await s.server.rt.run_on_worker(room.worker, lambda c: c.drivers[0].stats())
+        assert stats["webrtc_passthrough_video"] == 1 and stats["webrtc_passthrough_audio"] == 1
+        assert stats["webrtc_reencode_audio"] == 0

@@ -101,6 +101,8 @@ class WhipSession:
         self.etag = etag
         #: Video frames decoded so far (viewers).
         self.frames = 0
+        #: Audio frames decoded so far (viewers with ``audio=True``).
+        self.audio_frames = 0
         self.first_frame = asyncio.get_running_loop().create_future()
         self._jobs: set[asyncio.Task[None]] = set()
         self._counting = asyncio.Event()
@@ -117,6 +119,8 @@ class WhipSession:
                 await track.recv()
                 if video:
                     self._frame_seen()
+                else:
+                    self.audio_frames += 1
         except MediaStreamError:
             return
 

@@ -13,10 +13,10 @@ requires). Results come back to the task as inputs through ``ctx.deliver``:
 Media: each publisher's tracks go into one ``MediaRelay``; one sink per track always
 reads it (so aiortc's unbounded receive queue never grows, with or without viewers). A
 room lives on one worker, so a viewer's publisher is always in this driver. With
-``relay="encoded"`` (the default) the publisher's video receiver is also tapped
+``relay="encoded"`` (the default) the publisher's receivers are also tapped
 (:mod:`.passthrough`): a viewer whose offer accepts the publisher's codec gets the
-encoded frames as they arrived, so its sender only packetizes (no re-encode), starting
-on a keyframe requested from the publisher. Other viewers, and every viewer with
+encoded frames as they arrived, so its sender only packetizes (no re-encode); video
+starts on a keyframe requested from the publisher. Other viewers, and every viewer with
 ``relay="decoded"``, subscribe to the decoded relay with ``buffered=False`` (a slow
 viewer skips frames instead of queueing them) and their sender re-encodes.
 
@@ -62,9 +62,9 @@ from .media import (
     Peer,
     close_pc,
     codec_preferences,
+    negotiated_codecs,
     offers_codec,
     quietly,
-    video_codec,
 )
 from .passthrough import EncodedSource, hook_viewer_keyframes, tap_receiver
 
@@ -81,10 +81,10 @@ class WebRtcDriver(Driver):
     Args:
         ice_servers: STUN/TURN servers for every peer connection (default: none, so
             aiortc never contacts Google's STUN server).
-        relay: ``"encoded"`` forwards the publisher's encoded video to every viewer
-            whose offer accepts its codec (no re-encode; see ``passthrough``), the
-            others get the decoded relay; ``"decoded"`` always re-encodes per viewer
-            (aiortc's own way).
+        relay: ``"encoded"`` forwards the publisher's encoded audio and video to every
+            viewer whose offer accepts their codecs (no re-encode; see
+            ``passthrough``), the others get the decoded relay; ``"decoded"`` always
+            re-encodes per viewer (aiortc's own way).
         media_interval: seconds between ``PeerMedia`` reports.
         keyframe_interval: least seconds between two keyframe requests the driver
             sends a publisher on behalf of encoded viewers.
@@ -120,8 +120,10 @@ class WebRtcDriver(Driver):
             "webrtc_keyframes": 0,
             "webrtc_candidates": 0,
             "webrtc_bad_candidates": 0,
-            "webrtc_passthrough_viewers": 0,
-            "webrtc_reencode_viewers": 0,
+            "webrtc_passthrough_video": 0,
+            "webrtc_passthrough_audio": 0,
+            "webrtc_reencode_video": 0,
+            "webrtc_reencode_audio": 0,
         }
 
     # ------------------------------------------------------------------ Driver
@@ -235,7 +237,7 @@ class WebRtcDriver(Driver):
                 if peer.relay is None or track.kind in peer.tracks:
                     return
                 peer.tracks[track.kind] = track
-                if track.kind == "video" and self._relay_mode == "encoded":
+                if self._relay_mode == "encoded":
                     self._tap(peer, pc, track)
                 sink = peer.relay.subscribe(track, buffered=False)
                 job = asyncio.ensure_future(self._consume(peer, sink))
@@ -249,7 +251,7 @@ class WebRtcDriver(Driver):
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             if cmd.role == "whip":
-                peer.codec = video_codec(pc.localDescription.sdp)
+                peer.codecs = negotiated_codecs(pc.localDescription.sdp)
         except Exception as exc:
             self._fail(key, 422, f"cannot answer this offer: {exc}")
             return
@@ -259,44 +261,40 @@ class WebRtcDriver(Driver):
         self._deliver(task, PeerAnswered(cmd.session, pc.localDescription.sdp))
 
     def _tap(self, peer: Peer, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
-        """Fan the publisher's encoded video out (falls back to decoded if impossible)."""
+        """Fan a publisher track out encoded (the decoded relay stays as the fallback)."""
         for transceiver in pc.getTransceivers():
             if transceiver.receiver.track is track:
-                source = EncodedSource(lambda: self._request_keyframe(peer))
+                source = EncodedSource(track.kind, lambda: self._request_keyframe(peer))
                 if tap_receiver(transceiver.receiver, source):
-                    peer.encoded = source
+                    peer.encoded[track.kind] = source
                 return
 
     def _add_viewer_tracks(
         self, peer: Peer, pc: RTCPeerConnection, source: Peer, offer: str
     ) -> None:
-        """Give a viewer the publisher's tracks: encoded video if it can, else decoded."""
+        """Give a viewer the publisher's tracks: encoded if it can, else decoded."""
         assert source.relay is not None
         kinds = {t.kind for t in pc.getTransceivers()}
         for kind, track in source.tracks.items():
             if kind not in kinds:
                 continue
-            codec = source.codec
-            if (
-                kind == "video"
-                and source.encoded is not None
-                and codec is not None
-                and offers_codec(offer, codec)
-            ):
-                encoded = source.encoded.subscribe()
+            encoded_source = source.encoded.get(kind)
+            codec = source.codecs.get(kind)
+            if encoded_source is not None and codec and offers_codec(offer, kind, codec):
+                encoded = encoded_source.subscribe()
                 sender = pc.addTrack(encoded)
                 for transceiver in pc.getTransceivers():
                     if transceiver.sender is sender:
-                        transceiver.setCodecPreferences(codec_preferences(codec))
-                hook_viewer_keyframes(sender, encoded)
+                        transceiver.setCodecPreferences(codec_preferences(kind, codec))
+                if kind == "video":
+                    hook_viewer_keyframes(sender, encoded)
                 peer.counters.append(encoded)
-                self._counters["webrtc_passthrough_viewers"] += 1
+                self._counters[f"webrtc_passthrough_{kind}"] += 1
                 continue
             relayed = CountingTrack(source.relay.subscribe(track, buffered=False))
             peer.counters.append(relayed)
             pc.addTrack(relayed)
-            if kind == "video":
-                self._counters["webrtc_reencode_viewers"] += 1
+            self._counters[f"webrtc_reencode_{kind}"] += 1
 
     def _request_keyframe(self, peer: Peer) -> None:
         """Ask ``peer`` (a publisher) for a keyframe, at most once per interval."""
@@ -382,9 +380,9 @@ class WebRtcDriver(Driver):
                 job.cancel()
         for t in peer.counters:
             t.stop()
-        if peer.encoded is not None:
-            peer.encoded.on_end()
-            peer.encoded = None
+        for encoded in peer.encoded.values():
+            encoded.on_end()
+        peer.encoded = {}
         if peer.pc is None or self._ctx.loop.is_closed():
             return
         job = self._ctx.loop.create_task(close_pc(peer.pc))

@@ -23,9 +23,9 @@ __all__ = [
     "Peer",
     "close_pc",
     "codec_preferences",
+    "negotiated_codecs",
     "offers_codec",
     "quietly",
-    "video_codec",
 ]
 
 
@@ -48,26 +48,27 @@ class CountingTrack(MediaStreamTrack):
         self._source.stop()
 
 
-def video_codec(sdp: str) -> str | None:
-    """The codec name (``VP8``, ``H264``) of the first video section of ``sdp``."""
+def negotiated_codecs(sdp: str) -> dict[str, str]:
+    """``kind -> codec name`` (``video: VP8``, ``audio: opus``) chosen in an answer."""
+    out: dict[str, str] = {}
     for media in SessionDescription.parse(sdp).media:
-        if media.kind == "video" and media.rtp.codecs:
-            return str(media.rtp.codecs[0].mimeType.split("/", 1)[1])
-    return None
+        if media.kind in ("audio", "video") and media.rtp.codecs and media.kind not in out:
+            out[media.kind] = str(media.rtp.codecs[0].mimeType.split("/", 1)[1])
+    return out
 
 
-def offers_codec(offer: str, codec: str) -> bool:
-    """True if the first video section of ``offer`` lists ``codec``."""
+def offers_codec(offer: str, kind: str, codec: str) -> bool:
+    """True if the first ``kind`` section of ``offer`` lists ``codec``."""
     for media in SessionDescription.parse(offer).media:
-        if media.kind == "video":
+        if media.kind == kind:
             names = {c.mimeType.split("/", 1)[1].upper() for c in media.rtp.codecs}
             return codec.upper() in names
     return False
 
 
-def codec_preferences(codec: str) -> list[Any]:
-    """aiortc's capabilities for ``codec`` (and RTX), for ``setCodecPreferences``."""
-    caps = RTCRtpSender.getCapabilities("video").codecs
+def codec_preferences(kind: str, codec: str) -> list[Any]:
+    """aiortc's ``kind`` capabilities for ``codec`` (and RTX), for ``setCodecPreferences``."""
+    caps = RTCRtpSender.getCapabilities(kind).codecs
     wanted = {codec.upper(), "RTX"}
     return [c for c in caps if c.mimeType.split("/", 1)[1].upper() in wanted]
 
@@ -76,7 +77,7 @@ class Peer:
     """One session's peer connection and what hangs off it (owned by the driver)."""
 
     __slots__ = (
-        "codec",
+        "codecs",
         "counters",
         "encoded",
         "jobs",
@@ -91,8 +92,8 @@ class Peer:
 
     def __init__(self, role: str) -> None:
         self.pc: RTCPeerConnection | None = None  # built by _open, on the loop
-        self.encoded: EncodedSource | None = None  # publisher: encoded-frame fan-out
-        self.codec: str | None = None  # publisher: negotiated video codec ("VP8", ...)
+        self.encoded: dict[str, EncodedSource] = {}  # publisher: kind -> encoded fan-out
+        self.codecs: dict[str, str] = {}  # publisher: kind -> negotiated codec ("VP8", ...)
         self.last_keyframe = float("-inf")
         self.role = role
         self.jobs: set[asyncio.Task[None]] = set()

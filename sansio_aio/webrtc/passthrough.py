@@ -1,4 +1,4 @@
-"""Encoded-frame forwarding: viewers get the publisher's VP8/H264 frames, not a re-encode.
+"""Encoded-frame forwarding: viewers get the publisher's frames as sent, not a re-encode.
 
 aiortc relays decoded frames, so every viewer's sender encodes its own copy of the
 stream (about 4% of a core per 320x240 viewer here). It has no public API to forward
@@ -6,12 +6,13 @@ encoded frames. Its sender does accept pre-encoded ``av.Packet`` objects from a 
 (``MediaPlayer(decode=False)`` uses that), and its receiver puts every reassembled
 encoded frame on its decoder queue. :class:`EncodedSource` taps that queue: each
 ``(codec, frame)`` is still decoded as usual, and a copy goes to every
-:class:`EncodedTrack`. A viewer's sender only packetizes and encrypts.
+:class:`EncodedTrack`. A viewer's sender only packetizes and encrypts. This works for
+video (VP8, H264) and audio (Opus, G.711): aiortc's encoders all have ``pack``.
 
 This touches two private names of aiortc 1.x: the receiver's decoder queue and the
 sender's ``_send_keyframe``. :func:`tap_receiver` returns None when they are missing,
 and the driver then falls back to the decoded relay. Rules that keep the video
-decodable:
+decodable (audio frames stand alone and need none):
 
 * a viewer starts at a keyframe; the frames before it are dropped, and a keyframe is
   requested from the publisher (RTCP PLI);
@@ -58,17 +59,16 @@ def is_keyframe(codec: str, data: bytes) -> bool:
 
 
 class EncodedTrack(MediaStreamTrack):
-    """A viewer's video track fed with the publisher's encoded frames."""
-
-    kind = "video"
+    """A viewer's track fed with the publisher's encoded frames (audio or video)."""
 
     def __init__(self, source: EncodedSource, capacity: int) -> None:
         super().__init__()
+        self.kind = source.kind
         self._source = source
         self._capacity = capacity
         self._queue: deque[Any] = deque()
         self._ready = asyncio.Event()
-        self._waiting_key = True
+        self._waiting_key = source.kind == "video"  # audio frames stand alone
         self._ended = False
         #: Frames handed to the viewer's sender.
         self.frames = 0
@@ -85,8 +85,9 @@ class EncodedTrack(MediaStreamTrack):
         if len(self._queue) >= self._capacity:
             self.dropped += len(self._queue) + 1
             self._queue.clear()
-            self._waiting_key = True
-            self._source.request_keyframe()
+            if self.kind == "video":
+                self._waiting_key = True
+                self._source.request_keyframe()
             return
         self._queue.append(frame)
         self._ready.set()
@@ -111,7 +112,7 @@ class EncodedTrack(MediaStreamTrack):
         frame = self._queue.popleft()
         packet = av.Packet(frame.data)
         packet.pts = frame.timestamp
-        packet.time_base = _VIDEO_TIME_BASE
+        packet.time_base = self._source.time_base
         self.frames += 1
         return packet
 
@@ -122,9 +123,12 @@ class EncodedTrack(MediaStreamTrack):
 
 
 class EncodedSource:
-    """Fans a publisher's encoded video frames out to :class:`EncodedTrack` viewers."""
+    """Fans a publisher's encoded frames (one track) out to :class:`EncodedTrack` viewers."""
 
-    def __init__(self, request_keyframe: Callable[[], None]) -> None:
+    def __init__(self, kind: str, request_keyframe: Callable[[], None]) -> None:
+        self.kind = kind
+        #: The RTP clock of the frames' timestamps (from the codec once known).
+        self.time_base = _VIDEO_TIME_BASE if kind == "video" else fractions.Fraction(1, 48000)
         self._request_keyframe = request_keyframe
         self.tracks: set[EncodedTrack] = set()
         #: The codec of the frames seen so far (``"VP8"``, ``"H264"``), once known.
@@ -134,7 +138,11 @@ class EncodedSource:
     def on_frame(self, codec: Any, frame: Any) -> None:
         """One encoded frame from the receiver (on the loop thread)."""
         name = str(codec.name)
-        self.codec = name
+        if self.codec != name:
+            self.codec = name
+            rate = getattr(codec, "clockRate", None)
+            if rate:
+                self.time_base = fractions.Fraction(1, int(rate))
         self.frames += 1
         for track in list(self.tracks):
             track.push(name, frame)
@@ -145,10 +153,11 @@ class EncodedSource:
             track.end()
 
     def subscribe(self, capacity: int = 90) -> EncodedTrack:
-        """A new viewer track; asks the publisher for a keyframe to start from."""
+        """A new viewer track; for video, asks the publisher for a keyframe to start from."""
         track = EncodedTrack(self, capacity)
         self.tracks.add(track)
-        self.request_keyframe()
+        if self.kind == "video":
+            self.request_keyframe()
         return track
 
     def unsubscribe(self, track: EncodedTrack) -> None:
