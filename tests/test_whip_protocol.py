@@ -344,3 +344,15 @@ async def test_concurrent_mixed_requests_all_answered(
         assert statuses[3::4] == [409] * 10  # the room already has a publisher
         stats = await s.server.rt.stats()
         assert all(w.failures == 0 for w in stats.workers)
+
+
+async def test_rate_limit_429_with_retry_after(serve: ServeFactory) -> None:
+    async with serve(rate_limit=0.5, rate_burst=2) as s, aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(3):
+            status, headers, _ = await post(http, f"{s.url}/whip/r1", "garbage")
+            statuses.append(status)
+        assert statuses == [400, 400, 429]
+        assert headers["Retry-After"] == "2"
+        async with http.options(f"{s.url}/whip/r1") as resp:
+            assert resp.status == 200  # preflights are not limited

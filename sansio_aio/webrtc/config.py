@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import final
@@ -20,7 +21,14 @@ from urllib.parse import unquote
 from ..errors import ConfigError
 from .sdp import address_filter
 
-__all__ = ["IceServer", "RoomConfig", "ServerConfig", "parse_args", "parse_ice_server"]
+__all__ = [
+    "IceServer",
+    "RoomConfig",
+    "ServerConfig",
+    "parse_args",
+    "parse_ice_server",
+    "resolve_interfaces",
+]
 
 
 @final
@@ -94,7 +102,8 @@ class ServerConfig:
     workers: int = 2
     backend: str | None = None
     ice_servers: tuple[IceServer, ...] = ()
-    #: Offer only candidates inside these networks (CIDRs or addresses); empty: all.
+    #: Offer only candidates inside these networks (CIDRs, addresses or interface
+    #: names, resolved at start by :func:`resolve_interfaces`); empty: offer all.
     ice_networks: tuple[str, ...] = ()
     #: Accept remote ``<uuid>.local`` candidates (off: they would need multicast DNS).
     allow_mdns: bool = False
@@ -114,6 +123,10 @@ class ServerConfig:
     retry_after: int = 5
     #: How long the HTTP layer waits for a room's reply (seconds).
     request_timeout: float = 10.0
+    #: POST/PATCH/DELETE per second per client address (0: no limit); past it: 429.
+    rate_limit: float = 0.0
+    #: Requests a client may send at once before the rate applies.
+    rate_burst: int = 10
     #: ``Access-Control-Allow-Origin`` value.
     cors_origin: str = "*"
     #: Serve the publish/view pages at ``{prefix}/``.
@@ -137,10 +150,15 @@ class ServerConfig:
         for name in ("max_sessions", "max_sessions_per_room", "max_body"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        try:
-            address_filter(self.ice_networks)
-        except ValueError as exc:
-            raise ConfigError(f"bad ice network: {exc}") from None
+        for entry in self.ice_networks:
+            if _is_interface_name(entry):
+                continue
+            try:
+                address_filter([entry])
+            except ValueError as exc:
+                raise ConfigError(f"bad ice network {entry!r}: {exc}") from None
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise ConfigError("rate_limit must be >= 0 and rate_burst >= 1")
 
     def room(self, name: str) -> RoomConfig:
         """The :class:`RoomConfig` of room ``name``."""
@@ -155,6 +173,40 @@ class ServerConfig:
             ice_networks=self.ice_networks,
             allow_mdns=self.allow_mdns,
         )
+
+
+def _is_interface_name(entry: str) -> bool:
+    return bool(_IFNAME.match(entry)) and not any(c in entry for c in "./:")
+
+
+_IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")
+
+
+def resolve_interfaces(entries: Sequence[str]) -> tuple[str, ...]:
+    """Replace interface names in ``entries`` by their addresses (``/32``, ``/128``).
+
+    CIDRs and addresses pass through. Link-local IPv6 addresses are skipped (aioice
+    does not offer them). Raises :class:`ConfigError` for an unknown interface.
+    """
+    if not any(_is_interface_name(e) for e in entries):
+        return tuple(entries)
+    import ifaddr  # an aioice dependency: present with the webrtc extra
+
+    adapters = {a.nice_name: a for a in ifaddr.get_adapters()}
+    out: list[str] = []
+    for entry in entries:
+        if not _is_interface_name(entry):
+            out.append(entry)
+            continue
+        adapter = adapters.get(entry)
+        if adapter is None:
+            raise ConfigError(f"no network interface {entry!r}; have: {sorted(adapters)}")
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                out.append(f"{ip.ip}/32")
+            elif ip.ip[2] == 0:
+                out.append(f"{ip.ip[0]}/128")
+    return tuple(out)
 
 
 def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -193,7 +245,8 @@ def parse_args(
         "--ice-network",
         action="append",
         default=None,
-        help="offer only candidates in this CIDR (repeatable; default: every address)",
+        help="offer only candidates in this CIDR or on this interface "
+        "(repeatable; default: every address)",
     )
     p.add_argument("--allow-mdns", action="store_true", default=_env(env, "allow_mdns") == "1")
     p.add_argument("--token", action="append", default=None, help="accepted bearer token")
@@ -218,6 +271,13 @@ def parse_args(
         ("--request-timeout", "request_timeout"),
     ):
         p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(_env(env, "rate_limit") or d.rate_limit),
+        help="POST/PATCH/DELETE per second per client address (default 0: no limit)",
+    )
+    p.add_argument("--rate-burst", type=int, default=int(_env(env, "rate_burst") or d.rate_burst))
     p.add_argument("--cors-origin", default=_env(env, "cors_origin", d.cors_origin))
     p.add_argument("--no-pages", action="store_true", default=_env(env, "no_pages") == "1")
     p.add_argument(
@@ -250,6 +310,8 @@ def parse_args(
         no_publisher_status=a.no_publisher_status,
         retry_after=a.retry_after,
         request_timeout=a.request_timeout,
+        rate_limit=a.rate_limit,
+        rate_burst=a.rate_burst,
         cors_origin=a.cors_origin,
         pages=not a.no_pages,
         relay=a.relay,

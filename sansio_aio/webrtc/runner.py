@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from ..controller import Runtime
-from .config import ServerConfig
+from .config import ServerConfig, resolve_interfaces
 from .driver import WebRtcDriver
 from .room import Room
 from .server import WhipServer
@@ -42,6 +43,7 @@ async def open_server(
             inside a private network namespace).
         backend: overrides ``config.backend`` (a backend name or a loop factory).
     """
+    config = replace(config, ice_networks=resolve_interfaces(config.ice_networks))
     ice, relay = config.ice_servers, config.relay
 
     def driver() -> WebRtcDriver:

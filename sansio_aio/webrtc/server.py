@@ -53,6 +53,7 @@ from .events import (
     RoomSnapshot,
     SessionEnded,
 )
+from .ratelimit import TokenBuckets
 
 __all__ = ["WhipServer"]
 
@@ -84,6 +85,9 @@ class WhipServer:
         self._opening = 0
         self._events_task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
+        self._buckets = (
+            TokenBuckets(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
+        )
         #: The base URL the server listens on (set by :func:`open_server`).
         self.url = ""
         #: Every base URL it listens on (the configured address first).
@@ -155,6 +159,9 @@ class WhipServer:
 
     async def _post(self, request: web.Request, role: Role) -> web.StreamResponse:
         cfg = self.config
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
         token = _bearer(request)
         if cfg.tokens and token not in cfg.tokens:
             return self._error(401, "a valid bearer token is required", **_AUTH)
@@ -208,6 +215,9 @@ class WhipServer:
             return self._options(_SESSION_METHODS, {"Accept-Patch": _FRAG_TYPE})
         if request.method not in ("PATCH", "DELETE"):
             return self._error(405, "sessions accept PATCH and DELETE", Allow=_SESSION_METHODS)
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
         entry = self.sessions.get(sid)
         if entry is None:
             return self._error(404, "no such session")
@@ -374,6 +384,15 @@ class WhipServer:
                 self._changed.set()
 
     # ------------------------------------------------------------------ responses
+
+    def _rate_limited(self, request: web.Request) -> web.StreamResponse | None:
+        if self._buckets is None:
+            return None
+        wait = self._buckets.take(request.remote or "", asyncio.get_running_loop().time())
+        if wait is None:
+            return None
+        self.counters["refused"] += 1
+        return self._error(429, "too many requests", **{"Retry-After": str(wait)})
 
     def _check_length(self, request: web.Request) -> web.StreamResponse | None:
         length = request.content_length
