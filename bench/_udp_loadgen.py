@@ -7,7 +7,9 @@ program when it was built and the pure-Python fallback of this module otherwise 
 slower: results then say ``"generator": "python"`` and the ratios mean less).
 :func:`start_server` runs one server process pinned to a CPU and reads its port;
 :func:`cpu_seconds` reads a process's CPU time so a run can report CPU per packet, a
-figure that stays meaningful on a machine shared with other work.
+figure that stays meaningful on a machine shared with other work; each generator record
+also carries ``generator_cpu_share``, the share of its own core the generator used (well
+below 1 means it was waiting for the server: the server is the bottleneck).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import select
 import shutil
 import socket
@@ -103,12 +106,14 @@ def udp(port: int, size: int, window: int, seconds: float, warmup: float = 0.2) 
         rec = py_udp(("127.0.0.1", port), size, window, seconds, warmup)
     else:
         args = ["udp", "127.0.0.1", str(port), str(size), str(window), str(seconds), str(warmup)]
+        cpu0 = _children_cpu()
         out = subprocess.run(
             [*pinning()[1], str(binary), *args], capture_output=True, text=True, timeout=60
         )
         if out.returncode != 0:
             raise RuntimeError(f"loadgen failed: {out.stderr}")
         rec = json.loads(out.stdout)
+        rec["generator_cpu_share"] = round((_children_cpu() - cpu0) / (seconds + warmup), 3)
     rec["generator"] = "c" if binary else "python"
     return dict(rec)
 
@@ -122,6 +127,7 @@ def tcp(
         rec = py_tcp(("127.0.0.1", port), conns, chunk, window, seconds, warmup)
     else:
         args = ["tcp", "127.0.0.1", str(port), str(conns), str(chunk), str(window)]
+        cpu0 = _children_cpu()
         out = subprocess.run(
             [*pinning()[1], str(binary), *args, str(seconds), str(warmup)],
             capture_output=True,
@@ -131,8 +137,15 @@ def tcp(
         if out.returncode != 0:
             raise RuntimeError(f"loadgen failed: {out.stderr}")
         rec = json.loads(out.stdout)
+        rec["generator_cpu_share"] = round((_children_cpu() - cpu0) / (seconds + warmup), 3)
     rec["generator"] = "c" if binary else "python"
     return dict(rec)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every finished child process so far (the generator runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ------------------------------------------------------------ Python fallbacks

@@ -61,6 +61,7 @@ def _measure(port: int, pid: int, size: int, window: int, seconds: float) -> dic
         "p50_us": float(rec["p50_us"]),
         "p99_us": float(rec["p99_us"]),
         "lost": float(rec["lost"]),
+        "generator_cpu_share": float(rec.get("generator_cpu_share", 1.0)),
         # CPU of the whole run (warm-up included) over the datagrams of the measured part
         "cpu_us_per_pkt": cpu / received * 1e6 * seconds / (seconds + 0.2),
     }
@@ -87,7 +88,8 @@ def run() -> dict[str, Any]:
                         samples[name].setdefault(f"{size}B_w{window}", []).append(m)
                         print(
                             f"  {name:17s} {size:5d} B w{window:<3d} {m['pps']:9.0f} pps "
-                            f"p50 {m['p50_us']:6.0f} us  {m['cpu_us_per_pkt']:5.2f} cpu-us/pkt",
+                            f"p50 {m['p50_us']:6.0f} us  {m['cpu_us_per_pkt']:5.2f} cpu-us/pkt "
+                            f"(generator {m['generator_cpu_share']:.0%} of its core)",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -169,7 +171,8 @@ def _targets(t: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
 
 
 def _headroom(t: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """How much faster the generator drives the C echo than the best Python server."""
+    """How much faster the generator drives the C echo than the best Python server, and
+    the most of its own core the generator used in any throughput run."""
     if "c-echo" not in t:
         return {"note": "no C compiler: the Python generator may be the bottleneck"}
     out: dict[str, Any] = {}
@@ -181,6 +184,7 @@ def _headroom(t: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
             "fastest_python": best,
             "fastest_python_pps": round(t[best][c]["pps"]),
             "ratio": _ratio(t["c-echo"][c]["pps"], t[best][c]["pps"]),
+            "generator_cpu_share_max": max(t[n][c]["generator_cpu_share"] for n in t),
         }
     return out
 
