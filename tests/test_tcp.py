@@ -482,3 +482,37 @@ async def test_an_ended_tasks_listeners_and_connections_are_closed(backend: str,
             again.listen()  # fails with EADDRINUSE if the task's listener were open
         stats = await driver_stats(rt)
         assert stats["tcp_listeners"] == 0 and stats["tcp_conns"] == 0
+
+
+async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend: str) -> None:
+    # A connect that can only hang (the listener's accept queue is full): the task ends
+    # meanwhile; the attempt is cancelled, its socket closed, nothing reaches anybody.
+    with socket.socket() as full:
+        full.bind((LO, 0))
+        full.listen(0)
+        fillers = []
+        try:
+            for _ in range(4):
+                f = socket.socket()
+                f.setblocking(False)
+                try:
+                    f.connect(full.getsockname())
+                except BlockingIOError:
+                    pass
+                fillers.append(f)
+            async with runtime(backend) as rt:
+                ref = await rt.spawn("probe")
+                rt.send_nowait(ref, [TcpConnect(full.getsockname(), timeout=30)])
+                rt.send_nowait(ref, "end")
+                assert isinstance(await asyncio.wait_for(rt.next_event(), T), TaskEnded)
+                for _ in range(3):  # let the cancellation run on the worker's loop
+                    pending = await rt.run_on_worker(
+                        0, lambda core: len(core.drivers[0]._connecting)
+                    )
+                    if not pending:
+                        break
+                assert pending == 0
+                assert (await driver_stats(rt))["tcp_errors"] == 0
+        finally:
+            for f in fillers:
+                f.close()

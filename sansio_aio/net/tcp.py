@@ -52,7 +52,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ClassVar, cast
 
 from ..driver import Driver, DriverContext
@@ -431,8 +431,7 @@ class TcpDriver(Driver):
                     return
                 sock.setblocking(False)
                 conn = self._conn_class(self, listener.owner, listener)
-                fut = loop.create_task(self._adopt(conn, sock))
-                self._connecting[conn] = fut
+                self._track(conn, self._adopt(conn, sock), sock)
 
         return on_readable
 
@@ -446,13 +445,27 @@ class TcpDriver(Driver):
         """Wrap an accepted socket in a transport (``_made`` announces it)."""
         ctx = self._ctx
         assert ctx is not None
-        try:
-            await ctx.loop.connect_accepted_socket(lambda: conn, sock)
-        except BaseException:
-            sock.close()
-            raise
-        finally:
+        await ctx.loop.connect_accepted_socket(lambda: conn, sock)
+
+    def _track(self, conn: _Conn, coro: Coroutine[Any, Any, None], sock: socket.socket) -> None:
+        """Run the coroutine that brings ``conn`` up; close ``sock`` if it never does.
+
+        A task cancelled before it starts never runs its ``finally``: the done callback
+        closes the socket in every case where no transport took it over.
+        """
+        ctx = self._ctx
+        assert ctx is not None
+        fut = ctx.loop.create_task(coro)
+        self._connecting[conn] = fut
+
+        def done(f: asyncio.Task[None]) -> None:
             self._connecting.pop(conn, None)
+            if f.cancelled() or f.exception() is not None:
+                if not f.cancelled():
+                    log.debug("tcp: bringing up a connection failed", exc_info=f.exception())
+                sock.close()
+
+        fut.add_done_callback(done)
 
     def _close_listener(self, listener: _Listener) -> None:
         if not listener.open:
@@ -482,14 +495,20 @@ class TcpDriver(Driver):
             self.errors += 1
             self._deliver(task, TcpConnected(-1, None, None, out.tag, str(exc), errno_mod.EINVAL))
             return
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.errors += 1
+            msg = f"socket: {describe(exc)}"
+            self._deliver(task, TcpConnected(-1, None, None, out.tag, msg, _errno(exc)))
+            return
         conn = self._conn_class(self, task, None, next(self._ids), out.tag)
-        fut = ctx.loop.create_task(self._dial(conn, family, addr, local, float(out.timeout)))
-        self._connecting[conn] = fut
+        self._track(conn, self._dial(conn, sock, addr, local, float(out.timeout)), sock)
 
     async def _dial(
         self,
         conn: _Conn,
-        family: socket.AddressFamily,
+        sock: socket.socket,
         addr: Address,
         local: Address | None,
         timeout: float,
@@ -497,34 +516,27 @@ class TcpDriver(Driver):
         ctx = self._ctx
         assert ctx is not None
         loop = ctx.loop
-        sock = socket.socket(family, socket.SOCK_STREAM)
         deadline = time.monotonic() + timeout
         try:
-            try:
-                sock.setblocking(False)
-                if local is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind(local)
-                async with asyncio.timeout(timeout):
-                    await loop.sock_connect(sock, addr)
-                remaining = max(0.001, deadline - time.monotonic())
-                async with asyncio.timeout(remaining):
-                    await loop.create_connection(lambda: conn, sock=sock)
-            except asyncio.CancelledError:
-                sock.close()
-                raise
-            except Exception as exc:
-                sock.close()
-                if not conn.closing:
-                    self.errors += 1
-                    if isinstance(exc, TimeoutError):
-                        msg = f"connect {addr!r}: timed out after {timeout} s"
-                        code = errno_mod.ETIMEDOUT
-                    else:
-                        msg, code = f"connect {addr!r}: {describe(exc)}", _errno(exc)
-                    self._feed(conn.owner, TcpConnected(-1, None, None, conn.tag, msg, code))
-        finally:
-            self._connecting.pop(conn, None)
+            sock.setblocking(False)
+            if local is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(local)
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, addr)
+            remaining = max(0.001, deadline - time.monotonic())
+            async with asyncio.timeout(remaining):
+                await loop.create_connection(lambda: conn, sock=sock)
+        except Exception as exc:
+            sock.close()
+            if not conn.closing:
+                self.errors += 1
+                if isinstance(exc, TimeoutError):
+                    msg = f"connect {addr!r}: timed out after {timeout} s"
+                    code = errno_mod.ETIMEDOUT
+                else:
+                    msg, code = f"connect {addr!r}: {describe(exc)}", _errno(exc)
+                self._feed(conn.owner, TcpConnected(-1, None, None, conn.tag, msg, code))
 
     # ------------------------------------------------------------------ connections
 
