@@ -154,14 +154,16 @@ async def test_decoded_relay_reencodes_per_viewer(serve: ServeFactory, peers: Lo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_late_viewer_starts_on_a_requested_keyframe(
-    serve: ServeFactory, peers: LoopThread
+    serve: ServeFactory, peers: LoopThread, codec: str
 ) -> None:
     async with serve(workers=1) as s:
         base = s.inner
 
         async def scenario() -> tuple[int, int]:
-            pub = await client.publish(f"{base}/whip/live", [client.PatternTrack()])
+            track = client.PatternTrack()
+            pub = await client.publish(f"{base}/whip/live", [track], video_codec=codec)
             early = await client.view(f"{base}/whep/live")
             # Two seconds of stream first: the publisher's first keyframe is long gone.
             await early.wait_frames(2 * FRAMES, TIMEOUT)

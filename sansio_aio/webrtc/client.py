@@ -27,6 +27,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -196,11 +197,21 @@ async def publish(
     token: str | None = None,
     http: aiohttp.ClientSession | None = None,
     ice_servers: Sequence[str] = (),
+    video_codec: str | None = None,
 ) -> WhipSession:
-    """Publish ``tracks`` to a WHIP endpoint; raises :class:`WhipError` if refused."""
+    """Publish ``tracks`` to a WHIP endpoint; raises :class:`WhipError` if refused.
+
+    ``video_codec`` (``"VP8"``, ``"H264"``) offers only that video codec.
+    """
     pc = _pc(ice_servers)
     for track in tracks:
-        pc.addTransceiver(track, direction="sendonly")
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        if video_codec is not None and track.kind == "video":
+            caps = RTCRtpSender.getCapabilities("video").codecs
+            wanted = {video_codec.upper(), "RTX"}
+            transceiver.setCodecPreferences(
+                [c for c in caps if c.mimeType.split("/", 1)[1].upper() in wanted]
+            )
     return await _negotiate(pc, url, token, http)
 
 

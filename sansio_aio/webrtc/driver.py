@@ -61,9 +61,9 @@ from .media import (
     CountingTrack,
     Peer,
     close_pc,
-    codec_preferences,
     negotiated_codecs,
     offers_codec,
+    only_codec,
     quietly,
 )
 from .passthrough import EncodedSource, hook_viewer_keyframes, tap_receiver
@@ -244,10 +244,18 @@ class WebRtcDriver(Driver):
                 peer.jobs.add(job)
                 job.add_done_callback(peer.jobs.discard)
 
+        offer, forward = cmd.offer, set[str]()
+        if source is not None:
+            # Kinds forwarded encoded: the viewer must get exactly the publisher's codec,
+            # so the other codecs are taken out of its offer before aiortc answers it.
+            for kind, codec in source.codecs.items():
+                if kind in source.encoded and offers_codec(offer, kind, codec):
+                    offer = only_codec(offer, kind, codec)
+                    forward.add(kind)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=cmd.offer, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             if source is not None and source.relay is not None:
-                self._add_viewer_tracks(peer, pc, source, cmd.offer)
+                self._add_viewer_tracks(peer, pc, source, forward)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             if cmd.role == "whip":
@@ -270,22 +278,18 @@ class WebRtcDriver(Driver):
                 return
 
     def _add_viewer_tracks(
-        self, peer: Peer, pc: RTCPeerConnection, source: Peer, offer: str
+        self, peer: Peer, pc: RTCPeerConnection, source: Peer, forward: set[str]
     ) -> None:
-        """Give a viewer the publisher's tracks: encoded if it can, else decoded."""
+        """Give a viewer the publisher's tracks: encoded for ``forward`` kinds, else decoded."""
         assert source.relay is not None
         kinds = {t.kind for t in pc.getTransceivers()}
         for kind, track in source.tracks.items():
             if kind not in kinds:
                 continue
             encoded_source = source.encoded.get(kind)
-            codec = source.codecs.get(kind)
-            if encoded_source is not None and codec and offers_codec(offer, kind, codec):
+            if encoded_source is not None and kind in forward:
                 encoded = encoded_source.subscribe()
                 sender = pc.addTrack(encoded)
-                for transceiver in pc.getTransceivers():
-                    if transceiver.sender is sender:
-                        transceiver.setCodecPreferences(codec_preferences(kind, codec))
                 if kind == "video":
                     hook_viewer_keyframes(sender, encoded)
                 peer.counters.append(encoded)

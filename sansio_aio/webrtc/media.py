@@ -10,7 +10,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import SessionDescription
 
@@ -22,9 +22,9 @@ __all__ = [
     "CountingTrack",
     "Peer",
     "close_pc",
-    "codec_preferences",
     "negotiated_codecs",
     "offers_codec",
+    "only_codec",
     "quietly",
 ]
 
@@ -66,11 +66,31 @@ def offers_codec(offer: str, kind: str, codec: str) -> bool:
     return False
 
 
-def codec_preferences(kind: str, codec: str) -> list[Any]:
-    """aiortc's ``kind`` capabilities for ``codec`` (and RTX), for ``setCodecPreferences``."""
-    caps = RTCRtpSender.getCapabilities(kind).codecs
-    wanted = {codec.upper(), "RTX"}
-    return [c for c in caps if c.mimeType.split("/", 1)[1].upper() in wanted]
+def only_codec(offer: str, kind: str, codec: str) -> str:
+    """``offer`` with its ``kind`` sections listing only ``codec`` (and its RTX).
+
+    aiortc answers with the first codec both sides have, in its own order of
+    preference, and codec preferences set after ``setRemoteDescription`` are ignored;
+    narrowing the offer is the public way to make it pick ``codec``.
+    """
+    desc = SessionDescription.parse(offer)
+    for media in desc.media:
+        if media.kind != kind:
+            continue
+        keep = [c for c in media.rtp.codecs if _name(c) == codec.upper()]
+        types = {c.payloadType for c in keep}
+        rtx = [
+            c
+            for c in media.rtp.codecs
+            if _name(c) == "RTX" and int(str(c.parameters.get("apt", -1))) in types
+        ]
+        media.rtp.codecs = keep + rtx
+        media.fmt = [c.payloadType for c in media.rtp.codecs]
+    return str(desc)
+
+
+def _name(codec: Any) -> str:
+    return str(codec.mimeType.split("/", 1)[1]).upper()
 
 
 class Peer:
