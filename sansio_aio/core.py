@@ -29,7 +29,7 @@ import logging
 import reprlib
 import traceback
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sized
 from typing import Any
 
 from .bus import BusHub
@@ -326,6 +326,72 @@ class WorkerCore:
         finally:
             self._depth = 0
         return True
+
+    def feeder(
+        self,
+        ref: TaskRef,
+        clock: Callable[[], float],
+        flush: Callable[[], None],
+        wakes: Sized,
+    ) -> Callable[[Any], bool]:
+        """A fast ``deliver`` bound to one task, for a driver's per-packet path.
+
+        The returned ``feed(event)`` reads ``clock()``, feeds ``event`` under the drain
+        rule exactly as :meth:`deliver` does (queued if called during a drain), then
+        calls ``flush()`` if anything is waiting to leave the worker (``app_buffer`` or
+        ``wakes``). It returns False, counted as an orphan, once the task has ended.
+        This is :meth:`deliver` + ``_feed_one`` unrolled into one call.
+        """
+        entry = self._by_ref.get(ref)
+        counters = self.counters
+        if entry is None:
+
+            def gone(event: Any) -> bool:
+                counters.orphans += 1
+                return False
+
+            return gone
+        core = self
+        pending = self._pending
+        routes = self._routes
+
+        def feed(event: Any) -> bool:
+            if not entry.alive:
+                counters.orphans += 1
+                return False
+            if core._depth:
+                pending.append((entry, event))
+                return True
+            now = core.now = clock()
+            core._depth = 1
+            try:
+                counters.inputs += 1
+                try:
+                    entry.on_event(now, event)
+                    pop = entry.pop_output
+                    out = pop(now)
+                    while out is not None:
+                        route = routes.get(type(out))
+                        if route is None:
+                            core._unrouted(entry, out)
+                        else:
+                            route(entry.ref, out)
+                        out = pop(now)
+                    if entry.is_empty():
+                        core._end(entry, None)
+                    elif entry.deadline_fn is not None:
+                        core._refresh_deadline(entry)
+                except Exception as exc:
+                    core._fail(entry, exc)
+                if pending:
+                    core._flush_pending()
+            finally:
+                core._depth = 0
+            if core.app_buffer or wakes:
+                flush()
+            return True
+
+        return feed
 
     def tick(self, now: float) -> None:
         """The periodic tick: ``on_tick`` on every task, each drained."""

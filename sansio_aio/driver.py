@@ -46,6 +46,14 @@ class DriverContext(Protocol):
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Wrap a loop callback so its run time counts as the worker's busy time."""
 
+    def feeder(self, task: TaskRef) -> Callable[[Any], bool]:
+        """A fast ``deliver`` bound to ``task``: ``feed(event) -> bool``.
+
+        Same semantics as ``deliver(task, event)`` (drained at once, or right after the
+        current drain; False once the task has ended), one call instead of three. Build
+        it once per socket or queue and use it on the per-packet path.
+        """
+
 
 class Driver(ABC):
     """Base class of I/O drivers. Subclass it and list your output types."""

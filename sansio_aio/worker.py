@@ -378,6 +378,13 @@ class Worker:
             self._flush_app()
         return ok
 
+    def feeder(self, task: TaskRef) -> Callable[[Any], bool]:
+        """DriverContext: a fast ``deliver`` bound to ``task`` (see ``WorkerCore.feeder``)."""
+        core = self.core
+        if core is None:
+            return lambda event: False
+        return core.feeder(task, _monotonic, self._flush_app, self._pending_wakes)
+
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """DriverContext: wrap a callback so its run time counts as busy time."""
 
@@ -420,3 +427,7 @@ class _Context:
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Wrap a callback so its run time counts as the worker's busy time."""
         return self._worker.timed(callback)
+
+    def feeder(self, task: TaskRef) -> Callable[[Any], bool]:
+        """A fast ``deliver`` bound to one task, for per-packet paths."""
+        return self._worker.feeder(task)

@@ -245,8 +245,7 @@ class TunDriver(Driver):
         """Build the readiness callback of ``q`` (locals bound for the per-packet path)."""
         assert self._ctx is not None
         read = os.read
-        deliver = self._ctx.deliver
-        owner = q.owner
+        feed = self._ctx.feeder(q.owner)
         slot = q.slot
         batch = self._batch
 
@@ -269,7 +268,7 @@ class TunDriver(Driver):
                         self._oversized(q, 1)
                         size = q.bufsize
                     else:
-                        deliver(owner, TunPacket(slot, data))
+                        feed(TunPacket(slot, data))
                     if q.fd != fd:
                         return  # the task unbound or ended during its drain
             finally:
@@ -297,7 +296,7 @@ class TunDriver(Driver):
                     cut += 1
             self.rx += len(packets)
             if packets:
-                deliver(owner, TunPackets(slot, packets))
+                feed(TunPackets(slot, packets))
             if cut and q.fd == fd:
                 self._oversized(q, cut)
             if error is not None and q.fd == fd:

@@ -294,9 +294,8 @@ class UdpDriver(Driver):
     def _reader(self, s: _Sock) -> Callable[[], None]:
         """The readiness callback of one socket: a bounded drain."""
         assert self._ctx is not None
-        deliver = self._ctx.deliver
+        feed = self._ctx.feeder(s.owner)
         recvfrom = s.sock.recvfrom
-        owner = s.owner
         slot = s.slot
         batch = self.batch
 
@@ -305,7 +304,7 @@ class UdpDriver(Driver):
             try:
                 for got in range(batch):  # noqa: B007 - got counts the datagrams read
                     data, source = recvfrom(RECV_SIZE)
-                    deliver(owner, UdpPacket(slot, source, data))
+                    feed(UdpPacket(slot, source, data))
                 got = batch
                 self.rx_full += 1
             except (BlockingIOError, InterruptedError):

@@ -218,3 +218,8 @@ class SimDriverContext:
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Identity: simulated time is not measured."""
         return callback
+
+    def feeder(self, task: TaskRef) -> Callable[[Any], bool]:
+        """``deliver`` bound to ``task`` (the simulation has no faster path to offer)."""
+        deliver, wid = self._deliver, self._wid
+        return lambda event: deliver(wid, task, event)
