@@ -1,1 +1,97 @@
-"""I/O drivers: UDP, TCP and TUN/TAP, each a :class:`~sansio_aio.driver.Driver`."""
+"""I/O drivers: UDP, TCP and TUN/TAP, each a :class:`~sansio_aio.driver.Driver`.
+
+Give the drivers to the runtime (``Runtime(kinds, drivers=[UdpDriver, TcpDriver])``);
+tasks speak their vocabularies. Task modules should import the vocabularies from
+``sansio_aio.net.events`` and ``sansio_aio.net.tun_events``, which import no asyncio;
+this package also re-exports them for applications.
+"""
+
+from __future__ import annotations
+
+from .events import (
+    MAX_UDP_PAYLOAD,
+    Address,
+    TcpAccepted,
+    TcpClose,
+    TcpClosed,
+    TcpConnect,
+    TcpConnected,
+    TcpData,
+    TcpEof,
+    TcpError,
+    TcpListen,
+    TcpListening,
+    TcpPaused,
+    TcpPauseReading,
+    TcpResumed,
+    TcpResumeReading,
+    TcpSend,
+    TcpShutdown,
+    UdpBind,
+    UdpBound,
+    UdpError,
+    UdpPacket,
+    UdpSend,
+    UdpSendMany,
+    UdpSendPairs,
+    UdpUnbind,
+    UdpUnbound,
+)
+from .tcp import TcpDriver
+from .tun import TunDriver, tun_unavailable_reason
+from .tun_events import (
+    TunBind,
+    TunBound,
+    TunClosed,
+    TunError,
+    TunPacket,
+    TunPackets,
+    TunSend,
+    TunSendMany,
+    TunUnbind,
+)
+from .udp import UdpDriver, check_address
+
+__all__ = [
+    "MAX_UDP_PAYLOAD",
+    "Address",
+    "TcpAccepted",
+    "TcpClose",
+    "TcpClosed",
+    "TcpConnect",
+    "TcpConnected",
+    "TcpData",
+    "TcpDriver",
+    "TcpEof",
+    "TcpError",
+    "TcpListen",
+    "TcpListening",
+    "TcpPauseReading",
+    "TcpPaused",
+    "TcpResumeReading",
+    "TcpResumed",
+    "TcpSend",
+    "TcpShutdown",
+    "TunBind",
+    "TunBound",
+    "TunClosed",
+    "TunDriver",
+    "TunError",
+    "TunPacket",
+    "TunPackets",
+    "TunSend",
+    "TunSendMany",
+    "TunUnbind",
+    "UdpBind",
+    "UdpBound",
+    "UdpDriver",
+    "UdpError",
+    "UdpPacket",
+    "UdpSend",
+    "UdpSendMany",
+    "UdpSendPairs",
+    "UdpUnbind",
+    "UdpUnbound",
+    "check_address",
+    "tun_unavailable_reason",
+]
