@@ -9,9 +9,8 @@ same tasks on a fake clock and a simulated network.
 
 from __future__ import annotations
 
-from .backends import available_backends
-from .controller import AppEvent, Runtime
-from .driver import Driver, DriverContext
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConfigError,
     QueueFull,
@@ -46,7 +45,33 @@ from .events import (
 from .stats import RuntimeStats, WorkerStats
 from .task import Task, TaskGroup, TaskProtocol
 
+if TYPE_CHECKING:  # the asyncio side, imported on first use (see __getattr__)
+    from .backends import available_backends
+    from .controller import AppEvent, Runtime
+    from .driver import Driver, DriverContext
+
 __version__ = "0.1.0"
+
+# Importing a task module must not import asyncio: the names below live in modules that
+# do, so they are loaded when first used.
+_LAZY = {
+    "AppEvent": ".controller",
+    "Runtime": ".controller",
+    "Driver": ".driver",
+    "DriverContext": ".driver",
+    "available_backends": ".backends",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sansio_aio' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AppEvent",

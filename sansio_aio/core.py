@@ -30,10 +30,9 @@ import reprlib
 import traceback
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bus import BusHub
-from .driver import Driver
 from .events import (
     Broadcast,
     BroadcastMessage,
@@ -76,6 +75,9 @@ from .wire import (
     HostFactory,
     TaskFactory,
 )
+
+if TYPE_CHECKING:
+    from .driver import Driver
 
 __all__ = ["HOST_KIND", "CoreSink", "TaskFactory", "WorkerCore", "next_tick"]
 

@@ -8,6 +8,8 @@ this package also re-exports them for applications.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .events import (
     MAX_UDP_PAYLOAD,
     Address,
@@ -37,8 +39,6 @@ from .events import (
     UdpUnbind,
     UdpUnbound,
 )
-from .tcp import TcpDriver
-from .tun import TunDriver, tun_unavailable_reason
 from .tun_events import (
     TunBind,
     TunBound,
@@ -50,7 +50,31 @@ from .tun_events import (
     TunSendMany,
     TunUnbind,
 )
-from .udp import UdpDriver, check_address
+
+if TYPE_CHECKING:  # the drivers import asyncio: loaded on first use (__getattr__)
+    from .tcp import TcpDriver
+    from .tun import TunDriver, tun_unavailable_reason
+    from .udp import UdpDriver, check_address
+
+_LAZY = {
+    "TcpDriver": ".tcp",
+    "TunDriver": ".tun",
+    "tun_unavailable_reason": ".tun",
+    "UdpDriver": ".udp",
+    "check_address": ".udp",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sansio_aio.net' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MAX_UDP_PAYLOAD",
