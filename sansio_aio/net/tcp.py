@@ -53,10 +53,11 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from ..driver import Driver, DriverContext
 from ..events import TaskRef
+from ._tcp_conn import BufferedConn, Conn, Listener, errno_of
 from .events import (
     Address,
     TcpAccepted,
@@ -64,8 +65,6 @@ from .events import (
     TcpClosed,
     TcpConnect,
     TcpConnected,
-    TcpData,
-    TcpEof,
     TcpError,
     TcpListen,
     TcpListening,
@@ -86,112 +85,8 @@ log = logging.getLogger("sansio_aio")
 ACCEPT_BATCH = 64
 #: Seconds a listener waits before accepting again after EMFILE and the like.
 ACCEPT_BACKOFF = 0.1
-#: Bytes read per ``recv`` on the stdlib loops (see ``_BufferedConn``).
+#: Bytes read per ``recv`` on the stdlib loops (see ``BufferedConn``).
 READ_SIZE = 65536
-
-
-def _errno(exc: BaseException | None) -> int:
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return 0
-
-
-class _Listener:
-    """One listening socket of one task."""
-
-    __slots__ = ("addr", "open", "owner", "slot", "sock")
-
-    def __init__(self, slot: int, sock: socket.socket, owner: TaskRef, addr: Address) -> None:
-        self.slot = slot
-        self.sock = sock
-        self.owner = owner
-        self.addr = addr
-        self.open = True
-
-
-class _Conn(asyncio.Protocol):
-    """The protocol of one connection: turns transport callbacks into task inputs."""
-
-    __slots__ = (
-        "closing",
-        "driver",
-        "eof_got",
-        "eof_sent",
-        "listener",
-        "open",
-        "owner",
-        "paused_by_buffer",
-        "paused_by_task",
-        "slot",
-        "tag",
-        "transport",
-    )
-
-    def __init__(
-        self,
-        driver: TcpDriver,
-        owner: TaskRef,
-        listener: _Listener | None,
-        slot: int = -1,
-        tag: Any = None,
-    ) -> None:
-        self.driver = driver
-        self.owner = owner
-        self.listener = listener
-        self.slot = slot
-        self.tag = tag
-        self.transport: asyncio.Transport | None = None
-        self.open = False  # True once announced to the task, until TcpClosed
-        self.closing = False  # the task asked to close (or the task ended)
-        self.eof_sent = False
-        self.eof_got = False
-        self.paused_by_buffer = False
-        self.paused_by_task = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport; they have its methods
-        self.transport = cast(asyncio.Transport, transport)
-        self.driver._made(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.open and not self.closing:
-            self.driver.rx_bytes += len(data)
-            self.driver._feed(self.owner, TcpData(self.slot, data))
-
-    def eof_received(self) -> bool:
-        self.eof_got = True
-        if self.open and not self.closing:
-            self.driver._feed(self.owner, TcpEof(self.slot))
-        # keep the transport open while the task may still send (half-close); once both
-        # sides have sent FIN, let it close (TcpClosed follows)
-        return not self.eof_sent
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.driver._lost(self, exc)
-
-    def pause_writing(self) -> None:
-        self.driver._pause_writing(self)
-
-    def resume_writing(self) -> None:
-        self.driver._resume_writing(self)
-
-
-class _BufferedConn(_Conn, asyncio.BufferedProtocol):
-    """``_Conn`` reading into the driver's one preallocated buffer (stdlib loops).
-
-    The stdlib transport's plain ``recv(256 KiB)`` allocates a new 256 KiB object per
-    read, which glibc serves with mmap/munmap in a worker thread: it halved TCP
-    throughput. Reading into a reused buffer and copying out only the bytes read avoids
-    it. (uvloop reads into its own buffer already, so it keeps the plain protocol.)
-    """
-
-    __slots__ = ()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.driver._rbuf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.driver._rbuf[:nbytes].tobytes())
 
 
 class TcpDriver(Driver):
@@ -234,9 +129,9 @@ class TcpDriver(Driver):
         self.max_buffer = max_buffer
         self._ctx: DriverContext | None = None
         self._ids = itertools.count(1)
-        self._conns: dict[int, _Conn] = {}
-        self._listeners: dict[int, _Listener] = {}
-        self._connecting: dict[_Conn, asyncio.Task[None]] = {}
+        self._conns: dict[int, Conn] = {}
+        self._listeners: dict[int, Listener] = {}
+        self._connecting: dict[Conn, asyncio.Task[None]] = {}
         self._by_task: dict[TaskRef, set[int]] = {}
         self._ops: dict[type, Callable[[TaskRef, Any], None]] = {
             TcpListen: self._listen,
@@ -247,7 +142,7 @@ class TcpDriver(Driver):
             TcpResumeReading: self._resume_reading,
         }
         self._rbuf = memoryview(bytearray(READ_SIZE))
-        self._conn_class: type[_Conn] = _BufferedConn
+        self._conn_class: type[Conn] = BufferedConn
         self._timed_feed: Callable[[], None] = self._feed_args
         self._args: tuple[TaskRef, Any] | None = None
         self._feeding = False
@@ -266,7 +161,7 @@ class TcpDriver(Driver):
         self._ctx = ctx
         self._timed_feed = ctx.timed(self._feed_args)
         if type(ctx.loop).__module__.startswith("uvloop"):
-            self._conn_class = _Conn
+            self._conn_class = Conn
 
     def handle(self, task: TaskRef, output: Any) -> None:
         """Perform one TCP output of ``task``; failures come back as inputs."""
@@ -394,19 +289,19 @@ class TcpDriver(Driver):
             sock.listen(out.backlog)
             local = sock.getsockname()
             slot = next(self._ids)
-            listener = _Listener(slot, sock, task, local)
+            listener = Listener(slot, sock, task, local)
             ctx.loop.add_reader(sock.fileno(), ctx.timed(self._acceptor(listener)))
         except OSError as exc:
             sock.close()
             self.errors += 1
             msg = f"listen {addr!r}: {describe(exc)}"
-            self._deliver(task, TcpListening(-1, None, out.tag, msg, _errno(exc)))
+            self._deliver(task, TcpListening(-1, None, out.tag, msg, errno_of(exc)))
             return
         self._listeners[slot] = listener
         self._own(task, slot)
         self._deliver(task, TcpListening(slot, local, out.tag))
 
-    def _acceptor(self, listener: _Listener) -> Callable[[], None]:
+    def _acceptor(self, listener: Listener) -> Callable[[], None]:
         """The readiness callback of a listening socket: accept a bounded batch."""
         ctx = self._ctx
         assert ctx is not None
@@ -435,19 +330,19 @@ class TcpDriver(Driver):
 
         return on_readable
 
-    def _rearm(self, listener: _Listener) -> None:
+    def _rearm(self, listener: Listener) -> None:
         if listener.open:
             ctx = self._ctx
             assert ctx is not None
             ctx.loop.add_reader(listener.sock.fileno(), ctx.timed(self._acceptor(listener)))
 
-    async def _adopt(self, conn: _Conn, sock: socket.socket) -> None:
+    async def _adopt(self, conn: Conn, sock: socket.socket) -> None:
         """Wrap an accepted socket in a transport (``_made`` announces it)."""
         ctx = self._ctx
         assert ctx is not None
         await ctx.loop.connect_accepted_socket(lambda: conn, sock)
 
-    def _track(self, conn: _Conn, coro: Coroutine[Any, Any, None], sock: socket.socket) -> None:
+    def _track(self, conn: Conn, coro: Coroutine[Any, Any, None], sock: socket.socket) -> None:
         """Run the coroutine that brings ``conn`` up; close ``sock`` if it never does.
 
         A task cancelled before it starts never runs its ``finally``: the done callback
@@ -467,7 +362,7 @@ class TcpDriver(Driver):
 
         fut.add_done_callback(done)
 
-    def _close_listener(self, listener: _Listener) -> None:
+    def _close_listener(self, listener: Listener) -> None:
         if not listener.open:
             return
         listener.open = False
@@ -500,14 +395,14 @@ class TcpDriver(Driver):
         except OSError as exc:
             self.errors += 1
             msg = f"socket: {describe(exc)}"
-            self._deliver(task, TcpConnected(-1, None, None, out.tag, msg, _errno(exc)))
+            self._deliver(task, TcpConnected(-1, None, None, out.tag, msg, errno_of(exc)))
             return
         conn = self._conn_class(self, task, None, next(self._ids), out.tag)
         self._track(conn, self._dial(conn, sock, addr, local, float(out.timeout)), sock)
 
     async def _dial(
         self,
-        conn: _Conn,
+        conn: Conn,
         sock: socket.socket,
         addr: Address,
         local: Address | None,
@@ -535,12 +430,12 @@ class TcpDriver(Driver):
                     msg = f"connect {addr!r}: timed out after {timeout} s"
                     code = errno_mod.ETIMEDOUT
                 else:
-                    msg, code = f"connect {addr!r}: {describe(exc)}", _errno(exc)
+                    msg, code = f"connect {addr!r}: {describe(exc)}", errno_of(exc)
                 self._feed(conn.owner, TcpConnected(-1, None, None, conn.tag, msg, code))
 
     # ------------------------------------------------------------------ connections
 
-    def _made(self, conn: _Conn) -> None:
+    def _made(self, conn: Conn) -> None:
         """A transport is up (accepted or connected): announce the slot to its task."""
         transport = conn.transport
         assert transport is not None
@@ -566,13 +461,13 @@ class TcpDriver(Driver):
             self.connected += 1
             self._feed(conn.owner, TcpConnected(conn.slot, local, remote, conn.tag))
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: Conn) -> None:
         """Forget ``conn`` (its task will hear nothing more of it)."""
         conn.closing = True
         if self._conns.pop(conn.slot, None) is not None:
             self._disown(conn.owner, conn.slot)
 
-    def _lost(self, conn: _Conn, exc: Exception | None) -> None:
+    def _lost(self, conn: Conn, exc: Exception | None) -> None:
         if not conn.open:
             return
         conn.open = False
@@ -580,9 +475,9 @@ class TcpDriver(Driver):
         self._drop(conn)
         if announce:
             error = describe(exc) if exc is not None else None
-            self._feed(conn.owner, TcpClosed(conn.slot, error, _errno(exc)))
+            self._feed(conn.owner, TcpClosed(conn.slot, error, errno_of(exc)))
 
-    def _send(self, task: TaskRef, conn: _Conn, data: Any) -> None:
+    def _send(self, task: TaskRef, conn: Conn, data: Any) -> None:
         transport = conn.transport
         assert transport is not None
         if conn.closing or conn.eof_sent:
@@ -604,11 +499,11 @@ class TcpDriver(Driver):
                 return
             transport.write(data)
         except Exception as exc:
-            self._refuse(task, conn.slot, "send", f"send failed: {describe(exc)}", _errno(exc))
+            self._refuse(task, conn.slot, "send", f"send failed: {describe(exc)}", errno_of(exc))
             return
         self.tx_bytes += size
 
-    def _conn_of(self, task: TaskRef, slot: Any, op: str) -> _Conn | None:
+    def _conn_of(self, task: TaskRef, slot: Any, op: str) -> Conn | None:
         conn = self._conns.get(slot)
         if conn is None or not (conn.owner is task or conn.owner == task):
             self._refuse(task, slot, op, "is not a connection of this task")
@@ -627,7 +522,7 @@ class TcpDriver(Driver):
             else:
                 conn.transport.write_eof()
         except Exception as exc:
-            self._refuse(task, out.slot, "shutdown", f"failed: {describe(exc)}", _errno(exc))
+            self._refuse(task, out.slot, "shutdown", f"failed: {describe(exc)}", errno_of(exc))
 
     def _close(self, task: TaskRef, out: TcpClose) -> None:
         listener = self._listeners.get(out.slot)
@@ -661,7 +556,7 @@ class TcpDriver(Driver):
                 assert conn.transport is not None
                 conn.transport.resume_reading()
 
-    def _pause_writing(self, conn: _Conn) -> None:
+    def _pause_writing(self, conn: Conn) -> None:
         if not conn.open or conn.paused_by_buffer:
             return
         conn.paused_by_buffer = True
@@ -673,7 +568,7 @@ class TcpDriver(Driver):
         if not conn.closing:
             self._feed(conn.owner, TcpPaused(conn.slot, transport.get_write_buffer_size()))
 
-    def _resume_writing(self, conn: _Conn) -> None:
+    def _resume_writing(self, conn: Conn) -> None:
         if not conn.open or not conn.paused_by_buffer:
             return
         conn.paused_by_buffer = False
