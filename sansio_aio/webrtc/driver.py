@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -124,6 +125,7 @@ class WebRtcDriver(Driver):
             "webrtc_passthrough_audio": 0,
             "webrtc_reencode_video": 0,
             "webrtc_reencode_audio": 0,
+            "webrtc_thread_cpu_ms": 0,
         }
 
     # ------------------------------------------------------------------ Driver
@@ -398,6 +400,9 @@ class WebRtcDriver(Driver):
     def _report(self) -> None:
         ctx = self._ctx
         assert ctx is not None
+        # CPU of this worker thread, aiortc's coroutines included (the worker's own
+        # utilisation only times the runtime's callbacks).
+        self._counters["webrtc_thread_cpu_ms"] = int(time.thread_time() * 1000)
         for (task, session), peer in list(self._peers.items()):
             frames = peer.frames()
             if frames != peer.reported:
