@@ -22,8 +22,12 @@ class WorkerStats:
     worker: int
     #: Tasks hosted (the host task not included).
     tasks: int
-    #: Busy time / wall time over the last window, in [0, 1].
+    #: CPU time of the worker thread / wall time over the last window, in [0, 1]: every
+    #: piece of work on the worker's thread counts, libraries' coroutines on its loop too.
     utilisation: float
+    #: Share of the window spent in the runtime's own callbacks (inbox, ticks, deadlines,
+    #: driver callbacks wrapped with ``ctx.timed``), in [0, 1].
+    runtime_busy: float
     #: How late the last periodic tick ran, in seconds.
     loop_lag: float
     #: Largest tick lateness seen in the last window, in seconds.

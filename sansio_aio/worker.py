@@ -95,6 +95,7 @@ class Worker:
         self._lag_max = 0.0
         self._win_start = 0.0
         self._win_busy = 0.0
+        self._win_cpu = 0.0
         self._tick_due = 0.0
         self._cur_start: float | None = None  # perf_counter() at the start of a callback
         self._deadline_handle: asyncio.TimerHandle | None = None
@@ -145,6 +146,7 @@ class Worker:
             now = _monotonic()
             core.start(now)
             self._win_start = now
+            self._win_cpu = time.thread_time()
             self._tick_due = now + self._tick_period
             loop.call_later(self._tick_period, self._on_tick)
             loop.call_later(self._stats_interval, self._on_stats)
@@ -267,7 +269,10 @@ class Worker:
         busy = self._busy - self._win_busy
         if self._cur_start is not None:  # called from inside a callback: count it so far
             busy += _perf() - self._cur_start
-        util = min(1.0, max(0.0, busy / wall)) if wall > 0 else 0.0
+        cpu_now = time.thread_time()
+        cpu = cpu_now - self._win_cpu
+        util = min(1.0, max(0.0, cpu / wall)) if wall > 0 else 0.0
+        busy_share = min(1.0, max(0.0, busy / wall)) if wall > 0 else 0.0
         driver_stats: dict[str, int] = {}
         for driver in self.drivers:
             try:
@@ -279,6 +284,7 @@ class Worker:
             worker=self.worker_id,
             tasks=core.task_count(),
             utilisation=util,
+            runtime_busy=busy_share,
             loop_lag=max(0.0, self._lag),
             loop_lag_max=max(0.0, self._lag_max),
             inbox_depth=sum(len(lane) for lane in self.inbox),
@@ -294,6 +300,7 @@ class Worker:
             drivers=driver_stats,
         )
         self._win_start = now
+        self._win_cpu = cpu_now
         self._win_busy = self._busy
         if self._cur_start is not None:
             self._win_busy += _perf() - self._cur_start

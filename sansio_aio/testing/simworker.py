@@ -166,6 +166,7 @@ class SimWorker:
             worker=self.id,
             tasks=core.task_count(),
             utilisation=0.0,
+            runtime_busy=0.0,
             loop_lag=0.0,
             loop_lag_max=0.0,
             inbox_depth=sum(len(lane) for lane in self.inbox),

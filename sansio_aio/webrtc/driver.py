@@ -400,8 +400,8 @@ class WebRtcDriver(Driver):
     def _report(self) -> None:
         ctx = self._ctx
         assert ctx is not None
-        # CPU of this worker thread, aiortc's coroutines included (the worker's own
-        # utilisation only times the runtime's callbacks).
+        # CPU of this worker thread, aiortc's coroutines included (the same measure as
+        # the worker's utilisation, as a running total).
         self._counters["webrtc_thread_cpu_ms"] = int(time.thread_time() * 1000)
         for (task, session), peer in list(self._peers.items()):
             frames = peer.frames()
