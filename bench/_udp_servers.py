@@ -125,19 +125,24 @@ def serve_reader(host: str, port: int) -> None:
 # ---------------------------------------------------------------- the runtime
 
 
-def serve_runtime(host: str, port: int, backend: str) -> None:
+def serve_runtime(host: str, port: int, backend: str, batch: bool = False) -> None:
     from sansio_aio import ExtOut, Runtime, Task
-    from sansio_aio.net.events import UdpBind, UdpPacket, UdpSend
+    from sansio_aio.net.events import UdpBind, UdpPacket, UdpPackets, UdpSend, UdpSendBatch
     from sansio_aio.net.udp import UdpDriver
 
     class Echo(Task):
+        """Per datagram (UdpPacket -> UdpSend) or, with ``batch``, per readiness
+        (UdpPackets -> UdpSendBatch)."""
+
         def __init__(self, cfg: Any) -> None:
             super().__init__(cfg)
-            self.emit(UdpBind(cfg, rcvbuf=BUF, sndbuf=BUF))
+            self.emit(UdpBind(cfg, rcvbuf=BUF, sndbuf=BUF, batch=batch))
 
         def on_event(self, now: float, event: Any) -> None:
             if type(event) is UdpPacket:
                 self.emit(UdpSend(event.slot, event.source, event.data))
+            elif type(event) is UdpPackets:
+                self.emit(UdpSendBatch(event.slot, event.packets))
             else:
                 self.emit(ExtOut(event))
 
@@ -157,6 +162,8 @@ def serve_runtime(host: str, port: int, backend: str) -> None:
 SERVERS: dict[str, Callable[[str, int], None]] = {
     "runtime-uvloop": lambda h, p: serve_runtime(h, p, "uvloop"),
     "runtime-epoll": lambda h, p: serve_runtime(h, p, "epoll"),
+    "runtime-uvloop-batch": lambda h, p: serve_runtime(h, p, "uvloop", batch=True),
+    "runtime-epoll-batch": lambda h, p: serve_runtime(h, p, "epoll", batch=True),
     "uvloop-protocol": lambda h, p: serve_protocol(h, p, True),
     "asyncio-protocol": lambda h, p: serve_protocol(h, p, False),
     "uvloop-reader": serve_reader,

@@ -6,7 +6,11 @@
 Servers (``bench/_udp_servers.py``), each in its own process pinned to CPU 1, with the
 load generator (``bench/loadgen.c``, GSO sends, recvmmsg) pinned to CPU 0:
 
-* ``runtime-uvloop`` and ``runtime-epoll``: sansio_aio with one worker and one echo task;
+* ``runtime-uvloop`` and ``runtime-epoll``: sansio_aio with one worker and one echo task
+  fed datagram by datagram (``UdpPacket`` -> ``UdpSend``);
+* ``runtime-uvloop-batch``, ``runtime-epoll-batch``: the same echo task on a
+  ``UdpBind(batch=True)`` socket, fed once per readiness (``UdpPackets`` ->
+  ``UdpSendBatch``);
 * ``uvloop-protocol``, ``asyncio-protocol``: hand-written ``DatagramProtocol`` echoes;
 * ``uvloop-reader``: hand-written uvloop ``add_reader`` + drain (the driver's path alone);
 * ``epoll-drain``: a hand-written ``select.epoll`` drain loop;
@@ -37,6 +41,8 @@ SERVERS = [
     "uvloop-reader",
     "epoll-drain",
     "runtime-epoll",
+    "runtime-uvloop-batch",
+    "runtime-epoll-batch",
     "asyncio-protocol",
     "c-echo",
 ]
@@ -159,6 +165,20 @@ def _targets(t: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
             0.85,
             _ratio(ep["pps"], drain["pps"]),
             _ratio(drain["cpu_us_per_pkt"], ep["cpu_us_per_pkt"]),
+        )
+        for mode in ("uvloop", "epoll"):
+            base = "uvloop-protocol" if mode == "uvloop" else "epoll-drain"
+            b, ref = t[f"runtime-{mode}-batch"][c], t[base][c]
+            add(
+                f"runtime_{mode}_batch_vs_{base.replace('-', '_')}_{size}B",
+                0.85,
+                _ratio(b["pps"], ref["pps"]),
+                _ratio(ref["cpu_us_per_pkt"], b["cpu_us_per_pkt"]),
+            )
+        add(
+            f"runtime_uvloop_batch_vs_asyncio_protocol_{size}B",
+            5.0,
+            _ratio(t["runtime-uvloop-batch"][c]["pps"], t["asyncio-protocol"][c]["pps"]),
         )
         lat = f"{size}B_w1"
         # p50 RTT within 1.2x of the protocol's: ratio = protocol p50 / runtime p50 >= 1/1.2

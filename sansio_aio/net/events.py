@@ -51,7 +51,9 @@ __all__ = [
     "UdpBound",
     "UdpError",
     "UdpPacket",
+    "UdpPackets",
     "UdpSend",
+    "UdpSendBatch",
     "UdpSendMany",
     "UdpSendPairs",
     "UdpUnbind",
@@ -79,6 +81,9 @@ class UdpBind:
     SO_REUSEPORT, so several sockets (one per worker, say) can share the port.
     ``rcvbuf`` / ``sndbuf`` set the kernel buffer sizes (bytes) when given.
     ``tag`` is echoed in the result so a task can tell its binds apart.
+    With ``batch`` each readiness of the socket arrives as one :class:`UdpPackets`
+    (up to the driver's batch bound) instead of one :class:`UdpPacket` per datagram:
+    fewer objects and calls per datagram, for high-rate tasks.
     """
 
     addr: Address
@@ -86,6 +91,7 @@ class UdpBind:
     tag: Hashable = None
     rcvbuf: int | None = None
     sndbuf: int | None = None
+    batch: bool = False
 
 
 @final
@@ -120,6 +126,16 @@ class UdpSendMany:
     slot: int
     dests: Sequence[Address]
     data: bytes
+
+
+@final
+@dataclass(slots=True)
+class UdpSendBatch:
+    """Send each ``(dest, data)`` of ``items`` from ``slot``, in order (the batch echo of
+    :class:`UdpPackets`)."""
+
+    slot: int
+    items: Sequence[tuple[Address, bytes]]
 
 
 @final
@@ -172,6 +188,18 @@ class UdpPacket:
     slot: int
     source: Address
     data: bytes
+
+
+@final
+@dataclass(slots=True)
+class UdpPackets:
+    """Datagrams received on a ``batch`` socket in one readiness, oldest first.
+
+    ``packets`` holds ``(source, data)`` pairs; each datagram is whole.
+    """
+
+    slot: int
+    packets: list[tuple[Address, bytes]]
 
 
 @final

@@ -49,7 +49,9 @@ from .events import (
     UdpBound,
     UdpError,
     UdpPacket,
+    UdpPackets,
     UdpSend,
+    UdpSendBatch,
     UdpSendMany,
     UdpSendPairs,
     UdpUnbind,
@@ -109,10 +111,11 @@ def describe(exc: BaseException) -> str:
 class _Sock:
     """One UDP socket of one task."""
 
-    __slots__ = ("fd", "open", "owner", "sendto", "slot", "sock")
+    __slots__ = ("batch", "fd", "open", "owner", "sendto", "slot", "sock")
 
-    def __init__(self, slot: int, sock: socket.socket, owner: TaskRef) -> None:
+    def __init__(self, slot: int, sock: socket.socket, owner: TaskRef, batch: bool) -> None:
         self.slot = slot
+        self.batch = batch
         self.sock = sock
         self.fd = sock.fileno()
         self.owner = owner
@@ -140,6 +143,7 @@ class UdpDriver(Driver):
         UdpSend,
         UdpSendMany,
         UdpSendPairs,
+        UdpSendBatch,
     )
 
     def __init__(self, *, batch: int = 64, socket_factory: SocketFactory | None = None) -> None:
@@ -156,6 +160,7 @@ class UdpDriver(Driver):
             UdpUnbind: self._unbind,
             UdpSendMany: self._send_many,
             UdpSendPairs: self._send_pairs,
+            UdpSendBatch: self._send_batch,
         }
         self.rx = 0
         self.tx = 0
@@ -246,7 +251,7 @@ class UdpDriver(Driver):
             sock.bind(addr)
             local = sock.getsockname()
             slot = next(self._ids)
-            s = _Sock(slot, sock, task)
+            s = _Sock(slot, sock, task, bool(out.batch))
             ctx.loop.add_reader(s.fd, ctx.timed(self._reader(s)))
         except Exception as exc:
             sock.close()
@@ -317,7 +322,25 @@ class UdpDriver(Driver):
             finally:
                 self.rx += got
 
-        return on_readable
+        def on_readable_batch() -> None:
+            packets: list[tuple[Address, bytes]] = []
+            append = packets.append
+            try:
+                for _ in range(batch):
+                    data, source = recvfrom(RECV_SIZE)
+                    append((source, data))
+                self.rx_full += 1
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                if s.open:
+                    self.rx_errors += 1
+                    log.debug("udp slot %d: recv failed: %s", slot, describe(exc))
+            if packets:
+                self.rx += len(packets)
+                feed(UdpPackets(slot, packets))
+
+        return on_readable_batch if s.batch else on_readable
 
     # ------------------------------------------------------------------ sending
 
@@ -340,6 +363,25 @@ class UdpDriver(Driver):
                 self._send_failed(task, out.slot, dest, exc)
             else:
                 self.tx += 1
+
+    def _send_batch(self, task: TaskRef, out: UdpSendBatch) -> None:
+        s = self._socks.get(out.slot)
+        if s is None or not (s.owner is task or s.owner == task):
+            self._not_ours(task, out.slot, "send", None)
+            return
+        sendto = s.sendto
+        sent = 0
+        try:
+            for dest, data in out.items:
+                try:
+                    sendto(data, dest)
+                except Exception as exc:
+                    self._send_failed(task, out.slot, dest, exc)
+                else:
+                    sent += 1
+        except (TypeError, ValueError):
+            self._send_failed(task, out.slot, None, TypeError("items must hold (dest, data)"))
+        self.tx += sent
 
     def _send_pairs(self, task: TaskRef, out: UdpSendPairs) -> None:
         data = out.data
