@@ -19,7 +19,15 @@ import time
 from typing import Any
 
 from sansio_aio import ExtOut, Reply, Request, Runtime, Task, TaskOutput
-from sansio_aio.net.events import UdpBind, UdpBound, UdpError, UdpPacket, UdpSend
+from sansio_aio.net.events import (
+    UdpBind,
+    UdpBound,
+    UdpError,
+    UdpPacket,
+    UdpPackets,
+    UdpSend,
+    UdpSendBatch,
+)
 from sansio_aio.net.udp import UdpDriver
 
 
@@ -34,12 +42,22 @@ class EchoServer(Task):
         super().__init__(cfg)
         self.echoed = 0
         self.errors = 0
-        self.emit(UdpBind(cfg["addr"], reuse=cfg.get("reuse", False), rcvbuf=cfg.get("rcvbuf")))
+        self.emit(
+            UdpBind(
+                cfg["addr"],
+                reuse=cfg.get("reuse", False),
+                rcvbuf=cfg.get("rcvbuf"),
+                batch=cfg.get("batch", False),
+            )
+        )
 
     def on_event(self, now: float, event: Any) -> None:
         if type(event) is UdpPacket:
             self.echoed += 1
             self.emit(UdpSend(event.slot, event.source, event.data))
+        elif type(event) is UdpPackets:  # batch mode: a whole readiness at once
+            self.echoed += len(event.packets)
+            self.emit(UdpSendBatch(event.slot, event.packets))
         elif type(event) is UdpError:
             self.errors += 1
         elif type(event) is UdpBound:
@@ -51,7 +69,12 @@ class EchoServer(Task):
 
 
 async def start_servers(
-    rt: Runtime, host: str, port: int, workers: int, rcvbuf: int | None = 4 << 20
+    rt: Runtime,
+    host: str,
+    port: int,
+    workers: int,
+    rcvbuf: int | None = 4 << 20,
+    batch: bool = False,
 ) -> tuple[str, int]:
     """Spawn one echo task per worker on ``(host, port)``; return the bound address.
 
@@ -60,7 +83,8 @@ async def start_servers(
     reuse = workers > 1
     addr: tuple[str, int] = (host, port)
     for w in range(workers):
-        await rt.spawn("echo", {"addr": addr, "reuse": reuse, "rcvbuf": rcvbuf}, worker=w)
+        cfg = {"addr": addr, "reuse": reuse, "rcvbuf": rcvbuf, "batch": batch}
+        await rt.spawn("echo", cfg, worker=w)
         while True:  # the bind result (other events, if any, are not ours to judge)
             ev = await asyncio.wait_for(rt.next_event(), 5)
             if isinstance(ev, TaskOutput) and isinstance(ev.msg, UdpBound):
@@ -94,7 +118,9 @@ async def serve(args: argparse.Namespace) -> int:
         kinds, workers=args.workers, backend=args.backend, drivers=[UdpDriver]
     ) as rt:
         try:
-            host, port = await start_servers(rt, args.host, args.port, args.workers)
+            host, port = await start_servers(
+                rt, args.host, args.port, args.workers, batch=args.batch
+            )
         except OSError as exc:
             print(f"udp_echo_server: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
@@ -133,6 +159,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--duration", type=float, default=None, help="seconds to run; 0 = until Ctrl-C (default 10)"
     )
     p.add_argument("--quick", action="store_true", help="1 s on an ephemeral port")
+    p.add_argument("--batch", action="store_true", help="one UdpPackets per readiness (batch mode)")
     args = p.parse_args(argv)
     if args.port is None:
         args.port = 0 if args.quick else 9000

@@ -53,9 +53,14 @@ def test_udp_echo_client_defaults() -> None:
     assert "20000/20000" in line
 
 
-def test_udp_server_and_client_as_separate_processes() -> None:
+@pytest.mark.parametrize("mode", [[], ["--batch"]], ids=["per-datagram", "batch"])
+def test_udp_server_and_client_as_separate_processes(mode: list[str]) -> None:
     server = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "udp_echo_server.py"), "--port", "0", "--duration", "60"],
+        [
+            sys.executable,
+            str(EXAMPLES / "udp_echo_server.py"),
+            *("--port", "0", "--duration", "60", *mode),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
