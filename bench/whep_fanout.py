@@ -283,7 +283,7 @@ def _summary(server: _Server) -> dict[str, Any]:
 
 
 async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[str, Any]:
-    from sansio_aio.webrtc.netns import PrivateNetwork
+    from sansio_aio.testing.privnet import PrivateNetwork
 
     net = PrivateNetwork()
     peers = net.loop_thread("fanout-peers")
@@ -302,7 +302,7 @@ async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[s
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure and write ``bench/results/whep_fanout.json``; return the record."""
-    from sansio_aio.webrtc.netns import unavailable_reason
+    from sansio_aio.testing.privnet import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:

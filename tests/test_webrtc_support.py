@@ -2,7 +2,7 @@
 
 Other ``test_whip_*`` / ``test_whep_*`` / ``test_webrtc_*`` modules import the fixtures
 from here. Every WebRTC peer (the server's workers and the clients) runs inside a
-private network namespace made by :class:`~sansio_aio.webrtc.netns.PrivateNetwork`
+private network namespace made by :class:`~sansio_aio.testing.privnet.PrivateNetwork`
 (a veth pair with 10.99.0.1/24): aioice offers that address, and no packet can leave
 the machine. The HTTP server also listens on the host's 127.0.0.1 for plain protocol
 requests from the test's own loop.
@@ -21,8 +21,8 @@ import pytest
 
 from sansio_aio.backends import BACKENDS
 from sansio_aio.testing.leaks import ResourceSnapshot, await_no_leaks
+from sansio_aio.testing.privnet import LoopThread, PrivateNetwork, unavailable_reason
 from sansio_aio.webrtc.config import ServerConfig
-from sansio_aio.webrtc.netns import LoopThread, PrivateNetwork, unavailable_reason
 
 _REASON: list[str | None] = []
 

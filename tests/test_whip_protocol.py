@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sansio_aio.testing.privnet import LoopThread
 from sansio_aio.webrtc.config import parse_ice_server
-from sansio_aio.webrtc.netns import LoopThread
 from sansio_aio.webrtc.sdp import check_offer
 from tests.test_webrtc_support import ServeFactory, make_offer, netns, peers, serve
 

@@ -1,4 +1,8 @@
-"""A private network namespace for WebRTC tests and benchmarks, joined thread by thread.
+"""A persistent private network namespace with a veth pair, joined thread by thread.
+
+(``sansio_aio.testing.netns`` runs one function in a fresh namespace of its own; this
+module keeps one namespace alive for several threads, processes and sockets, which the
+WebRTC tests and the ``whep_fanout`` benchmark need.)
 
 aioice never offers loopback candidates, so two aiortc peers on one machine connect
 through a real interface address. Tests must not send traffic to the host's interfaces,
