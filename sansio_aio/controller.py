@@ -46,7 +46,7 @@ from .errors import (
 )
 from .events import TaskEnded, TaskFailed, TaskOutput, TaskRef
 from .handoff import Lane
-from .ledger import Ledger, ended_error, spawn_error
+from .ledger import Ledger, check_runtime_args, ended_error, spawn_error
 from .stats import RuntimeStats, WorkerStats
 from .wire import (
     APP_ENDED,
@@ -57,7 +57,6 @@ from .wire import (
     APP_STARTED,
     APP_STOPPED,
     APP_UNKNOWN,
-    HOST_KIND,
     OP_CALL,
     OP_EXT,
     OP_FORCE_STOP,
@@ -110,32 +109,9 @@ class Runtime:
         stats_interval: float = 0.5,
         name: str = "sansio",
     ) -> None:
-        if not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
-        if not tick > 0:
-            raise ConfigError(f"tick must be > 0 seconds, got {tick!r}")
-        if inbox_capacity < 1 or event_capacity < 1:
-            raise ConfigError("inbox_capacity and event_capacity must be >= 1")
+        check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers)
         if not stats_interval > 0:
             raise ConfigError(f"stats_interval must be > 0 seconds, got {stats_interval!r}")
-        for kind, factory in kinds.items():
-            if not isinstance(kind, str) or not kind:
-                raise ConfigError(f"task kind names must be non-empty strings, got {kind!r}")
-            if kind == HOST_KIND:
-                raise ConfigError(f"{HOST_KIND!r} is reserved for the host task; rename it")
-            if not callable(factory):
-                raise ConfigError(f"kind {kind!r}: the factory must be callable (cfg) -> task")
-        claimed: dict[type, object] = {}
-        for driver in drivers:
-            if not callable(driver):
-                raise ConfigError(f"drivers must be Driver classes or factories, got {driver!r}")
-            for typ in getattr(driver, "output_types", ()):
-                if typ in claimed:
-                    raise ConfigError(
-                        f"drivers {claimed[typ]!r} and {driver!r} both handle {typ.__name__}; "
-                        "pass only one of them"
-                    )
-                claimed[typ] = driver
         self.backend_name, self._loop_factory = resolve_backend(backend)
         self._kinds = dict(kinds)
         self._n = workers

@@ -457,26 +457,16 @@ class WorkerCore:
 
     def _feed_one(self, entry: _Entry, event: Any) -> None:
         self.counters.inputs += 1
-        now = self.now
         try:
-            entry.on_event(now, event)
-            pop = entry.pop_output
-            routes = self._routes
-            out = pop(now)
-            while out is not None:
-                route = routes.get(type(out))
-                if route is None:
-                    self._unrouted(entry, out)
-                else:
-                    route(entry.ref, out)
-                out = pop(now)
-            if entry.is_empty():
-                self._end(entry, None)
-                return
+            entry.on_event(self.now, event)
+            self._drain(entry)
+            empty = entry.is_empty()
         except Exception as exc:
             self._fail(entry, exc)
             return
-        if entry.deadline_fn is not None:
+        if empty:
+            self._end(entry, None)
+        elif entry.deadline_fn is not None:
             self._refresh_deadline(entry)
 
     def _call(self, entry: _Entry, method: Callable[[float], None]) -> None:
@@ -493,17 +483,16 @@ class WorkerCore:
             self._depth = 0
 
     def _call_one(self, entry: _Entry, method: Callable[[float], None]) -> None:
-        now = self.now
         try:
-            method(now)
+            method(self.now)
             self._drain(entry)
-            if entry.is_empty():
-                self._end(entry, None)
-                return
+            empty = entry.is_empty()
         except Exception as exc:
             self._fail(entry, exc)
             return
-        if entry.deadline_fn is not None:
+        if empty:
+            self._end(entry, None)
+        elif entry.deadline_fn is not None:
             self._refresh_deadline(entry)
 
     def _drain(self, entry: _Entry) -> None:
@@ -541,7 +530,13 @@ class WorkerCore:
 
     def _refresh_deadline(self, entry: _Entry) -> None:
         assert entry.deadline_fn is not None
-        when = entry.deadline_fn()
+        try:
+            when = entry.deadline_fn()
+            if when is not None and (not isinstance(when, int | float) or when != when):
+                raise TypeError(f"next_deadline() must return a time or None, not {when!r}")
+        except Exception as exc:
+            self._fail(entry, exc)
+            return
         if when == entry.deadline:
             return
         entry.deadline = when

@@ -20,15 +20,53 @@ thread) both keep one, so their rules cannot drift apart. This module imports no
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any
 
-from .errors import RuntimeClosed, TaskFailedError, UnknownKind, UnknownTarget
+from .errors import ConfigError, RuntimeClosed, TaskFailedError, UnknownKind, UnknownTarget
 from .events import TaskRef
 from .handoff import Lane
 from .wire import HOST_KIND, OP_EXT, OP_HOST, OP_SPAWN, OP_SPAWNED
 
-__all__ = ["Ledger", "spawn_error"]
+__all__ = ["Ledger", "check_runtime_args", "spawn_error"]
+
+
+def check_runtime_args(
+    kinds: Mapping[str, Callable[..., Any]],
+    workers: int,
+    tick: float,
+    inbox_capacity: int,
+    event_capacity: int,
+    drivers: Sequence[Callable[..., Any]] = (),
+) -> None:
+    """Fail fast, with a message that names the fix, on a bad runtime argument.
+
+    Shared by ``Runtime`` and ``SimRuntime`` so both accept exactly the same arguments.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
+    if not tick > 0:
+        raise ConfigError(f"tick must be > 0 seconds, got {tick!r}")
+    if inbox_capacity < 1 or event_capacity < 1:
+        raise ConfigError("inbox_capacity and event_capacity must be >= 1")
+    for kind, factory in kinds.items():
+        if not isinstance(kind, str) or not kind:
+            raise ConfigError(f"task kind names must be non-empty strings, got {kind!r}")
+        if kind == HOST_KIND:
+            raise ConfigError(f"{HOST_KIND!r} is reserved for the host task; rename it")
+        if not callable(factory):
+            raise ConfigError(f"kind {kind!r}: the factory must be callable (cfg) -> task")
+    claimed: dict[type, object] = {}
+    for driver in drivers:
+        if not callable(driver):
+            raise ConfigError(f"drivers must be Driver classes or factories, got {driver!r}")
+        for typ in getattr(driver, "output_types", ()):
+            if typ in claimed:
+                raise ConfigError(
+                    f"drivers {claimed[typ]!r} and {driver!r} both handle {typ.__name__}; "
+                    "pass only one of them"
+                )
+            claimed[typ] = driver
 
 
 class Ledger:

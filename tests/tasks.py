@@ -201,3 +201,20 @@ class Finite(Task):
         for i in range(cfg or 0):
             self.emit(ExtOut(i))
         self.closing = True
+
+
+class BadDeadline(Task):
+    """Its ``next_deadline`` returns nonsense once told to."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.bad: Any = None
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            self.bad = event.msg
+
+    def next_deadline(self) -> Any:
+        if self.bad == "raise":
+            raise RuntimeError("no idea when")
+        return self.bad

@@ -27,6 +27,7 @@ from sansio_aio import (
 from sansio_aio.core import WorkerCore
 
 from .tasks import (
+    BadDeadline,
     Echo,
     Finite,
     Graceful,
@@ -49,6 +50,7 @@ KINDS = {
     "graceful": Graceful,
     "stuck": Stuck,
     "finite": Finite,
+    "bad_deadline": BadDeadline,
 }
 T = 5.0  # generous timeout for any single wait
 
@@ -433,6 +435,18 @@ async def test_c14_a_failing_task_ends_alone(backend: str) -> None:
             rt.send_nowait(good, i)
         assert [o.msg for o in await outputs(rt, 3)] == [0, 1, 2]
         assert (await rt.stats(fresh=True)).workers[0].failures == 1
+
+
+@pytest.mark.parametrize("bad", ["raise", "soon", float("nan")])
+async def test_a_broken_next_deadline_fails_only_that_task(backend: str, bad: Any) -> None:
+    async with Runtime(KINDS, backend=backend) as rt:
+        broken, good = await rt.spawn("bad_deadline"), await rt.spawn("echo")
+        rt.send_nowait(broken, bad)
+        event = await asyncio.wait_for(rt.next_event(), T)
+        assert isinstance(event, TaskFailed) and event.task == broken
+        assert "no idea when" in event.traceback or "must return a time" in event.traceback
+        rt.send_nowait(good, "still here")
+        assert [o.msg for o in await outputs(rt, 1)] == ["still here"]
 
 
 async def test_finite_task_ends_by_itself(backend: str) -> None:

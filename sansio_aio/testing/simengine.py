@@ -53,8 +53,9 @@ from ..errors import (
     ShutdownTimeout,
 )
 from ..events import TaskRef
+from ..ledger import check_runtime_args
 from ..task import TaskProtocol
-from ..wire import HOST_KIND, OP_FORCE_STOP, OP_SHUTDOWN, OP_SPAWN, HostFactory, TaskFactory
+from ..wire import OP_FORCE_STOP, OP_SHUTDOWN, OP_SPAWN, HostFactory, TaskFactory
 from .clock import FakeClock
 from .errors import ProtocolViolation, SimulationStalled
 from .simcontrol import PENDING, AppEvent, SimController
@@ -87,19 +88,7 @@ class SimEngine:
         event_capacity: int = 1 << 20,
         max_time: float = 3600.0,
     ) -> None:
-        if not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
-        if not tick > 0:
-            raise ConfigError(f"tick must be > 0 seconds, got {tick!r}")
-        if inbox_capacity < 1 or event_capacity < 1:
-            raise ConfigError("inbox_capacity and event_capacity must be >= 1")
-        for kind, factory in kinds.items():
-            if not isinstance(kind, str) or not kind:
-                raise ConfigError(f"task kind names must be non-empty strings, got {kind!r}")
-            if kind == HOST_KIND:
-                raise ConfigError(f"{HOST_KIND!r} is reserved for the host task; rename it")
-            if not callable(factory):
-                raise ConfigError(f"kind {kind!r}: the factory must be callable (cfg) -> task")
+        check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers or ())
         if net is None:
             tr = trace if isinstance(trace, Trace) else Trace(seed, enabled=bool(trace))
             net = SimNetwork(seed=seed, clock=clock, trace=tr)
