@@ -526,7 +526,16 @@ class Runtime:
             room = self._event_capacity - len(events)
             for _ in range(n):
                 item = pop()
-                if type(item) is task_output:
+                if type(item) is list:  # a worker's batch of task outputs only
+                    if len(item) <= room:
+                        events.extend(item)
+                        room -= len(item)
+                    else:
+                        events.extend(item[: max(room, 0)])
+                        self._events_dropped += len(item) - max(room, 0)
+                        room = 0
+                    got_event = True
+                elif type(item) is task_output:
                     if room > 0:
                         append(item)
                         room -= 1

@@ -84,6 +84,7 @@ class Worker:
         self.thread = threading.Thread(target=self._main, name=f"{name}-worker-{worker_id}")
         self.thread.daemon = True
         self._pending_wakes: set[Callable[[], None]] = set()
+        self._app_mixed = False  # app_buffer holds more than TaskOutput events
         self.snapshot: WorkerStats | None = None
         self._stop_reported = False
         self._wake_handle_pending = False
@@ -327,7 +328,11 @@ class Worker:
         buf = core.app_buffer
         if buf:
             core.app_buffer = []
-            self.outbox.push_many(buf)
+            if self._app_mixed:  # control messages among them: one lane item each
+                self._app_mixed = False
+                self.outbox.push_many(buf)
+            else:  # only task outputs: the list travels as one item (extend on arrival)
+                self.outbox.push_force(buf)
         if self._pending_wakes:
             wakes = self._pending_wakes
             self._pending_wakes = set()
@@ -339,6 +344,7 @@ class Worker:
     def to_app(self, item: tuple[Any, ...]) -> None:
         """CoreSink: hand a message to the controller (after what is buffered)."""
         assert self.core is not None
+        self._app_mixed = True
         self.core.app_buffer.append(item)
 
     def to_worker(self, worker: int, item: tuple[Any, ...], safe: bool) -> bool:

@@ -449,6 +449,20 @@ async def test_a_broken_next_deadline_fails_only_that_task(backend: str, bad: An
         assert [o.msg for o in await outputs(rt, 1)] == ["still here"]
 
 
+async def test_event_buffer_is_bounded_and_drops_are_counted(backend: str) -> None:
+    async with Runtime(KINDS, backend=backend, event_capacity=5) as rt:
+        ref = await rt.spawn("echo")
+        rt.send_nowait(ref, ("emit", list(range(20))))  # one drain, one batch of 20
+
+        async def dropped() -> bool:
+            return (await rt.stats()).events_dropped == 15
+
+        await until(dropped)
+        assert [e.msg for e in rt.poll_events()] == [0, 1, 2, 3, 4]  # oldest kept, in order
+        rt.send_nowait(ref, "after")  # room again: delivered
+        assert [o.msg for o in await outputs(rt, 1)] == ["after"]
+
+
 async def test_finite_task_ends_by_itself(backend: str) -> None:
     async with Runtime(KINDS, backend=backend) as rt:
         ref = await rt.spawn("finite", 3)
