@@ -75,7 +75,7 @@ from .events import (
     TcpSend,
     TcpShutdown,
 )
-from .udp import check_address, describe
+from .udp import check_address, describe, lookup_slot
 
 __all__ = ["TcpDriver"]
 
@@ -166,7 +166,10 @@ class TcpDriver(Driver):
     def handle(self, task: TaskRef, output: Any) -> None:
         """Perform one TCP output of ``task``; failures come back as inputs."""
         if type(output) is TcpSend:
-            conn = self._conns.get(output.slot)
+            try:
+                conn = self._conns.get(output.slot)
+            except TypeError:  # an unhashable slot is no slot of ours
+                conn = None
             if conn is None or not (conn.owner is task or conn.owner == task):
                 self._refuse(task, output.slot, "send", "is not a connection of this task")
                 return
@@ -279,7 +282,13 @@ class TcpDriver(Driver):
             self.errors += 1
             self._deliver(task, TcpListening(-1, None, out.tag, str(exc), errno_mod.EINVAL))
             return
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.errors += 1
+            msg = f"socket: {describe(exc)}"
+            self._deliver(task, TcpListening(-1, None, out.tag, msg, errno_of(exc)))
+            return
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -291,11 +300,12 @@ class TcpDriver(Driver):
             slot = next(self._ids)
             listener = Listener(slot, sock, task, local)
             ctx.loop.add_reader(sock.fileno(), ctx.timed(self._acceptor(listener)))
-        except OSError as exc:
+        except Exception as exc:  # OSError; TypeError/OverflowError for a malformed field
             sock.close()
             self.errors += 1
             msg = f"listen {addr!r}: {describe(exc)}"
-            self._deliver(task, TcpListening(-1, None, out.tag, msg, errno_of(exc)))
+            code = errno_of(exc) or errno_mod.EINVAL
+            self._deliver(task, TcpListening(-1, None, out.tag, msg, code))
             return
         self._listeners[slot] = listener
         self._own(task, slot)
@@ -504,7 +514,7 @@ class TcpDriver(Driver):
         self.tx_bytes += size
 
     def _conn_of(self, task: TaskRef, slot: Any, op: str) -> Conn | None:
-        conn = self._conns.get(slot)
+        conn: Conn | None = lookup_slot(self._conns, slot)
         if conn is None or not (conn.owner is task or conn.owner == task):
             self._refuse(task, slot, op, "is not a connection of this task")
             return None
@@ -525,7 +535,7 @@ class TcpDriver(Driver):
             self._refuse(task, out.slot, "shutdown", f"failed: {describe(exc)}", errno_of(exc))
 
     def _close(self, task: TaskRef, out: TcpClose) -> None:
-        listener = self._listeners.get(out.slot)
+        listener: Listener | None = lookup_slot(self._listeners, out.slot)
         if listener is not None and (listener.owner is task or listener.owner == task):
             self._close_listener(listener)
             self._deliver(task, TcpClosed(out.slot))

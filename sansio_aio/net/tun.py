@@ -57,6 +57,7 @@ from .tun_events import (
     TunSendMany,
     TunUnbind,
 )
+from .udp import lookup_slot
 
 try:
     import pytun
@@ -153,7 +154,10 @@ class TunDriver(Driver):
     def handle(self, task: TaskRef, output: Any) -> None:
         """Perform a ``TunSend``, ``TunBind`` or ``TunUnbind`` of ``task``."""
         if type(output) is TunSend:
-            q = self._slots.get(output.slot)
+            try:
+                q = self._slots.get(output.slot)
+            except TypeError:  # an unhashable slot is no slot of ours
+                q = None
             if q is not None and (q.owner is task or q.owner == task):
                 try:
                     os.write(q.fd, output.data)
@@ -168,7 +172,7 @@ class TunDriver(Driver):
         elif type(output) is TunBind:
             self._bind(task, output)
         elif type(output) is TunUnbind:
-            q = self._slots.get(output.slot)
+            q = lookup_slot(self._slots, output.slot)
             if q is not None and (q.owner is task or q.owner == task):
                 self._close(q)
 
@@ -328,7 +332,7 @@ class TunDriver(Driver):
     # ------------------------------------------------------------------ write
 
     def _send_many(self, task: TaskRef, out: TunSendMany) -> None:
-        q = self._slots.get(out.slot)
+        q = lookup_slot(self._slots, out.slot)
         if q is None or (q.owner is not task and q.owner != task):
             self._stale(task, out.slot)
             return
@@ -414,8 +418,8 @@ def _check_bind(out: TunBind) -> str | None:
     if out.name is not None:
         if not isinstance(out.name, str) or not out.name:
             return f"name must be a non-empty str or None, got {out.name!r}"
-        if len(out.name.encode()) > _MAX_NAME or "/" in out.name or " " in out.name:
-            return f"bad interface name {out.name!r}: at most 15 bytes, no '/' or spaces"
+        if len(out.name.encode()) > _MAX_NAME or any(c in out.name for c in "/ \0"):
+            return f"bad interface name {out.name!r}: at most 15 bytes, no '/', spaces or NUL"
     if out.mtu is not None and (
         not isinstance(out.mtu, int) or not _MIN_MTU <= out.mtu <= _MAX_MTU
     ):

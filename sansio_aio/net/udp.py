@@ -179,7 +179,10 @@ class UdpDriver(Driver):
     def handle(self, task: TaskRef, output: Any) -> None:
         """Perform one UDP output of ``task``; failures come back as inputs."""
         if type(output) is UdpSend:  # the per-packet path, kept flat
-            s = self._socks.get(output.slot)
+            try:
+                s = self._socks.get(output.slot)
+            except TypeError:  # an unhashable slot is no slot of ours
+                s = None
             if s is not None and (s.owner is task or s.owner == task):
                 try:
                     s.sendto(output.data, output.dest)
@@ -267,7 +270,7 @@ class UdpDriver(Driver):
     def _unbind(self, task: TaskRef, out: UdpUnbind) -> None:
         ctx = self._ctx
         assert ctx is not None
-        s = self._socks.get(out.slot)
+        s = lookup_slot(self._socks, out.slot)
         if s is None or not (s.owner is task or s.owner == task):
             ctx.deliver(
                 task, UdpUnbound(out.slot, f"slot {out.slot!r} is not a socket of this task")
@@ -345,7 +348,7 @@ class UdpDriver(Driver):
     # ------------------------------------------------------------------ sending
 
     def _send_many(self, task: TaskRef, out: UdpSendMany) -> None:
-        s = self._socks.get(out.slot)
+        s = lookup_slot(self._socks, out.slot)
         if s is None or not (s.owner is task or s.owner == task):
             self._not_ours(task, out.slot, "send", None)
             return
@@ -365,7 +368,7 @@ class UdpDriver(Driver):
                 self.tx += 1
 
     def _send_batch(self, task: TaskRef, out: UdpSendBatch) -> None:
-        s = self._socks.get(out.slot)
+        s = lookup_slot(self._socks, out.slot)
         if s is None or not (s.owner is task or s.owner == task):
             self._not_ours(task, out.slot, "send", None)
             return
@@ -392,7 +395,7 @@ class UdpDriver(Driver):
             self._send_failed(task, -1, None, TypeError("pairs must hold (slot, dest) tuples"))
             return
         for slot, dest in pairs:
-            s = socks.get(slot)
+            s = lookup_slot(socks, slot)
             if s is None or not (s.owner is task or s.owner == task):
                 self._not_ours(task, slot, "send", dest)
                 continue
@@ -419,6 +422,14 @@ class UdpDriver(Driver):
         assert self._ctx is not None
         msg = f"slot {slot!r} is not a socket of this task (unbound, or never bound)"
         self._ctx.deliver(task, UdpError(slot, op, msg, errno_mod.EBADF, dest))
+
+
+def lookup_slot(table: Mapping[int, Any], slot: Any) -> Any:
+    """``table.get(slot)``, ``None`` for an unhashable slot (a task's bad output)."""
+    try:
+        return table.get(slot)
+    except TypeError:
+        return None
 
 
 def _check_bufsize(value: Any, name: str) -> None:

@@ -138,7 +138,18 @@ class WebRtcDriver(Driver):
     def handle(self, task: TaskRef, output: Any) -> None:
         """Start the coroutine that performs ``output`` for ``task``."""
         kind = type(output)
+        if type(output.session) is not str:  # a malformed command: never a key of ours
+            if kind is PeerOpen:
+                self._counters["webrtc_open_failed"] += 1
+                reason = f"session must be a str, got {output.session!r}"
+                self._deliver(task, PeerFailed(output.session, 400, reason))
+            return
         if kind is PeerOpen:
+            if output.role not in ("whip", "whep"):
+                self._counters["webrtc_open_failed"] += 1
+                reason = f"role must be 'whip' or 'whep', got {output.role!r}"
+                self._deliver(task, PeerFailed(output.session, 400, reason))
+                return
             self._spawn(task, output.session, self._open(task, output), new=output.role)
         elif kind is PeerTrickle:
             self._spawn(task, output.session, self._trickle(task, output))
@@ -333,7 +344,12 @@ class WebRtcDriver(Driver):
         pc = peer.pc
         if pc is None:
             return
-        for mid, line in cmd.candidates:
+        try:
+            candidates = [(mid, line) for mid, line in cmd.candidates]
+        except (TypeError, ValueError):  # not (mid, line) pairs: count it, add none
+            candidates = []
+            self._counters["webrtc_bad_candidates"] += 1
+        for mid, line in candidates:
             try:
                 cand = candidate_from_sdp(line.split(":", 1)[1])
                 if mid is not None:

@@ -179,8 +179,8 @@ class WhipServer:
             offer = await request.text()
         except web.HTTPRequestEntityTooLarge:
             return self._error(413, f"the offer is larger than {cfg.max_body} bytes")
-        except UnicodeDecodeError:
-            return self._error(400, "the offer is not valid UTF-8 text")
+        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
+            return self._error(400, "the offer is not valid UTF-8 (or charset=) text")
         if not offer.strip():
             return self._error(400, "empty offer")
         if len(self.sessions) + self._opening >= cfg.max_sessions:
@@ -237,8 +237,8 @@ class WhipServer:
             body = await request.text()
         except web.HTTPRequestEntityTooLarge:
             return self._error(413, f"the body is larger than {self.config.max_body} bytes")
-        except UnicodeDecodeError:
-            return self._error(400, "the body is not valid UTF-8 text")
+        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
+            return self._error(400, "the body is not valid UTF-8 (or charset=) text")
         reply = await self._ask(ref, PatchSession(sid, body, request.headers.get("If-Match")))
         if isinstance(reply, Refused) and reply.status == 404:
             self.sessions.pop(sid, None)
