@@ -201,6 +201,8 @@ class Runtime:
         if errors:
             self._state = "closing"
             self._running = False
+            for lane in self._lanes:  # the workers that did start stop now
+                lane.push_force((OP_SHUTDOWN,))
             await self._stop_workers(timeout=2.0, raise_timeout=False)
             raise ConfigError("runtime failed to start: " + "; ".join(errors))
         self._state = "running"
@@ -419,11 +421,7 @@ class Runtime:
         while not self._events:
             if self._state == "closed":
                 return []
-            assert self._loop is not None
-            waiter = self._event_waiter
-            if waiter is None or waiter.done():
-                waiter = self._event_waiter = self._loop.create_future()
-            await waiter
+            await self._wait_events()
         return self.poll_events()
 
     async def next_event(self) -> AppEvent:
@@ -431,11 +429,7 @@ class Runtime:
         while not self._events:
             if self._state == "closed":
                 raise RuntimeClosed("the runtime has shut down and every event was read")
-            assert self._loop is not None
-            waiter = self._event_waiter
-            if waiter is None or waiter.done():
-                waiter = self._event_waiter = self._loop.create_future()
-            await waiter
+            await self._wait_events()
         return self._events.popleft()
 
     async def events(self) -> AsyncIterator[AppEvent]:
@@ -446,6 +440,17 @@ class Runtime:
                 return
             for event in batch:
                 yield event
+
+    async def _wait_events(self) -> None:
+        """Wait for the next ``_wake_events`` (also before ``start``).
+
+        Consumers share one future; each awaits it through ``shield`` so that a consumer
+        that is cancelled (a ``wait_for`` timing out) does not cancel it for the others.
+        """
+        waiter = self._event_waiter
+        if waiter is None or waiter.done():
+            waiter = self._event_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(waiter)
 
     def _wake_events(self) -> None:
         waiter = self._event_waiter

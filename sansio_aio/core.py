@@ -289,13 +289,11 @@ class WorkerCore:
                                 out = pop_out(now)
                             if entry.is_empty():
                                 self._end(entry, None)
-                                continue
+                            elif entry.deadline_fn is not None:
+                                self._refresh_deadline(entry)
                         except Exception as exc:
                             self._fail(entry, exc)
-                            continue
-                        if entry.deadline_fn is not None:
-                            self._refresh_deadline(entry)
-                        if pending:
+                        if pending:  # inputs it queued for others, even if it ended
                             self._flush_pending()
                         continue
                 self._depth = 0
@@ -622,13 +620,25 @@ class WorkerCore:
     def _op_spawn(
         self, sid: int, kind: str, cfg: Any, requester: TaskRef | None, tag: Hashable
     ) -> None:
-        ref, error = self.spawn_local(kind, cfg)
+        entry, error = self._create(kind, cfg)
+        ref = entry.ref if entry is not None else None
+        # Reported before the drain: a task that ends while its constructor's outputs
+        # are drained must reach the controller as spawned, then ended (not the reverse).
         self._sink.to_app((APP_SPAWNED, sid, ref, error, self.worker_id))
+        if entry is not None:
+            self._drain_new(entry)
         if requester is not None and tag is not None:
             self._deliver_spawned(requester, tag, ref, error)
 
     def spawn_local(self, kind: str, cfg: Any) -> tuple[TaskRef | None, str | None]:
         """Create a task of ``kind`` here and drain it; return its ref or an error."""
+        entry, error = self._create(kind, cfg)
+        if entry is None:
+            return None, error
+        self._drain_new(entry)
+        return entry.ref, None
+
+    def _create(self, kind: str, cfg: Any) -> tuple[_Entry | None, str | None]:
         if self.closing:
             return None, "the runtime is shutting down"
         factory = self._kinds.get(kind)
@@ -644,8 +654,7 @@ class WorkerCore:
         ref = entry.ref = TaskRef(self.worker_id, kind, index, gen)
         self._by_ref[ref] = entry
         self.counters.spawned += 1
-        self._drain_new(entry)
-        return ref, None
+        return entry, None
 
     def _op_bus(self, channel: Hashable, source: TaskRef, msg: Any) -> None:
         subs = self._subs.get(channel)

@@ -130,9 +130,10 @@ class Worker:
         try:
             self.loop = loop
             ctx = _Context(self, loop)
-            self.drivers = [factory() for factory in self._driver_factories]
-            for driver in self.drivers:
+            drivers = [factory() for factory in self._driver_factories]
+            for driver in drivers:
                 driver.start(ctx)
+                self.drivers.append(driver)  # started: closed by _close, even on failure
             core = WorkerCore(
                 self.worker_id,
                 self._kinds,
@@ -140,7 +141,7 @@ class Worker:
                 self,
                 workers=self._workers,
                 host=self._host,
-                drivers=self.drivers,
+                drivers=drivers,
             )
             self.core = core
             core.request_snapshot = self._snapshot_now
@@ -158,7 +159,7 @@ class Worker:
         except Exception as exc:
             log.exception("worker %d failed to start", self.worker_id)
             outbox.push_force((APP_STARTED, self.worker_id, f"worker start failed: {exc!r}"))
-            loop.close()
+            self._close(loop)  # the drivers that did start, their loop tasks, the loop
             return
         try:
             loop.run_forever()
@@ -387,7 +388,10 @@ class Worker:
         except Exception:
             log.exception("worker %d: internal error delivering to %s", self.worker_id, task)
             return False
-        if core.app_buffer or self._pending_wakes:
+        # Inside a drain (a driver delivering from ``handle``) the input was queued and
+        # the running callback flushes at its end: flushing now would hand over the
+        # buffer that callback is still appending to.
+        if not core._depth and (core.app_buffer or self._pending_wakes):
             self._flush_app()
         return ok
 
