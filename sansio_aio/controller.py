@@ -198,6 +198,8 @@ class Runtime:
                 await asyncio.wait_for(self._started[w], 10.0)
             except Exception as exc:
                 errors.append(f"worker {w}: {exc!r}")
+        if self._state != "starting":  # shutdown() ran meanwhile and stops the workers
+            raise RuntimeClosed("the runtime was shut down while it was starting")
         if errors:
             self._state = "closing"
             self._running = False

@@ -539,7 +539,13 @@ class WorkerCore:
             return
         entry.deadline = when
         if when is not None:
-            heapq.heappush(self._heap, (when, next(self._seq), entry))
+            heap = self._heap
+            if len(heap) > 64 + 2 * len(self._by_ref):
+                # stale entries (moved deadlines, ended tasks) leave only when their
+                # time comes: drop them before they outnumber the live ones
+                heap[:] = [h for h in heap if h[2].alive and h[2].deadline == h[0]]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (when, next(self._seq), entry))
             if self._armed is None or when < self._armed:
                 self._armed = when
                 self._sink.arm_deadline(when)

@@ -334,9 +334,11 @@ class Worker:
                 self.outbox.push_many(buf)
             else:  # only task outputs: the list travels as one item (extend on arrival)
                 self.outbox.push_force(buf)
-        if self._pending_wakes:
-            wakes = self._pending_wakes
-            self._pending_wakes = set()
+        pending = self._pending_wakes
+        if pending:
+            # emptied in place, never replaced: feeders hold this very set
+            wakes = tuple(pending)
+            pending.clear()
             for wake in wakes:
                 wake()
 
