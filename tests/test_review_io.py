@@ -18,7 +18,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sansio_aio import Ext, ExtOut, Reply, Request, Runtime, Task, TaskFailed, TaskOutput
+from sansio_aio import (
+    Ext,
+    ExtOut,
+    Reply,
+    Request,
+    Runtime,
+    Task,
+    TaskEnded,
+    TaskFailed,
+    TaskOutput,
+)
 from sansio_aio.net.events import (
     TcpClose,
     TcpClosed,
@@ -77,6 +87,9 @@ class Probe(Task):
 
     def on_event(self, now: float, event: Any) -> None:
         if isinstance(event, Ext):
+            if event.msg == "end":
+                self.closing = True
+                return
             for out in event.msg:
                 self.emit(out)
         elif isinstance(event, Request):
@@ -359,3 +372,77 @@ async def test_tun_garbage_outputs_are_error_values(need_tun: None, backend: str
         assert await driver_counter(rt, 0, "tun_queues") == 1  # the bad unbind closed nothing
         stats = await rt.stats()
         assert stats.workers[0].failures == 0
+
+
+# ------------------------------------------------ closing towards a peer that never reads
+
+
+def held_by_an_fd(local_port: int, remote_port: int) -> bool:
+    """Whether the IPv4 TCP connection ``local_port -> remote_port`` still has an open fd
+    (/proc/net/tcp shows inode 0 for a socket the process closed, kept by the kernel to
+    flush)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            if int(local.split(":")[1], 16) == local_port and (
+                int(remote.split(":")[1], 16) == remote_port
+            ):
+                return inode != 0
+    return False
+
+
+async def wait_fd_closed(local_port: int, remote_port: int, timeout: float = T) -> None:
+    """Wait (bounded) until the server closed its fd of the connection."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while held_by_an_fd(local_port, remote_port):
+        assert loop.time() < deadline, "the server still holds the connection"
+        await asyncio.sleep(0.02)  # a bounded poll of the kernel's table: nothing to await
+
+
+@pytest.mark.parametrize("how", ["close", "task-ends"])
+async def test_closing_towards_a_peer_that_never_reads_is_bounded_in_time(
+    backend: str, how: str
+) -> None:
+    """Before ``close_timeout``, a graceful close (``TcpClose``, or the task ending) of a
+    connection whose peer never reads waited for ever on the stdlib loops: no
+    ``TcpClosed``, and the buffer and the fd pinned after the task was gone."""
+    factory = functools.partial(
+        TcpDriver, high=64 << 10, low=16 << 10, max_buffer=256 << 10, close_timeout=0.3
+    )
+    async with Runtime({"probe": Probe}, backend=backend, drivers=[factory]) as rt:
+        ref = await rt.spawn("probe")
+        rt.send_nowait(ref, [TcpListen((LO, 0))])
+        (lst,) = await inputs(rt, 1)
+        client = socket.create_connection(lst.addr)
+        try:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            (acc,) = await inputs(rt, 1)
+            n = 400
+            rt.send_nowait(ref, [TcpSend(acc.slot, bytes(64 << 10)) for _ in range(n)])
+            for _ in range(n + 1):  # until the buffer is full: the peer is stuck
+                (ev,) = await inputs(rt, 1)
+                if isinstance(ev, TcpError):
+                    break
+            assert isinstance(ev, TcpError) and ev.errno == errno.ENOBUFS, ev
+            if how == "close":
+                rt.send_nowait(ref, [TcpClose(acc.slot)])
+                for _ in range(n + 1):
+                    (ev,) = await inputs(rt, 1)
+                    if isinstance(ev, TcpClosed):
+                        break
+                assert isinstance(ev, TcpClosed) and ev.errno == errno.ETIMEDOUT, ev
+                assert "close_timeout" in str(ev.error)
+            else:
+                rt.send_nowait(ref, "end")
+                for _ in range(n + 1):
+                    end = await asyncio.wait_for(rt.next_event(), T)
+                    if isinstance(end, TaskEnded):
+                        break
+                assert isinstance(end, TaskEnded), end
+            await wait_fd_closed(lst.addr[1], client.getsockname()[1])
+            stats = await rt.run_on_worker(0, lambda core: dict(core.drivers[0].stats()))
+            assert stats["tcp_conns"] == 0 and stats["tcp_write_buffered"] == 0
+        finally:
+            client.close()

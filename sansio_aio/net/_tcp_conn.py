@@ -47,6 +47,7 @@ class Conn(asyncio.Protocol):
         "driver",
         "eof_got",
         "eof_sent",
+        "linger",
         "listener",
         "open",
         "owner",
@@ -54,6 +55,7 @@ class Conn(asyncio.Protocol):
         "paused_by_task",
         "slot",
         "tag",
+        "timed_out",
         "transport",
     )
 
@@ -77,6 +79,8 @@ class Conn(asyncio.Protocol):
         self.eof_got = False
         self.paused_by_buffer = False
         self.paused_by_task = False
+        self.linger: asyncio.TimerHandle | None = None  # close_timeout of a closing conn
+        self.timed_out = False  # reset by close_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they have its methods

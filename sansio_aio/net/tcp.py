@@ -98,6 +98,10 @@ class TcpDriver(Driver):
         low: low-water mark: below it reading resumes and the task gets ``TcpResumed``.
         max_buffer: hard bound of a connection's write buffer; a ``TcpSend`` past it is
             refused whole with ``TcpError``.
+        close_timeout: seconds a closing connection (``TcpClose``, or its task ended)
+            may take to flush its write buffer; then it is reset (``TcpClosed`` names
+            the timeout, ``ETIMEDOUT``), so peers that stop reading cannot pin buffers
+            and fds for ever. ``None``: wait for ever.
 
     Stats (in ``WorkerStats.drivers``): ``tcp_listeners``, ``tcp_conns`` open now,
     ``tcp_accepted``, ``tcp_connected``, ``tcp_rx_bytes``, ``tcp_tx_bytes``,
@@ -117,7 +121,12 @@ class TcpDriver(Driver):
     )
 
     def __init__(
-        self, *, high: int = 256 * 1024, low: int = 64 * 1024, max_buffer: int = 4 * 1024 * 1024
+        self,
+        *,
+        high: int = 256 * 1024,
+        low: int = 64 * 1024,
+        max_buffer: int = 4 * 1024 * 1024,
+        close_timeout: float | None = 60.0,
     ) -> None:
         if not 0 <= low <= high <= max_buffer:
             raise ValueError(
@@ -127,6 +136,9 @@ class TcpDriver(Driver):
         self.high = high
         self.low = low
         self.max_buffer = max_buffer
+        if close_timeout is not None and not close_timeout > 0:
+            raise ValueError(f"close_timeout must be > 0 seconds or None, got {close_timeout!r}")
+        self.close_timeout = close_timeout
         self._ctx: DriverContext | None = None
         self._ids = itertools.count(1)
         self._conns: dict[int, Conn] = {}
@@ -189,7 +201,7 @@ class TcpDriver(Driver):
                 if conn is not None:
                     self._drop(conn)
                     if conn.transport is not None:
-                        conn.transport.close()  # flush what is buffered, then FIN
+                        self._close_flushing(conn)  # flush what is buffered, then FIN
         for conn, fut in list(self._connecting.items()):
             if conn.owner == task:
                 conn.closing = True
@@ -481,6 +493,15 @@ class TcpDriver(Driver):
         if not conn.open:
             return
         conn.open = False
+        if conn.linger is not None:
+            conn.linger.cancel()
+            conn.linger = None
+        if conn.timed_out and exc is None:
+            exc = TimeoutError(
+                errno_mod.ETIMEDOUT,
+                f"reset: the write buffer did not flush within close_timeout "
+                f"({self.close_timeout} s)",
+            )
         announce = conn.slot in self._conns
         self._drop(conn)
         if announce:
@@ -528,7 +549,7 @@ class TcpDriver(Driver):
         conn.eof_sent = True
         try:
             if conn.eof_got:  # both sides done: flush, FIN, close (TcpClosed follows)
-                conn.transport.close()
+                self._close_flushing(conn)
             else:
                 conn.transport.write_eof()
         except Exception as exc:
@@ -548,7 +569,23 @@ class TcpDriver(Driver):
         if out.abort:
             conn.transport.abort()
         else:
-            conn.transport.close()
+            self._close_flushing(conn)
+
+    def _close_flushing(self, conn: Conn) -> None:
+        """Close ``conn`` after its buffer flushes, resetting it after ``close_timeout``."""
+        transport = conn.transport
+        assert transport is not None and self._ctx is not None
+        transport.close()
+        if self.close_timeout is not None and conn.linger is None and conn.open:
+            conn.linger = self._ctx.loop.call_later(self.close_timeout, self._linger_over, conn)
+
+    def _linger_over(self, conn: Conn) -> None:
+        """A closing connection did not flush in ``close_timeout``: reset it."""
+        conn.linger = None
+        if conn.open and conn.transport is not None:
+            conn.timed_out = True
+            self.errors += 1
+            conn.transport.abort()
 
     def _pause_reading(self, task: TaskRef, out: TcpPauseReading) -> None:
         conn = self._conn_of(task, out.slot, "pause")
