@@ -409,10 +409,16 @@ class WorkerCore:
         self.now = now
         self._armed = None
         heap = self._heap
+        due = []
         while heap and heap[0][0] <= now:
             when, _, entry = heapq.heappop(heap)
             if entry.alive and entry.deadline == when:
                 entry.deadline = None
+                due.append(entry)
+        # Fired after the pops: a deadline a task sets in the past again waits for the
+        # next timer (the loop runs in between) instead of looping here forever.
+        for entry in due:
+            if entry.alive:
                 self._call(entry, entry.task.on_tick)
         self._rearm()
 

@@ -686,3 +686,62 @@ async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
         rt.send_nowait(ref, 1000)
         await collect(rt, lambda g: ("end", 1000) in outs(g))
         assert calls[0] - before < 20
+
+
+# ---------------------------------------------------------------- a deadline stuck in the past
+
+
+class PastDeadline(Task):
+    """Keeps asking for a wake-up in the past (a timer it never advances), for at most
+    ``cfg`` seconds of wall time (so a broken runtime is not stuck forever)."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        import time
+
+        self.until = time.monotonic() + cfg
+        self.ticks = 0
+
+    def on_tick(self, now: float) -> None:
+        self.ticks += 1
+
+    def next_deadline(self) -> float | None:
+        import time
+
+        return 0.0 if not self.closing and time.monotonic() < self.until else None
+
+
+async def test_a_deadline_stuck_in_the_past_does_not_hang_the_worker(backend: str) -> None:
+    """Bug: on_deadline fired due deadlines until none was due; a task whose deadline
+    stayed in the past was fired again and again inside that one callback, so its worker
+    never returned to its loop (no other task ran, shutdown could not complete)."""
+    kinds = {"past": PastDeadline, "echo": Echo}
+    async with Runtime(kinds, workers=1, backend=backend) as rt:
+        echo = await rt.spawn("echo")
+        await rt.spawn("past", 3.0)
+        rt.send_nowait(echo, "still served")
+        got = await collect(rt, lambda g: len(g) >= 1, timeout=1.5)
+        assert outs(got) == ["still served"]
+
+
+# ---------------------------------------------------------------- fds after shutdown
+
+
+def _fds() -> set[str]:
+    import os
+
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
+async def test_no_fds_left_after_shutdown_or_failed_start(backend: str) -> None:
+    async with Runtime({}, workers=1, backend=backend):  # warm up lazy imports
+        pass
+    before = _fds()
+    for _ in range(3):
+        async with Runtime({"echo": Echo}, workers=3, backend=backend) as rt:
+            await rt.spawn("echo")
+        with pytest.raises(ConfigError):
+            async with Runtime({}, workers=2, backend=backend, drivers=[FailsOnWorker1]):
+                pass
+    assert _fds() - before == set()
