@@ -446,3 +446,50 @@ async def test_closing_towards_a_peer_that_never_reads_is_bounded_in_time(
             assert stats["tcp_conns"] == 0 and stats["tcp_write_buffered"] == 0
         finally:
             client.close()
+
+
+# --------------------------------------------------------- bursts of sessions, races
+
+
+async def test_burst_of_sessions_created_and_deleted_concurrently(
+    serve: ServeFactory, peers: LoopThread
+) -> None:
+    """Publishers and viewers in several rooms, then every DELETE at once (publisher
+    DELETEs racing their viewers', each session deleted twice): every request answered,
+    no task fails, and every session and room is gone at the end."""
+    whip = await make_offer(peers, "whip")
+    whep = await make_offer(peers, "whep")
+    async with serve(room_idle_timeout=0.2) as s, aiohttp.ClientSession() as http:
+
+        async def post(path: str, body: str) -> tuple[int, str]:
+            async with http.post(s.url + path, data=body, headers=SDP) as resp:
+                await resp.read()
+                return resp.status, resp.headers.get("Location", "")
+
+        async def delete(location: str) -> int:
+            async with http.delete(s.url + location) as resp:
+                await resp.read()
+                return resp.status
+
+        rooms = [f"burst{i}" for i in range(6)]
+        pubs = await asyncio.gather(*(post(f"/whip/{r}", whip) for r in rooms))
+        assert [st for st, _ in pubs] == [201] * len(rooms), pubs
+        views = await asyncio.gather(*(post(f"/whep/{r}", whep) for r in rooms for _ in range(3)))
+        assert [st for st, _ in views] == [201] * len(views), views
+        assert len(s.server.sessions) == len(pubs) + len(views)
+        locations = [loc for _, loc in pubs + views]
+        statuses = await asyncio.gather(*(delete(loc) for loc in locations + locations))
+        assert set(statuses) <= {200, 404}, statuses
+        for i, loc in enumerate(locations):  # each session: one 200 at most, never two
+            assert sorted([statuses[i], statuses[i + len(locations)]]).count(200) <= 1, loc
+        assert statuses[: len(pubs)].count(200) + statuses[len(locations) :][: len(pubs)].count(
+            200
+        ) == len(pubs)  # each publisher's DELETE succeeded exactly once
+        assert await s.server.wait_until(lambda: not s.server.sessions, 5), s.server.sessions
+        assert await s.server.wait_until(lambda: not s.server.rooms, 5), s.server.rooms
+        stats = await s.server.rt.stats(fresh=True)
+        assert all(w.failures == 0 for w in stats.workers)
+        assert sum(w.drivers.get("webrtc_publishers", 0) for w in stats.workers) == 0
+        # and the server still serves
+        status, location = await post("/whip/burst0", whip)
+        assert status == 201 and await delete(location) == 200
