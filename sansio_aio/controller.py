@@ -142,6 +142,7 @@ class Runtime:
         self._events_dropped = 0
         self._pending_wakes: set[Callable[[], None]] = set()
         self._undelivered = 0
+        self._stopping: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -234,14 +235,22 @@ class Runtime:
             self._state = "closed"
             return
         if self._state == "closing":
-            await asyncio.gather(*self._stopped.values(), return_exceptions=True)
+            if self._stopping is not None:  # another shutdown runs it: wait for its end
+                await asyncio.wait([self._stopping])
+            else:  # a failed start is stopping the workers
+                await asyncio.gather(*self._stopped.values(), return_exceptions=True)
             return
         self._state = "closing"
         self._running = False
         self._ledger.accepting = False
         for lane in self._lanes:
             lane.push_force((OP_SHUTDOWN,))
-        await self._stop_workers(timeout=timeout, raise_timeout=True)
+        # A task of its own, shielded: a cancelled shutdown still finishes closing.
+        stopping = self._stopping = asyncio.ensure_future(
+            self._stop_workers(timeout=timeout, raise_timeout=True)
+        )
+        stopping.add_done_callback(_retrieve)
+        await asyncio.shield(stopping)
 
     async def _stop_workers(self, timeout: float, raise_timeout: bool) -> None:
         pending = [f for f in self._stopped.values() if not f.done()]
@@ -630,6 +639,12 @@ class Runtime:
 def lane_worker(target: TaskRef | int) -> int:
     """The worker id a send target lives on."""
     return target if isinstance(target, int) else target.worker
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a background future's exception as seen (its awaiter may be cancelled)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _refresh(core: WorkerCore) -> None:

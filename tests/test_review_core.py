@@ -745,3 +745,32 @@ async def test_no_fds_left_after_shutdown_or_failed_start(backend: str) -> None:
             async with Runtime({}, workers=2, backend=backend, drivers=[FailsOnWorker1]):
                 pass
     assert _fds() - before == set()
+
+
+# ---------------------------------------------------------------- a cancelled shutdown
+
+
+async def test_cancelled_shutdown_still_closes_the_runtime(backend: str) -> None:
+    """Bug: a shutdown cancelled midway (``wait_for`` or Ctrl-C during ``async with``'s
+    exit) left the runtime "closing" forever: a later shutdown returned at once without
+    joining threads or failing pending requests, and next_events() never returned."""
+    entered, release = threading.Event(), threading.Event()
+    rt = await Runtime({"gate": Gate, "s": Silent}, workers=2, backend=backend).start()
+    gate = await rt.spawn("gate", (entered, release), worker=0)
+    silent = await rt.spawn("s", worker=1)
+    rt.send_nowait(gate, "block")
+    assert await asyncio.to_thread(entered.wait, T)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(rt.shutdown(), 0.05)
+    release.set()
+    await asyncio.wait_for(rt.shutdown(), T)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+    got = await asyncio.wait_for(rt.next_events(), T)
+    assert sorted(e.task for e in got) == sorted([gate, silent])
+    assert await asyncio.wait_for(rt.next_events(), T) == []
+
+
+async def test_stats_before_start() -> None:
+    rt = Runtime({"echo": Echo}, workers=3)
+    stats = await rt.stats(fresh=True)
+    assert stats.workers == () and stats.placed == (0, 0, 0)
