@@ -102,8 +102,14 @@ class Lane:
             if not waiters:
                 return
             self._room_waiters = []
-        for cb in waiters:
-            cb()
+        error: Exception | None = None
+        for cb in waiters:  # every waiter runs, even if one of them fails
+            try:
+                cb()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def __len__(self) -> int:
         return len(self.q)

@@ -211,7 +211,10 @@ class Worker:
                     core.handle_from(q, n, now)
                 except Exception:
                     log.exception("worker %d: internal error handling inbox", self.worker_id)
-                lane.notify_room()
+                try:
+                    lane.notify_room()
+                except Exception:  # e.g. the waiter's loop is closed: never strand the batch
+                    log.exception("worker %d: room callback failed", self.worker_id)
                 if q:
                     again = True
         if again:

@@ -774,3 +774,26 @@ async def test_stats_before_start() -> None:
     rt = Runtime({"echo": Echo}, workers=3)
     stats = await rt.stats(fresh=True)
     assert stats.workers == () and stats.placed == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- a room callback failing
+
+
+async def test_a_failing_room_callback_does_not_strand_the_batch(backend: str) -> None:
+    """Bug: a room callback raising (the controller's one does when the application's
+    loop is closed) escaped Worker._on_wake halfway: the batch's outputs were not handed
+    over and the other lanes were not drained until some later callback."""
+    async with Runtime({"echo": Echo}, workers=1, backend=backend, tick=60) as rt:
+        ref = await rt.spawn("echo")
+        lane = rt._workers[0].inbox[1]  # the controller's lane into worker 0
+
+        def broken() -> None:
+            raise RuntimeError("Event loop is closed")
+
+        called = threading.Event()
+        lane._room_waiters.append(broken)
+        lane._room_waiters.append(called.set)  # a later waiter still runs
+        rt.send_nowait(ref, "through")
+        got = await collect(rt, lambda g: len(g) >= 1)
+        assert outs(got) == ["through"]
+        assert called.is_set()
