@@ -191,10 +191,17 @@ class Runtime:
             worker.set_peers([other.inbox[w] for other in self._workers])
             self._started[w] = loop.create_future()
             self._stopped[w] = loop.create_future()
-        for worker in self._workers:
-            worker.start()
         errors = []
+        for worker in self._workers:
+            try:
+                worker.start()
+            except Exception as exc:  # e.g. "can't start new thread"
+                errors.append(f"worker {worker.worker_id}: {exc!r}")
+                self._started[worker.worker_id].cancel()
+                self._stopped[worker.worker_id].set_result([])
         for w in range(n):
+            if self._started[w].cancelled():
+                continue
             try:
                 await asyncio.wait_for(self._started[w], 10.0)
             except Exception as exc:
@@ -271,7 +278,7 @@ class Runtime:
         joins = [
             asyncio.to_thread(worker.thread.join, 2.0)
             for worker in self._workers
-            if worker.thread.is_alive() or worker.thread.ident is None
+            if worker.thread.is_alive()
         ]
         if joins:
             await asyncio.gather(*joins)

@@ -532,7 +532,8 @@ async def test_task_spawn_during_shutdown_is_refused(backend: str) -> None:
     async with rt:
         await rt.spawn("spawner", worker=0)
     got = await rt.next_events()
-    assert [type(e) for e in got] in ([TaskOutput, TaskEnded], [TaskEnded])
+    assert [type(e) for e in got] == [TaskOutput, TaskEnded]
+    assert got[0].msg == (None, "runtime closing")
 
 
 # ---------------------------------------------------------------- waiting for room at shutdown
@@ -797,3 +798,28 @@ async def test_a_failing_room_callback_does_not_strand_the_batch(backend: str) -
         got = await collect(rt, lambda g: len(g) >= 1)
         assert outs(got) == ["through"]
         assert called.is_set()
+
+
+# ---------------------------------------------------------------- a thread that cannot start
+
+
+async def test_a_worker_thread_that_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: if a worker's thread could not be started (``can't start new thread``),
+    ``start`` raised with the other workers left running and the runtime "starting";
+    ``shutdown`` then failed joining the thread that never started."""
+    from sansio_aio.worker import Worker
+
+    real = Worker.start
+
+    def start(self: Worker) -> None:
+        if self.worker_id == 1:
+            raise RuntimeError("can't start new thread")
+        real(self)
+
+    monkeypatch.setattr(Worker, "start", start)
+    rt = Runtime({"echo": Echo}, workers=3)
+    with pytest.raises(ConfigError, match="can't start new thread"):
+        await asyncio.wait_for(rt.start(), T)
+    assert not rt.running
+    assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+    await asyncio.wait_for(rt.shutdown(), T)
