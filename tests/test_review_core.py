@@ -823,3 +823,15 @@ async def test_a_worker_thread_that_cannot_start(monkeypatch: pytest.MonkeyPatch
     assert not rt.running
     assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
     await asyncio.wait_for(rt.shutdown(), T)
+
+
+async def test_task_that_ends_in_its_spawn_under_the_simulator() -> None:
+    """SimRuntime (the same core, its own controller) agrees: the ref is not live."""
+    from sansio_aio.testing import SimRuntime
+
+    async with SimRuntime({"i": Instant}, workers=2) as rt:
+        ref = await rt.spawn("i")
+        got = await rt.next_events()
+        assert outs(got) == ["born"] and isinstance(got[-1], TaskEnded)
+        with pytest.raises(UnknownTarget):
+            await rt.send(ref, "hello")
