@@ -299,6 +299,7 @@ class WorkerCore:
                 self._depth = 0
                 ops[item[0]](*item[1:])
                 self._depth = 1
+                app = self.app_buffer.append  # an op may have flushed (a new list)
         finally:
             self._depth = 0
             counters.inputs += fed
