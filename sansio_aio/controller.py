@@ -141,6 +141,9 @@ class Runtime:
         self._event_waiter: asyncio.Future[None] | None = None
         self._events_dropped = 0
         self._pending_wakes: set[Callable[[], None]] = set()
+        #: Futures resolved by a worker (room to send, run_on_worker results): failed at
+        #: close, so nothing waits for ever on a worker that was force-stopped.
+        self._parked: set[asyncio.Future[Any]] = set()
         self._undelivered = 0
         self._stopping: asyncio.Future[None] | None = None
 
@@ -292,6 +295,9 @@ class Runtime:
         for rfut, _ in self._requests.values():
             if not rfut.done():
                 rfut.set_exception(closed)
+        for pfut in list(self._parked):
+            if not pfut.done():
+                pfut.set_exception(closed)
         self._spawns.clear()
         self._requests.clear()
         self._ledger.req_by_task.clear()
@@ -373,7 +379,11 @@ class Runtime:
                 loop.call_soon_threadsafe(_set_if_pending, fut)
 
             if lane.on_room(room):
-                await fut
+                self._parked.add(fut)
+                try:
+                    await fut
+                finally:
+                    self._parked.discard(fut)
             self._check_running()
             if lane.push(item):
                 return
@@ -420,7 +430,11 @@ class Runtime:
                 loop.call_soon_threadsafe(_set_if_pending, fut, result)
 
         self._lanes[worker].push_force((OP_CALL, call))
-        return await fut
+        self._parked.add(fut)
+        try:
+            return await fut
+        finally:
+            self._parked.discard(fut)
 
     # ------------------------------------------------------------------ events
 

@@ -181,6 +181,8 @@ class Ledger:
         """The lane to a live task's worker; :class:`UnknownTarget` if it is not live."""
         lane = self.live.get(task)
         if lane is None:
+            if task.kind == HOST_KIND and self.has_host and 0 <= task.worker < self.n:
+                return self.lanes[task.worker]  # a worker's host task
             raise UnknownTarget(f"no live task {task!r} (it ended, or never existed)")
         return lane
 

@@ -161,6 +161,8 @@ class Host(Task):
                 self.emit(ExtOut(("worker-msg", self.worker, event.msg)))
         elif type(event) is BroadcastMessage:
             self.emit(ExtOut(("bcast", self.worker, event.source, event.msg)))
+        elif type(event) is Request:
+            self.emit(Reply(event.id, ("host", self.worker, event.msg)))
 
 
 class Parent(Task):

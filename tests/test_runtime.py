@@ -203,6 +203,12 @@ async def test_c5_worker_messages_reach_only_that_worker(backend: str) -> None:
         assert rt.poll_events() == []
 
 
+async def test_c5_requests_reach_a_worker_host(backend: str) -> None:
+    async with Runtime(KINDS, workers=2, backend=backend, host=Host) as rt:
+        host1 = TaskRef(1, "host", 0, 0)
+        assert await rt.request(host1, "hi") == ("host", 1, "hi")
+
+
 async def test_c5_unknown_targets_fail_clearly_and_workers_live_on(backend: str) -> None:
     async with Runtime(KINDS, workers=2, backend=backend) as rt:
         ref = await rt.spawn("echo")
