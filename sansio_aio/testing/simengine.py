@@ -257,7 +257,12 @@ class SimEngine:
         if sw.core is None or sw.done:
             return False
         ok = sw.core.deliver(task, event, self.clock.now())
-        self.settle()
+        # As Worker.deliver: a driver delivering from inside ``handle`` (a core mid-drain,
+        # e.g. a tick or deadline fired while the clock moved) had its input queued; the
+        # running callback settles at its end. Settling now would run inboxes, the
+        # controller and timers inside that drain (tasks re-entered, the depth reset).
+        if not any(w.core is not None and w.core._depth for w in self._workers):
+            self.settle()
         return ok
 
     # ------------------------------------------------------------------ moving time

@@ -103,7 +103,11 @@ class SimWorker:
         """Every task ended (or was dropped): report once, stop the timers."""
         if not self.done:
             self.done = True
-            self._outbox.append((APP_STOPPED, self.id, unfinished))
+            # behind the task outputs and ends already buffered, as the real worker does
+            if self.core is not None:
+                self.core.app_buffer.append((APP_STOPPED, self.id, unfinished))
+            else:
+                self._outbox.append((APP_STOPPED, self.id, unfinished))
         self.cancel_timers()
 
     # ------------------------------------------------------------------ work
@@ -111,15 +115,16 @@ class SimWorker:
     def drain_inbox(self, now: float) -> bool:
         """Handle what the lanes hold, lane by lane; move app messages to the outbox."""
         core = self.core
-        if core is None or self.done:
+        if core is None:
             return False
         total = 0
-        for lane in self.inbox:
-            q = lane.q
-            n = len(q)
-            if n:
-                total += n
-                core.handle_from(q, n, now)
+        if not self.done:  # a stopped worker reads no more, but hands over what it holds
+            for lane in self.inbox:
+                q = lane.q
+                n = len(q)
+                if n:
+                    total += n
+                    core.handle_from(q, n, now)
         if total:
             self.wakeups += 1
             self.inbox_peak = max(self.inbox_peak, total)

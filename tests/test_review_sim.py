@@ -1,0 +1,332 @@
+"""Review of the simulated runtime's worker shell (SimWorker, SimEngine) against the real one.
+
+Each test pins one behaviour of ``sansio_aio.testing`` that must match
+``sansio_aio.worker.Worker`` driving the same ``WorkerCore``: the ones that failed before
+their fix say which bug they catch. The agreement test at the end runs one scenario
+through the fixed paths of the core (synchronous driver delivery, a task ending in its
+spawn, a local publish from a task that ends, a task that ends on a deadline during
+shutdown, a spawn and a synchronous delivery from a tick) on both runtimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from sansio_aio import (
+    BusMessage,
+    Driver,
+    Ext,
+    ExtOut,
+    Publish,
+    Reply,
+    Runtime,
+    Spawn,
+    Spawned,
+    Subscribe,
+    Task,
+    TaskEnded,
+    TaskFailed,
+    TaskOutput,
+    TaskRef,
+)
+from sansio_aio.driver import DriverContext
+from sansio_aio.testing import SimRuntime
+
+T = 5.0
+
+
+def outs(events: list[Any]) -> list[Any]:
+    return [e.msg for e in events if isinstance(e, TaskOutput)]
+
+
+async def collect(rt: Any, pred: Any, timeout: float = T) -> list[Any]:
+    """Read events until ``pred(events so far)`` holds (or time out)."""
+    got: list[Any] = []
+
+    async def run() -> None:
+        while not pred(got):
+            batch = await rt.next_events()
+            assert batch, f"{type(rt).__name__} closed; events so far: {got}"
+            got.extend(batch)
+
+    await asyncio.wait_for(run(), timeout)
+    return got
+
+
+# ---------------------------------------------------------------- a synchronous driver
+
+
+@dataclass(frozen=True)
+class Poke:
+    what: Any
+
+
+@dataclass(frozen=True)
+class Poked:
+    what: Any
+
+
+class SyncDriver(Driver):
+    """Delivers ``Poked`` synchronously from ``handle`` (as UdpBind does with UdpBound)."""
+
+    output_types: ClassVar[tuple[type, ...]] = (Poke,)
+
+    def start(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        self.ctx.deliver(task, Poked(output.what))
+
+    def release(self, task: TaskRef) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- the end of the last task
+
+
+class Lingers(Task):
+    """On shutdown says "closing" and ends on a deadline 0.5 s later, saying "gone"."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.until: float | None = None
+
+    def on_shutdown(self, now: float) -> None:
+        self.emit(ExtOut("closing"))
+        self.until = now + 0.5
+
+    def on_tick(self, now: float) -> None:
+        if self.until is not None and now >= self.until:
+            self.until = None
+            self.emit(ExtOut("gone"))
+            self.closing = True
+
+    def next_deadline(self) -> float | None:
+        return self.until
+
+
+async def test_last_task_ending_on_a_deadline_at_shutdown_reports_its_outputs() -> None:
+    """Bug: when the last task of a closing worker ended in a timer callback (its
+    deadline, a tick) or a driver delivery, SimWorker.stopped marked the worker done
+    before the core's app buffer reached the controller, and drain_inbox never flushed
+    a done worker: the task's last outputs and its TaskEnded were lost (and APP_STOPPED
+    overtook them). The real worker flushes after every callback."""
+    kinds = {"l": Lingers}
+    for rt in (Runtime(kinds, workers=1, tick=60.0), SimRuntime(kinds, tick=60.0)):
+        async with rt:
+            ref = await rt.spawn("l")
+        got = await collect(rt, lambda g: any(isinstance(e, TaskEnded) for e in g))
+        assert outs(got) == ["closing", "gone"], type(rt).__name__
+        assert [e.task for e in got if isinstance(e, TaskEnded)] == [ref]
+
+
+# ---------------------------------------------------------------- re-entrancy from a timer
+
+
+class TickSpawner(Task):
+    """On its first tick: asks for a child, then pokes a synchronous driver."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.ticks = 0
+        self.busy = False
+
+    def on_tick(self, now: float) -> None:
+        self.ticks += 1
+        if self.ticks == 1 and self.cfg == "parent":
+            self.emit(Spawn("t", "child", tag="kid"))
+            self.emit(Poke("poked"))
+
+    def on_event(self, now: float, event: Any) -> None:
+        assert not self.busy, "re-entered while its outputs were drained"
+        if type(event) is Poked:
+            self.emit(ExtOut(event.what))
+        elif type(event) is Spawned:
+            self.emit(ExtOut(("spawned", event.tag, event.error)))
+
+    def pop_output(self, now: float) -> Any | None:
+        out = super().pop_output(now)
+        self.busy = out is not None  # until the runtime has seen the None
+        return out
+
+
+async def test_sync_delivery_from_a_timer_does_not_reenter_the_core() -> None:
+    """Bug: a timer fired while the clock moved (run_until, advance: outside settle)
+    ran the core (tick, deadline); a driver delivering synchronously from ``handle``
+    made SimEngine._deliver settle *inside* that drain: the controller placed the
+    task's Spawn at once and the nested handle_from fed the spawning task (Poked,
+    Spawned) while it was still being drained, and reset the core's depth to 0."""
+    kinds = {"t": TickSpawner}
+    async with SimRuntime(kinds, drivers=[SyncDriver]) as rt:
+        await rt.spawn("t", "parent")
+        got = await collect(rt, lambda g: len(outs(g)) >= 2)
+        assert outs(got) == ["poked", ("spawned", "kid", None)]
+    assert not rt.violations
+
+
+# ---------------------------------------------------------------- agreement on the fixed paths
+
+
+class Poker(Task):
+    """On "go": a control message, an output, then a synchronous driver delivery."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            if event.msg == "go":
+                self.emit(Reply(-1, None))  # a control message: the buffer is "mixed"
+                self.emit(ExtOut("a"))
+                self.emit(Poke("b"))
+            else:
+                self.emit(ExtOut(event.msg))
+        elif type(event) is Poked:
+            self.emit(ExtOut(event.what))
+
+
+class Instant(Task):
+    """Emits one output from its constructor and is empty at once."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.emit(ExtOut("born"))
+        self.closing = True
+
+
+class PubThenEnd(Task):
+    """On (what, ch): publish ``what`` on ``ch``, then end."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            what, ch = event.msg
+            self.emit(Publish(ch, what))
+            self.closing = True
+
+
+class Sub(Task):
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.emit(Subscribe(cfg))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is BusMessage:
+            self.emit(ExtOut(("bus", event.msg)))
+        elif type(event) is Ext:
+            self.emit(ExtOut(("ext", event.msg)))
+
+
+class OnDeadline(Task):
+    """On "arm": 50 ms later, from its deadline, asks for a child and pokes the driver."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.at: float | None = None
+        self.busy = False
+
+    def on_event(self, now: float, event: Any) -> None:
+        if self.busy:
+            self.emit(ExtOut("RE-ENTERED"))
+        if type(event) is Ext and event.msg == "arm":
+            self.at = now + 0.05
+        elif type(event) is Poked:
+            self.emit(ExtOut(event.what))
+        elif type(event) is Spawned:
+            self.emit(ExtOut(("spawned", event.tag, event.error)))
+
+    def on_tick(self, now: float) -> None:
+        if self.at is not None and now >= self.at:
+            self.at = None
+            self.emit(Spawn("instant", None, tag="kid"))
+            self.emit(Poke("poked"))
+
+    def pop_output(self, now: float) -> Any | None:
+        out = super().pop_output(now)
+        self.busy = out is not None
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.at
+
+
+AGREE_KINDS = {
+    "poker": Poker,
+    "instant": Instant,
+    "pub": PubThenEnd,
+    "sub": Sub,
+    "deadline": OnDeadline,
+    "lingers": Lingers,
+}
+
+
+async def fixed_paths(rt: Any) -> dict[str, Any]:
+    """Drive ``rt`` (real or simulated, 2 workers) through the core's fixed paths."""
+    events: list[Any] = []
+
+    async def until(pred: Any) -> None:
+        while not pred():
+            events.extend(await asyncio.wait_for(rt.next_events(), T))
+
+    def said(ref: TaskRef) -> list[Any]:
+        return [e.msg for e in events if isinstance(e, TaskOutput) and e.task == ref]
+
+    def ended(ref: TaskRef) -> bool:
+        return any(isinstance(e, TaskEnded | TaskFailed) and e.task == ref for e in events)
+
+    # a local publish from a task that ends: delivered before the next message
+    sub = await rt.spawn("sub", "ch", worker=0)
+    pub = await rt.spawn("pub", worker=0)
+    rt.send_nowait(pub, ("end", "ch"))
+    rt.send_nowait(sub, "after")
+    await until(lambda: len(said(sub)) >= 2 and ended(pub))
+    # synchronous driver delivery inside one application batch
+    poker = await rt.spawn("poker", worker=1)
+    for msg in ("go", "c", "d"):
+        rt.send_nowait(poker, msg)
+    await until(lambda: len(said(poker)) >= 4)
+    # a task that ends in its spawn
+    inst = await rt.spawn("instant", worker=1)
+    await until(lambda: ended(inst))
+    # a spawn and a synchronous delivery from a deadline
+    timed = await rt.spawn("deadline", worker=0)
+    rt.send_nowait(timed, "arm")
+    await until(lambda: len(said(timed)) >= 2)
+    # tasks that end on a deadline during shutdown (the last on each worker)
+    lingering = [await rt.spawn("lingers", worker=w) for w in (0, 1)]
+    await rt.shutdown()
+    while batch := await asyncio.wait_for(rt.next_events(), T):
+        events.extend(batch)
+
+    # TaskEnded / TaskFailed come after every output of their task
+    last_out: dict[TaskRef, int] = {}
+    for i, e in enumerate(events):
+        if isinstance(e, TaskOutput):
+            last_out[e.task] = i
+    for i, e in enumerate(events):
+        if isinstance(e, TaskEnded | TaskFailed):
+            assert last_out.get(e.task, -1) < i, f"{e} before its task's outputs"
+    for ref in (sub, pub, poker, inst, timed, *lingering):
+        assert ended(ref), f"{ref} never reported its end"
+    per_task: dict[str, list[Any]] = {}
+    for e in events:
+        if isinstance(e, TaskOutput):
+            per_task.setdefault(f"{e.task.kind}@w{e.task.worker}", []).append(e.msg)
+    return {
+        "outputs": per_task,
+        "ended": sorted(str(e.task) for e in events if isinstance(e, TaskEnded)),
+        "failed": sorted(str(e.task) for e in events if isinstance(e, TaskFailed)),
+    }
+
+
+async def test_sim_and_real_agree_on_the_fixed_paths(backend: str) -> None:
+    real_rt = Runtime(AGREE_KINDS, workers=2, tick=60.0, backend=backend, drivers=[SyncDriver])
+    async with real_rt:
+        real = await fixed_paths(real_rt)
+    sim_rt = SimRuntime(AGREE_KINDS, workers=2, tick=60.0, drivers=[SyncDriver])
+    async with sim_rt:
+        simulated = await fixed_paths(sim_rt)
+    assert simulated == real
+    assert real["outputs"]["sub@w0"] == [("bus", "end"), ("ext", "after")]
+    assert real["outputs"]["poker@w1"] == ["a", "b", "c", "d"]
+    assert real["outputs"]["deadline@w0"] == ["poked", ("spawned", "kid", None)]
+    assert real["outputs"]["lingers@w0"] == real["outputs"]["lingers@w1"] == ["closing", "gone"]
+    assert not real["failed"]
