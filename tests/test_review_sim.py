@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sansio_aio import (
+    Broadcast,
+    BroadcastMessage,
     BusMessage,
     Driver,
     Ext,
@@ -330,3 +332,42 @@ async def test_sim_and_real_agree_on_the_fixed_paths(backend: str) -> None:
     assert real["outputs"]["deadline@w0"] == ["poked", ("spawned", "kid", None)]
     assert real["outputs"]["lingers@w0"] == real["outputs"]["lingers@w1"] == ["closing", "gone"]
     assert not real["failed"]
+
+
+# ---------------------------------------------------------------- a host doing I/O at start
+
+
+class LoudHost(Task):
+    """Broadcasts from its constructor, then pokes the synchronous driver (as a host
+    binding its UDP socket at start would); reports every broadcast it receives."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__(worker)
+        self.emit(Broadcast(("hello", worker)))
+        self.emit(Poke("bound"))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is BroadcastMessage:
+            self.emit(ExtOut(("bcast", event.source)))
+        elif type(event) is Poked:
+            self.emit(ExtOut(event.what))
+
+
+async def test_host_doing_sync_io_at_start_does_not_lose_broadcasts(backend: str) -> None:
+    """Bug: the synchronous delivery settled inside worker 0's start, before worker 1's
+    host existed: worker 1 drained the broadcast and dropped it as an orphan. The real
+    workers build their host before they read their inbox."""
+    results = []
+    for rt in (
+        Runtime({}, workers=2, host=LoudHost, backend=backend, drivers=[SyncDriver]),
+        SimRuntime({}, workers=2, host=LoudHost, drivers=[SyncDriver]),
+    ):
+        async with rt:
+            got = await collect(rt, lambda g: len(outs(g)) >= 6)
+        per_worker: dict[int, list[Any]] = {}
+        for e in got:
+            if isinstance(e, TaskOutput):
+                per_worker.setdefault(e.task.worker, []).append(e.msg)
+        results.append({w: sorted(m, key=repr) for w, m in per_worker.items()})
+    assert results[0] == results[1]
+    assert results[1][1] == ["bound", ("bcast", 0), ("bcast", 1)]
