@@ -11,19 +11,24 @@ shutdown, a spawn and a synchronous delivery from a tick) on both runtimes.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import pytest
 
 from sansio_aio import (
     Broadcast,
     BroadcastMessage,
     BusMessage,
+    Direct,
     Driver,
     Ext,
     ExtOut,
     Publish,
     Reply,
     Runtime,
+    SendTo,
     Spawn,
     Spawned,
     Subscribe,
@@ -371,3 +376,135 @@ async def test_host_doing_sync_io_at_start_does_not_lose_broadcasts(backend: str
         results.append({w: sorted(m, key=repr) for w, m in per_worker.items()})
     assert results[0] == results[1]
     assert results[1][1] == ["bound", ("bcast", 0), ("bcast", 1)]
+
+
+# ---------------------------------------------------------------- random scripts, both runtimes
+
+
+class Scripted(Task):
+    """Runs the script in each application message: a list of actions.
+
+    ("later",) first: the rest runs from a deadline 10 ms later. ("out", x) output;
+    ("pub", x) publish on "ch" (every task subscribes); ("to", i, x) SendTo peer i;
+    ("poke", x) synchronous driver delivery; ("end",) ends after the script; ("fail",)
+    raises once the script's outputs are popped. Every input it gets from another task
+    or the driver is reported as an output.
+    """
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.peers: list[TaskRef] = []
+        self.boom = False
+        self.later: list[Any] = []
+        self.at: float | None = None
+        self.emit(Subscribe("ch"))
+
+    def run(self, actions: list[Any]) -> None:
+        for action in actions:
+            match action:
+                case ("out", x):
+                    self.emit(ExtOut(("out", x)))
+                case ("pub", x):
+                    self.emit(Publish("ch", x))
+                case ("to", i, x):
+                    self.emit(SendTo(self.peers[i], x))
+                case ("poke", x):
+                    self.emit(Poke(x))
+                case ("end",):
+                    self.closing = True
+                case ("fail",):
+                    self.boom = True
+
+    def on_tick(self, now: float) -> None:
+        if self.at is not None and now >= self.at:
+            self.at = None
+            self.run(self.later)
+
+    def next_deadline(self) -> float | None:
+        return self.at
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            if event.msg[0] == "peers":
+                self.peers = list(event.msg[1])
+            elif event.msg[0] == ("later",):  # run it from a deadline, 10 ms from now
+                self.later = event.msg[1:]
+                self.at = now + 0.01
+            else:
+                self.run(event.msg)
+        elif type(event) is BusMessage:
+            self.emit(ExtOut(("bus", event.msg)))
+        elif type(event) is Direct:
+            self.emit(ExtOut(("direct", event.msg)))
+        elif type(event) is Poked:
+            self.emit(ExtOut(("poked", event.what)))
+
+    def pop_output(self, now: float) -> Any | None:
+        out = super().pop_output(now)
+        if out is None and self.boom:
+            raise RuntimeError("scripted failure")
+        return out
+
+
+def random_scripts(seed: int, tasks: int, messages: int) -> list[tuple[int, list[Any]]]:
+    rng = random.Random(seed)
+    scripts = []
+    for m in range(messages):
+        actions: list[Any] = []
+        for k in range(rng.randint(1, 5)):
+            x = f"{m}.{k}"
+            kind = rng.choice(["out", "out", "pub", "to", "poke"])
+            if kind == "to":
+                actions.append(("to", rng.randrange(tasks), x))
+            else:
+                actions.append((kind, x))
+        if rng.random() < 0.03:
+            actions.append(rng.choice([("end",), ("fail",)]))
+        if rng.random() < 0.3:
+            actions.insert(0, ("later",))
+        scripts.append((rng.randrange(tasks), actions))
+    return scripts
+
+
+async def run_scripts(rt: Any, seed: int) -> dict[str, Any]:
+    """Spawn a few scripted tasks on one worker, send the scripts one at a time."""
+    refs = [await rt.spawn("s") for _ in range(6)]
+    live = set(refs)
+    events: list[Any] = []
+    for ref in refs:
+        rt.send_nowait(ref, ("peers", refs))
+    for n, (target, actions) in enumerate(random_scripts(seed, len(refs), 60)):
+        ref = refs[target]
+        if ref not in live:
+            continue
+        marker = ("out", f"marker {n}")
+        rt.send_nowait(ref, [*actions, marker])
+        while True:  # the marker comes with the rest of its callback's outputs
+            batch = await asyncio.wait_for(rt.next_events(), T)
+            events.extend(batch)
+            live -= {e.task for e in batch if isinstance(e, TaskEnded | TaskFailed)}
+            if any(isinstance(e, TaskOutput) and e.msg == marker for e in batch):
+                break
+            if ref not in live:
+                break
+    await rt.shutdown()
+    while batch := await asyncio.wait_for(rt.next_events(), T):
+        events.extend(batch)
+    return {
+        "events": [
+            (str(e.task), e.msg if isinstance(e, TaskOutput) else type(e).__name__) for e in events
+        ],
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_scripts_agree_on_one_worker(backend: str, seed: int) -> None:
+    """One worker, scripts fed one at a time: the whole event stream (not only each
+    task's outputs) is deterministic, so both runtimes must produce it identically."""
+    kinds = {"s": Scripted}
+    async with Runtime(kinds, workers=1, tick=60.0, backend=backend, drivers=[SyncDriver]) as rt:
+        real = await run_scripts(rt, seed)
+    async with SimRuntime(kinds, workers=1, tick=60.0, drivers=[SyncDriver]) as sim:
+        simulated = await run_scripts(sim, seed)
+    assert simulated == real
+    assert len(real["events"]) > 150
