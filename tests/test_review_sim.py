@@ -21,6 +21,7 @@ from sansio_aio import (
     Broadcast,
     BroadcastMessage,
     BusMessage,
+    ConfigError,
     Direct,
     Driver,
     Ext,
@@ -508,3 +509,64 @@ async def test_random_scripts_agree_on_one_worker(backend: str, seed: int) -> No
         simulated = await run_scripts(sim, seed)
     assert simulated == real
     assert len(real["events"]) > 150
+
+
+# ---------------------------------------------------------------- a failed start
+
+
+class Recorded(Driver):
+    """Records start/close per instance, class-wide."""
+
+    output_types: ClassVar[tuple[type, ...]] = ()
+    log: ClassVar[list[str]] = []
+
+    def start(self, ctx: DriverContext) -> None:
+        self.log.append(f"start {ctx.worker_id}")
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        pass
+
+    def release(self, task: TaskRef) -> None:
+        pass
+
+    def close(self) -> None:
+        self.log.append("close")
+
+
+class FailsOnWorker1(Driver):
+    output_types: ClassVar[tuple[type, ...]] = ()
+
+    def start(self, ctx: DriverContext) -> None:
+        if ctx.worker_id == 1:
+            raise OSError("no such device")
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        pass
+
+    def release(self, task: TaskRef) -> None:
+        pass
+
+
+def failing_host(worker: int) -> Task:
+    if worker == 1:
+        raise OSError("no such host")
+    return Task()
+
+
+@pytest.mark.parametrize("how", ["driver", "host"])
+async def test_a_failed_start_under_the_simulator(how: str) -> None:
+    """Bug: SimRuntime let a driver's (or the host's) start error escape as is, with
+    the drivers that had started left open and the runtime still 'new'. The real
+    runtime raises ConfigError, closes every driver that started and ends closed."""
+    Recorded.log = []
+    if how == "driver":
+        rt = SimRuntime({}, workers=2, drivers=[Recorded, FailsOnWorker1])
+    else:
+        rt = SimRuntime({}, workers=2, host=failing_host, drivers=[Recorded])
+    with pytest.raises(ConfigError, match=f"no such {'device' if how == 'driver' else 'host'}"):
+        async with rt:
+            pytest.fail("the body must not run")
+    assert sorted(Recorded.log) == ["close", "close", "start 0", "start 1"]
+    assert not rt.running
+    await rt.shutdown()  # a no-op now
+    assert await rt.next_events() == []

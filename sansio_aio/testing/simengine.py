@@ -172,20 +172,29 @@ class SimEngine:
                 )
             )
         self._ctl.workers = self._workers
-        for w, sw in enumerate(self._workers):
-            sw.peers = self._workers
-            sw.drivers = [factory() for factory in self._driver_factories]
-            ctx = SimDriverContext(w, self.clock, self._deliver)
-            for driver in sw.drivers:
-                driver.start(ctx)
-            sw.core = WorkerCore(w, kinds, self._hub, sw, workers=n, host=host, drivers=sw.drivers)
-        self.trace.record(now, "rt", "start", f"workers={n} tick={self._tick}")
-        self._state = "running"
-        self._ctl.accepting = True
-        for sw in self._workers:
-            assert sw.core is not None
-            sw.core.start(now)
-            sw.start_ticks()
+        w = 0
+        try:
+            for w, sw in enumerate(self._workers):
+                sw.peers = self._workers
+                drivers = [factory() for factory in self._driver_factories]
+                ctx = SimDriverContext(w, self.clock, self._deliver)
+                for driver in drivers:
+                    driver.start(ctx)
+                    sw.drivers.append(driver)  # started: closed by close(), even on failure
+                sw.core = WorkerCore(w, kinds, self._hub, sw, workers=n, host=host, drivers=drivers)
+            self.trace.record(now, "rt", "start", f"workers={n} tick={self._tick}")
+            self._state = "running"
+            self._ctl.accepting = True
+            for sw in self._workers:
+                w = sw.id
+                assert sw.core is not None
+                sw.core.start(now)
+                sw.start_ticks()
+        except Exception as exc:
+            # as Runtime.start: the drivers that started are closed, the runtime is closed
+            self.trace.record(now, "rt", "start failed", f"worker {w}: {exc!r}")
+            self.close()
+            raise ConfigError(f"worker {w} failed to start: {exc!r}") from exc
         self.settle()
         return self
 
