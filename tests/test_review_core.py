@@ -37,6 +37,8 @@ from sansio_aio import (
 )
 from sansio_aio.driver import DriverContext
 
+from .drivers import FailsOnWorker1, Recorded
+
 T = 5.0
 
 
@@ -193,39 +195,6 @@ async def test_task_that_ends_in_its_spawn_is_not_left_live(backend: str) -> Non
 
 
 # ---------------------------------------------------------------- a failed start
-
-
-class Recorded(Driver):
-    """Records start/close per instance, class-wide."""
-
-    output_types: ClassVar[tuple[type, ...]] = ()
-    log: ClassVar[list[str]] = []
-
-    def start(self, ctx: DriverContext) -> None:
-        self.log.append(f"start {ctx.worker_id}")
-
-    def handle(self, task: TaskRef, output: Any) -> None:
-        pass
-
-    def release(self, task: TaskRef) -> None:
-        pass
-
-    def close(self) -> None:
-        self.log.append("close")
-
-
-class FailsOnWorker1(Driver):
-    output_types: ClassVar[tuple[type, ...]] = ()
-
-    def start(self, ctx: DriverContext) -> None:
-        if ctx.worker_id == 1:
-            raise OSError("no such device")
-
-    def handle(self, task: TaskRef, output: Any) -> None:
-        pass
-
-    def release(self, task: TaskRef) -> None:
-        pass
 
 
 async def test_failed_start_closes_started_drivers_and_stops_quickly(backend: str) -> None:

@@ -42,6 +42,8 @@ from sansio_aio import (
 from sansio_aio.driver import DriverContext
 from sansio_aio.testing import SimRuntime
 
+from .drivers import FailsOnWorker1, Recorded
+
 T = 5.0
 
 
@@ -512,39 +514,6 @@ async def test_random_scripts_agree_on_one_worker(backend: str, seed: int) -> No
 
 
 # ---------------------------------------------------------------- a failed start
-
-
-class Recorded(Driver):
-    """Records start/close per instance, class-wide."""
-
-    output_types: ClassVar[tuple[type, ...]] = ()
-    log: ClassVar[list[str]] = []
-
-    def start(self, ctx: DriverContext) -> None:
-        self.log.append(f"start {ctx.worker_id}")
-
-    def handle(self, task: TaskRef, output: Any) -> None:
-        pass
-
-    def release(self, task: TaskRef) -> None:
-        pass
-
-    def close(self) -> None:
-        self.log.append("close")
-
-
-class FailsOnWorker1(Driver):
-    output_types: ClassVar[tuple[type, ...]] = ()
-
-    def start(self, ctx: DriverContext) -> None:
-        if ctx.worker_id == 1:
-            raise OSError("no such device")
-
-    def handle(self, task: TaskRef, output: Any) -> None:
-        pass
-
-    def release(self, task: TaskRef) -> None:
-        pass
 
 
 def failing_host(worker: int) -> Task:
