@@ -1,7 +1,9 @@
-"""Small drivers shared by the review tests (start/close bookkeeping, a failing start)."""
+"""Small drivers shared by the review tests: start/close bookkeeping, a failing start,
+and a driver that answers synchronously from ``handle``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sansio_aio import Driver, DriverContext, TaskRef
@@ -35,6 +37,31 @@ class FailsOnWorker1(Driver):
 
     def handle(self, task: TaskRef, output: Any) -> None:
         pass
+
+    def release(self, task: TaskRef) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Poke:
+    what: Any
+
+
+@dataclass(frozen=True)
+class Poked:
+    what: Any
+
+
+class SyncDriver(Driver):
+    """Delivers ``Poked`` synchronously from ``handle`` (as UdpBind does with UdpBound)."""
+
+    output_types: ClassVar[tuple[type, ...]] = (Poke,)
+
+    def start(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        self.ctx.deliver(task, Poked(output.what))
 
     def release(self, task: TaskRef) -> None:
         pass

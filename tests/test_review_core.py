@@ -37,7 +37,7 @@ from sansio_aio import (
 )
 from sansio_aio.driver import DriverContext
 
-from .drivers import FailsOnWorker1, Recorded
+from .drivers import FailsOnWorker1, Poke, Poked, Recorded, SyncDriver
 
 T = 5.0
 
@@ -112,31 +112,6 @@ async def test_local_publish_of_a_task_that_ends_is_delivered_at_once(
 
 
 # ---------------------------------------------------------------- synchronous driver delivery
-
-
-@dataclass(frozen=True)
-class Poke:
-    what: Any
-
-
-@dataclass(frozen=True)
-class Poked:
-    what: Any
-
-
-class SyncDriver(Driver):
-    """Delivers ``Poked`` synchronously from ``handle`` (as UdpBind does with UdpBound)."""
-
-    output_types: ClassVar[tuple[type, ...]] = (Poke,)
-
-    def start(self, ctx: DriverContext) -> None:
-        self.ctx = ctx
-
-    def handle(self, task: TaskRef, output: Any) -> None:
-        self.ctx.deliver(task, Poked(output.what))
-
-    def release(self, task: TaskRef) -> None:
-        pass
 
 
 class Poker(Task):

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -23,7 +22,6 @@ from sansio_aio import (
     BusMessage,
     ConfigError,
     Direct,
-    Driver,
     Ext,
     ExtOut,
     Publish,
@@ -39,10 +37,9 @@ from sansio_aio import (
     TaskOutput,
     TaskRef,
 )
-from sansio_aio.driver import DriverContext
 from sansio_aio.testing import SimRuntime
 
-from .drivers import FailsOnWorker1, Recorded
+from .drivers import FailsOnWorker1, Poke, Poked, Recorded, SyncDriver
 
 T = 5.0
 
@@ -66,31 +63,6 @@ async def collect(rt: Any, pred: Any, timeout: float = T) -> list[Any]:
 
 
 # ---------------------------------------------------------------- a synchronous driver
-
-
-@dataclass(frozen=True)
-class Poke:
-    what: Any
-
-
-@dataclass(frozen=True)
-class Poked:
-    what: Any
-
-
-class SyncDriver(Driver):
-    """Delivers ``Poked`` synchronously from ``handle`` (as UdpBind does with UdpBound)."""
-
-    output_types: ClassVar[tuple[type, ...]] = (Poke,)
-
-    def start(self, ctx: DriverContext) -> None:
-        self.ctx = ctx
-
-    def handle(self, task: TaskRef, output: Any) -> None:
-        self.ctx.deliver(task, Poked(output.what))
-
-    def release(self, task: TaskRef) -> None:
-        pass
 
 
 # ---------------------------------------------------------------- the end of the last task
