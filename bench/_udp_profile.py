@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sansio_aio import ExtOut, Runtime, Task
-from sansio_aio.net.events import UdpBind, UdpPacket, UdpSend
-from sansio_aio.net.udp import RECV_SIZE, UdpDriver
+from sansio_aio.net import UdpBind, UdpPacket, UdpSend
+from sansio_aio.net._udp import RECV_SIZE, UdpDriver
 
 N = 2000
 

@@ -127,8 +127,7 @@ def serve_reader(host: str, port: int) -> None:
 
 def serve_runtime(host: str, port: int, backend: str, batch: bool = False) -> None:
     from sansio_aio import ExtOut, Runtime, Task
-    from sansio_aio.net.events import UdpBind, UdpPacket, UdpPackets, UdpSend, UdpSendBatch
-    from sansio_aio.net.udp import UdpDriver
+    from sansio_aio.net import UdpBind, UdpDriver, UdpPacket, UdpPackets, UdpSend, UdpSendBatch
 
     class Echo(Task):
         """Per datagram (UdpPacket -> UdpSend) or, with ``batch``, per readiness

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.common import interleaved, median, write_result
 from sansio_aio import ExtOut, Task
-from sansio_aio.net.events import UdpBind, UdpBound, UdpPacket, UdpSend
+from sansio_aio.net import UdpBind, UdpBound, UdpPacket, UdpSend
 from sansio_aio.testing import LinkConditions, SimRuntime, TaskHarness
 
 PACKETS = 10_000

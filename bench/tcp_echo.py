@@ -210,8 +210,7 @@ async def _raw(sock: socket.socket) -> None:
 
 def _runtime(backend: str) -> None:
     from sansio_aio import ExtOut, Runtime, Task
-    from sansio_aio.net.events import TcpClose, TcpData, TcpEof, TcpListen, TcpSend
-    from sansio_aio.net.tcp import TcpDriver
+    from sansio_aio.net import TcpClose, TcpData, TcpDriver, TcpEof, TcpListen, TcpSend
 
     class Echo(Task):
         def __init__(self, cfg: Any) -> None:

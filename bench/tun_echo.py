@@ -42,9 +42,9 @@ if str(ROOT) not in sys.path:
 
 from examples.tun_echo import EchoConfig, EchoTask, echo_ipv4  # noqa: E402
 from sansio_aio import Runtime, TaskOutput  # noqa: E402
-from sansio_aio.backends import resolve_backend  # noqa: E402
-from sansio_aio.net.tun import TunDriver, tun_unavailable_reason  # noqa: E402
-from sansio_aio.testing.netns import (  # noqa: E402
+from sansio_aio._backends import resolve_backend  # noqa: E402
+from sansio_aio.net import TunDriver, tun_unavailable_reason  # noqa: E402
+from sansio_aio.testing import (  # noqa: E402
     netns_unavailable_reason,
     run_in_netns,
     set_sysctl,

@@ -62,8 +62,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 async def _serve_sansio(ready: asyncio.Future[int]) -> None:
-    from sansio_aio.webrtc.config import ServerConfig
-    from sansio_aio.webrtc.runner import open_server
+    from sansio_aio.webrtc import ServerConfig, open_server
 
     backend = os.environ.get("WHEP_FANOUT_BACKEND") or None
     config = ServerConfig(
@@ -283,7 +282,7 @@ def _summary(server: _Server) -> dict[str, Any]:
 
 
 async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[str, Any]:
-    from sansio_aio.testing.privnet import PrivateNetwork
+    from sansio_aio.testing import PrivateNetwork
 
     net = PrivateNetwork()
     peers = net.loop_thread("fanout-peers")
@@ -302,9 +301,9 @@ async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[s
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure and write ``bench/results/whep_fanout.json``; return the record."""
-    from sansio_aio.testing.privnet import unavailable_reason
+    from sansio_aio.testing import privnet_unavailable_reason
 
-    reason = unavailable_reason()
+    reason = privnet_unavailable_reason()
     if reason is not None:
         raise SystemExit(f"whep_fanout bench cannot run here: {reason}")
     steps = QUICK_STEPS if quick else FULL_STEPS

@@ -21,20 +21,20 @@ import time
 from typing import Any
 
 from sansio_aio import ExtOut, Reply, Request, Runtime, Task, TaskEnded, TaskFailed, TaskOutput
-from sansio_aio.net.events import (
+from sansio_aio.net import (
     TcpAccepted,
     TcpClose,
     TcpClosed,
     TcpConnect,
     TcpConnected,
     TcpData,
+    TcpDriver,
     TcpEof,
     TcpListen,
     TcpListening,
     TcpSend,
     TcpShutdown,
 )
-from sansio_aio.net.tcp import TcpDriver
 
 
 class TcpEchoServer(Task):

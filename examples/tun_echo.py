@@ -50,17 +50,18 @@ from sansio_aio import (
     TaskOutput,
     TaskRef,
 )
-from sansio_aio.net.tun import TunDriver, tun_unavailable_reason
-from sansio_aio.net.tun_events import (
+from sansio_aio.net import (
     TunBind,
     TunBound,
     TunClosed,
+    TunDriver,
     TunError,
     TunPacket,
     TunPackets,
     TunSend,
     TunSendMany,
     TunUnbind,
+    tun_unavailable_reason,
 )
 
 # --------------------------------------------------------------- the echo logic (pure)
@@ -365,7 +366,7 @@ def _ping_and_udp(count: int, local: str, remote: str) -> tuple[int, int]:
 
 async def selftest(args: argparse.Namespace) -> int:
     """Run in a private namespace: start the echo, ping it and send UDP, print a summary."""
-    from sansio_aio.testing.netns import set_sysctl
+    from sansio_aio.testing import set_sysctl
 
     set_sysctl("net/ipv6/conf/default/disable_ipv6", 1)  # a quiet device: no IPv6 chatter
     cfg = _config(args)
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tun_echo: {reason}", file=sys.stderr)
         return 2
     if args.selftest:
-        from sansio_aio.testing.netns import run_in_netns
+        from sansio_aio.testing import run_in_netns
 
         try:
             return run_in_netns(lambda: asyncio.run(selftest(args)))

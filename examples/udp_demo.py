@@ -22,7 +22,7 @@ from udp_echo_client import EchoClient, run_client, summary_line
 from udp_echo_server import EchoServer, start_servers
 
 from sansio_aio import Runtime
-from sansio_aio.net.udp import UdpDriver
+from sansio_aio.net import UdpDriver
 
 
 async def print_stats(rt: Runtime, t0: float) -> None:

@@ -24,8 +24,7 @@ from typing import Any
 from udp_echo_server import EchoServer, start_servers
 
 from sansio_aio import ExtOut, Runtime, Task, TaskEnded, TaskFailed, TaskOutput
-from sansio_aio.net.events import UdpBind, UdpBound, UdpError, UdpPacket, UdpSend
-from sansio_aio.net.udp import UdpDriver
+from sansio_aio.net import UdpBind, UdpBound, UdpDriver, UdpError, UdpPacket, UdpSend
 
 HEADER = struct.Struct("!Q")
 

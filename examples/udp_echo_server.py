@@ -19,16 +19,16 @@ import time
 from typing import Any
 
 from sansio_aio import ExtOut, Reply, Request, Runtime, Task, TaskOutput
-from sansio_aio.net.events import (
+from sansio_aio.net import (
     UdpBind,
     UdpBound,
+    UdpDriver,
     UdpError,
     UdpPacket,
     UdpPackets,
     UdpSend,
     UdpSendBatch,
 )
-from sansio_aio.net.udp import UdpDriver
 
 
 class EchoServer(Task):

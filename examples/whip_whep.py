@@ -24,8 +24,7 @@ import signal
 import sys
 import time
 
-from sansio_aio.webrtc.config import parse_args
-from sansio_aio.webrtc.runner import open_server
+from sansio_aio.webrtc import open_server, parse_args
 
 
 async def serve(argv: list[str]) -> int:

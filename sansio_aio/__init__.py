@@ -5,13 +5,23 @@ Tasks are pure state machines (``on_tick``, ``on_event``, ``pop_output``,
 on worker threads, each with its own event loop, does their I/O through drivers,
 routes a pub/sub bus between them, and reports stats. ``sansio_aio.testing`` runs the
 same tasks on a fake clock and a simulated network.
+
+The public namespaces (every other module is private, and may change):
+
+* ``sansio_aio``: the task protocol, the core events, the runtime, stats and errors;
+* ``sansio_aio.driver``: the interface for writing I/O drivers;
+* ``sansio_aio.net``: the UDP, TCP and TUN/TAP drivers and their events;
+* ``sansio_aio.testing``: the harness, fake clock, simulated network and runtime;
+* ``sansio_aio.webrtc``: the WHIP/WHEP server;
+* ``sansio_aio.lowlevel``: the worker core and the pieces it is built from, for
+  ``Runtime.run_on_worker`` callbacks and for building a runtime of your own.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from ._errors import (
     ConfigError,
     QueueFull,
     RequestTimeout,
@@ -22,7 +32,8 @@ from .errors import (
     UnknownKind,
     UnknownTarget,
 )
-from .events import (
+from ._events import (
+    AppEvent,
     Broadcast,
     BroadcastMessage,
     BusMessage,
@@ -42,24 +53,20 @@ from .events import (
     TaskRef,
     Unsubscribe,
 )
-from .stats import RuntimeStats, WorkerStats
-from .task import Task, TaskGroup, TaskProtocol
+from ._stats import RuntimeStats, WorkerStats
+from ._task import Task, TaskProtocol
 
 if TYPE_CHECKING:  # the asyncio side, imported on first use (see __getattr__)
-    from .backends import available_backends
-    from .controller import AppEvent, Runtime
-    from .driver import Driver, DriverContext
+    from ._backends import available_backends
+    from ._runtime import Runtime
 
 __version__ = "0.1.0"
 
 # Importing a task module must not import asyncio: the names below live in modules that
 # do, so they are loaded when first used.
 _LAZY = {
-    "AppEvent": ".controller",
-    "Runtime": ".controller",
-    "Driver": ".driver",
-    "DriverContext": ".driver",
-    "available_backends": ".backends",
+    "Runtime": "._runtime",
+    "available_backends": "._backends",
 }
 
 
@@ -74,6 +81,10 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "AppEvent",
     "Broadcast",
@@ -81,8 +92,6 @@ __all__ = [
     "BusMessage",
     "ConfigError",
     "Direct",
-    "Driver",
-    "DriverContext",
     "Ext",
     "ExtOut",
     "Publish",
@@ -103,7 +112,6 @@ __all__ = [
     "TaskEnded",
     "TaskFailed",
     "TaskFailedError",
-    "TaskGroup",
     "TaskOutput",
     "TaskProtocol",
     "TaskRef",

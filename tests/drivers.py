@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sansio_aio import Driver, DriverContext, TaskRef
+from sansio_aio import TaskRef
+from sansio_aio.driver import Driver, DriverContext
 
 
 class Recorded(Driver):

@@ -8,17 +8,8 @@ from typing import Any
 
 import pytest
 
-from sansio_aio import (
-    ConfigError,
-    Driver,
-    DriverContext,
-    Ext,
-    ExtOut,
-    Runtime,
-    Task,
-    TaskFailed,
-    TaskRef,
-)
+from sansio_aio import ConfigError, Ext, ExtOut, Runtime, Task, TaskFailed, TaskRef
+from sansio_aio.driver import Driver, DriverContext
 
 T = 5.0
 

@@ -16,7 +16,6 @@ import pytest
 from sansio_aio import (
     BusMessage,
     ConfigError,
-    Driver,
     Ext,
     ExtOut,
     Publish,
@@ -35,7 +34,7 @@ from sansio_aio import (
     TaskRef,
     UnknownTarget,
 )
-from sansio_aio.driver import DriverContext
+from sansio_aio.driver import Driver, DriverContext
 
 from .drivers import FailsOnWorker1, Poke, Poked, Recorded, SyncDriver
 
@@ -609,7 +608,7 @@ async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
     """Bug: the feeder kept the worker's set of deferred wakes by identity, but the
     flush replaced that set: once a callback had woken another worker, the feeder saw
     a stale, non-empty set and flushed after every input (the per-packet path)."""
-    from sansio_aio.worker import Worker
+    from sansio_aio._worker import Worker
 
     calls = [0]
     flush = Worker._flush_app
@@ -751,7 +750,7 @@ async def test_a_worker_thread_that_cannot_start(monkeypatch: pytest.MonkeyPatch
     """Bug: if a worker's thread could not be started (``can't start new thread``),
     ``start`` raised with the other workers left running and the runtime "starting";
     ``shutdown`` then failed joining the thread that never started."""
-    from sansio_aio.worker import Worker
+    from sansio_aio._worker import Worker
 
     real = Worker.start
 

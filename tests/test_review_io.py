@@ -29,12 +29,13 @@ from sansio_aio import (
     TaskFailed,
     TaskOutput,
 )
-from sansio_aio.net.events import (
+from sansio_aio.net import (
     TcpClose,
     TcpClosed,
     TcpConnect,
     TcpConnected,
     TcpData,
+    TcpDriver,
     TcpEof,
     TcpError,
     TcpListen,
@@ -44,8 +45,16 @@ from sansio_aio.net.events import (
     TcpResumeReading,
     TcpSend,
     TcpShutdown,
+    TunBind,
+    TunBound,
+    TunDriver,
+    TunError,
+    TunSend,
+    TunSendMany,
+    TunUnbind,
     UdpBind,
     UdpBound,
+    UdpDriver,
     UdpError,
     UdpSend,
     UdpSendBatch,
@@ -54,14 +63,15 @@ from sansio_aio.net.events import (
     UdpUnbind,
     UdpUnbound,
 )
-from sansio_aio.net.tcp import TcpDriver
-from sansio_aio.net.tun import TunDriver
-from sansio_aio.net.tun_events import TunBind, TunBound, TunError, TunSend, TunSendMany, TunUnbind
-from sansio_aio.net.udp import UdpDriver
-from sansio_aio.testing.netns import in_netns
-from sansio_aio.testing.privnet import LoopThread
-from sansio_aio.webrtc.driver import WebRtcDriver
-from sansio_aio.webrtc.events import PeerClose, PeerFailed, PeerKeyframe, PeerOpen, PeerTrickle
+from sansio_aio.testing import LoopThread, in_netns
+from sansio_aio.webrtc import (
+    PeerClose,
+    PeerFailed,
+    PeerKeyframe,
+    PeerOpen,
+    PeerTrickle,
+    WebRtcDriver,
+)
 from tests.test_tun import (
     Puppet,
     _ipv4,

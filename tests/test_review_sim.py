@@ -1,7 +1,7 @@
 """Review of the simulated runtime's worker shell (SimWorker, SimEngine) against the real one.
 
 Each test pins one behaviour of ``sansio_aio.testing`` that must match
-``sansio_aio.worker.Worker`` driving the same ``WorkerCore``: the ones that failed before
+``sansio_aio._worker.Worker`` driving the same ``WorkerCore``: the ones that failed before
 their fix say which bug they catch. The agreement test at the end runs one scenario
 through the fixed paths of the core (synchronous driver delivery, a task ending in its
 spawn, a local publish from a task that ends, a task that ends on a deadline during

@@ -24,7 +24,7 @@ from sansio_aio import (
     UnknownKind,
     UnknownTarget,
 )
-from sansio_aio.core import WorkerCore
+from sansio_aio.lowlevel import WorkerCore
 
 from .tasks import (
     BadDeadline,
@@ -131,7 +131,7 @@ async def test_c3_ticks_keep_their_period(backend: str) -> None:
 
 
 def test_c3_tick_grid_skips_missed_ticks_without_drift() -> None:
-    from sansio_aio.core import next_tick
+    from sansio_aio.lowlevel import next_tick
 
     due, period = 100.0, 1.0
     # on time: the next tick is exactly one period later

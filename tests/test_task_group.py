@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from sansio_aio import Task, TaskGroup, TaskProtocol
-from sansio_aio.bus import BusHub
-from sansio_aio.handoff import Lane
+from sansio_aio import Task, TaskProtocol
+from sansio_aio.lowlevel import BusHub, Lane, TaskGroup
 
 
 def test_c12_slots_reused_lowest_first() -> None:

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 
 from sansio_aio import Ext, ExtOut, Reply, Request, Runtime, Task, TaskEnded, TaskFailed, TaskOutput
-from sansio_aio.net.events import (
+from sansio_aio.net import (
     TcpAccepted,
     TcpClose,
     TcpClosed,
     TcpConnect,
     TcpConnected,
     TcpData,
+    TcpDriver,
     TcpEof,
     TcpError,
     TcpListen,
@@ -35,7 +36,6 @@ from sansio_aio.net.events import (
     TcpSend,
     TcpShutdown,
 )
-from sansio_aio.net.tcp import TcpDriver
 
 LO = "127.0.0.1"
 T = 5.0

@@ -132,7 +132,7 @@ async def test_multi_types_system_on_the_simulated_runtime_matches_the_real_one(
 
 def test_udp_echo_server_task_by_hand() -> None:
     from sansio_aio import Reply, Request
-    from sansio_aio.net.events import UdpBind, UdpBound, UdpError, UdpPacket, UdpSend
+    from sansio_aio.net import UdpBind, UdpBound, UdpError, UdpPacket, UdpSend
 
     echo = load("udp_echo_server").EchoServer
     h = TaskHarness(echo, {"addr": ("127.0.0.1", 0)})
@@ -152,13 +152,13 @@ class UdpClient(Task):
     """Sends ``count`` numbered datagrams to ``dest`` at once; reports each echo."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        from sansio_aio.net.events import UdpBind
+        from sansio_aio.net import UdpBind
 
         super().__init__(cfg)
         self.emit(UdpBind(("127.0.0.1", 0)))
 
     def on_event(self, now: float, event: Any) -> None:
-        from sansio_aio.net.events import UdpBound, UdpPacket, UdpSend
+        from sansio_aio.net import UdpBound, UdpPacket, UdpSend
 
         if type(event) is UdpBound:
             for i in range(self.cfg["count"]):

@@ -11,8 +11,14 @@ from typing import Any
 import pytest
 
 from sansio_aio import Ext, Task, TaskOutput
-from sansio_aio.testing import FakeClock, SimNetwork, SimRuntime, TaskHarness
-from sansio_aio.testing.leaks import ResourceSnapshot, leaks
+from sansio_aio.testing import (
+    FakeClock,
+    ResourceSnapshot,
+    SimNetwork,
+    SimRuntime,
+    TaskHarness,
+    find_leaks,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -121,7 +127,7 @@ def test_runtime_fixture_backends_sim_and_leak_check(pytester: pytest.Pytester) 
 LOOPS = """
 import asyncio
 from sansio_aio import Ext, ExtOut, Task
-from sansio_aio.testing.plugin import loop_factories
+from sansio_aio.testing import loop_factories
 import pytest
 
 def pytest_asyncio_loop_factories(config, item):
@@ -193,11 +199,11 @@ def test_leak_snapshot_sees_new_fds_and_threads() -> None:
     thread = threading.Thread(target=stop.wait, args=(5,), name="leaky")
     thread.start()
     try:
-        found = leaks(before)
+        found = find_leaks(before)
         assert any("socket:" in f for f in found) or sys.platform != "linux"
         assert any("'leaky'" in f for f in found)
     finally:
         stop.set()
         thread.join(5)
         sock.close()
-    assert leaks(before) == []
+    assert find_leaks(before) == []

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sansio_aio import ExtOut, Task, TaskOutput
-from sansio_aio.net.events import UdpBind, UdpBound, UdpPacket, UdpSend
+from sansio_aio.net import UdpBind, UdpBound, UdpPacket, UdpSend
 from sansio_aio.testing import Fate, LinkConditions, SimRuntime, TaskHarness
 from sansio_aio.testing import strategies as sst
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sansio_aio import Ext, ExtOut, Task, TaskOutput
-from sansio_aio.net.events import (
+from sansio_aio.net import (
     TcpAccepted,
     TcpClose,
     TcpClosed,

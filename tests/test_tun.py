@@ -40,19 +40,20 @@ from sansio_aio import (
     TaskOutput,
     TaskRef,
 )
-from sansio_aio.net.tun import TunDriver, tun_unavailable_reason
-from sansio_aio.net.tun_events import (
+from sansio_aio.net import (
     TunBind,
     TunBound,
     TunClosed,
+    TunDriver,
     TunError,
     TunPacket,
     TunPackets,
     TunSend,
     TunSendMany,
     TunUnbind,
+    tun_unavailable_reason,
 )
-from sansio_aio.testing.netns import (
+from sansio_aio.testing import (
     in_netns,
     link_delete,
     link_names,

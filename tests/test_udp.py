@@ -32,10 +32,11 @@ from sansio_aio import (
     TaskOutput,
     available_backends,
 )
-from sansio_aio.net.events import (
+from sansio_aio.net import (
     MAX_UDP_PAYLOAD,
     UdpBind,
     UdpBound,
+    UdpDriver,
     UdpError,
     UdpPacket,
     UdpPackets,
@@ -46,7 +47,6 @@ from sansio_aio.net.events import (
     UdpUnbind,
     UdpUnbound,
 )
-from sansio_aio.net.udp import UdpDriver
 
 LO = "127.0.0.1"
 T = 5.0  # seconds any single awaited event may take

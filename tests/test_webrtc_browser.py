@@ -29,7 +29,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from sansio_aio.testing.privnet import LoopThread, PrivateNetwork
+from sansio_aio.testing import LoopThread, PrivateNetwork
 from tests.test_webrtc_support import ServeFactory, netns, peers, serve
 
 __all__ = ["netns", "peers", "serve"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sansio_aio import ConfigError
-from sansio_aio.webrtc.config import (
+from sansio_aio.webrtc import (
     IceServer,
     ServerConfig,
     parse_args,
     parse_ice_server,
     resolve_interfaces,
 )
-from sansio_aio.webrtc.ratelimit import TokenBuckets
+from sansio_aio.webrtc._ratelimit import TokenBuckets
 
 
 def test_defaults_send_nothing_off_the_machine() -> None:

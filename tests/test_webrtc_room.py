@@ -32,9 +32,11 @@ from sansio_aio.webrtc import (
     RoomConfig,
     RoomInfo,
     RoomSnapshot,
+    SdpError,
     SessionEnded,
+    check_offer,
 )
-from sansio_aio.webrtc.sdp import SdpError, add_rtcp_mux_only, check_offer, parse_fragment
+from sansio_aio.webrtc._sdp import add_rtcp_mux_only, parse_fragment
 
 
 def offer(direction: str = "sendonly", kinds: tuple[str, ...] = ("video",)) -> str:

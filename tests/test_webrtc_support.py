@@ -2,7 +2,7 @@
 
 Other ``test_whip_*`` / ``test_whep_*`` / ``test_webrtc_*`` modules import the fixtures
 from here. Every WebRTC peer (the server's workers and the clients) runs inside a
-private network namespace made by :class:`~sansio_aio.testing.privnet.PrivateNetwork`
+private network namespace made by :class:`~sansio_aio.testing._privnet.PrivateNetwork`
 (a veth pair with 10.99.0.1/24): aioice offers that address, and no packet can leave
 the machine. The HTTP server also listens on the host's 127.0.0.1 for plain protocol
 requests from the test's own loop.
@@ -19,10 +19,15 @@ from typing import Any
 
 import pytest
 
-from sansio_aio.backends import BACKENDS
-from sansio_aio.testing.leaks import ResourceSnapshot, await_no_leaks
-from sansio_aio.testing.privnet import LoopThread, PrivateNetwork, unavailable_reason
-from sansio_aio.webrtc.config import ServerConfig
+from sansio_aio._backends import BACKENDS
+from sansio_aio.testing import (
+    LoopThread,
+    PrivateNetwork,
+    ResourceSnapshot,
+    await_no_leaks,
+    privnet_unavailable_reason,
+)
+from sansio_aio.webrtc import ServerConfig
 
 _REASON: list[str | None] = []
 
@@ -30,7 +35,7 @@ _REASON: list[str | None] = []
 def need_netns() -> None:
     """Skip (or fail when CI=true) unless a private network namespace can be made."""
     if not _REASON:
-        _REASON.append(unavailable_reason())
+        _REASON.append(privnet_unavailable_reason())
     reason = _REASON[0]
     if reason is not None:
         if os.environ.get("CI") == "true":
@@ -70,7 +75,7 @@ ServeFactory = Callable[..., contextlib.AbstractAsyncContextManager[Served]]
 @pytest.fixture
 def serve(netns: PrivateNetwork) -> ServeFactory:
     """``async with serve(workers=2, backend="uvloop", **config) as s``: a live server."""
-    from sansio_aio.webrtc.runner import open_server
+    from sansio_aio.webrtc import open_server
 
     @contextlib.asynccontextmanager
     async def start(backend: str = "uvloop", **overrides: Any) -> AsyncIterator[Served]:
@@ -95,7 +100,7 @@ async def make_offer(peers: LoopThread, role: str) -> str:
     """A real aiortc offer (video, plus audio for WHIP), made inside the namespace."""
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from sansio_aio.webrtc.client import PatternTrack
+    from sansio_aio.webrtc import PatternTrack
 
     async def build() -> str:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sansio_aio.testing.privnet import LoopThread
-from sansio_aio.webrtc import client
+from sansio_aio import webrtc as client
+from sansio_aio.testing import LoopThread
 from tests.test_webrtc_support import ServeFactory, netns, peers, serve
 
 __all__ = ["netns", "peers", "serve"]

@@ -16,9 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sansio_aio.testing.privnet import LoopThread
-from sansio_aio.webrtc.config import parse_ice_server
-from sansio_aio.webrtc.sdp import check_offer
+from sansio_aio.testing import LoopThread
+from sansio_aio.webrtc import check_offer, parse_ice_server
 from tests.test_webrtc_support import ServeFactory, make_offer, netns, peers, serve
 
 __all__ = ["netns", "peers", "serve"]  # fixtures used by this module

@@ -1,8 +1,8 @@
-"""I/O drivers: UDP, TCP and TUN/TAP, each a :class:`~sansio_aio.driver.Driver`.
+"""I/O drivers: UDP, TCP and TUN/TAP, each a :class:`~sansio_aio._driver.Driver`.
 
 Give the drivers to the runtime (``Runtime(kinds, drivers=[UdpDriver, TcpDriver])``);
 tasks speak their vocabularies. Task modules should import the vocabularies from
-``sansio_aio.net.events`` and ``sansio_aio.net.tun_events``, which import no asyncio;
+``sansio_aio.net._events`` and ``sansio_aio.net._tun_events``, which import no asyncio;
 this package also re-exports them for applications.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .events import (
+from ._addr import check_address
+from ._events import (
     MAX_UDP_PAYLOAD,
     Address,
     TcpAccepted,
@@ -41,7 +42,7 @@ from .events import (
     UdpUnbind,
     UdpUnbound,
 )
-from .tun_events import (
+from ._tun_events import (
     TunBind,
     TunBound,
     TunClosed,
@@ -54,16 +55,15 @@ from .tun_events import (
 )
 
 if TYPE_CHECKING:  # the drivers import asyncio: loaded on first use (__getattr__)
-    from .tcp import TcpDriver
-    from .tun import TunDriver, tun_unavailable_reason
-    from .udp import UdpDriver, check_address
+    from ._tcp import TcpDriver
+    from ._tun import TunDriver, tun_unavailable_reason
+    from ._udp import UdpDriver
 
 _LAZY = {
-    "TcpDriver": ".tcp",
-    "TunDriver": ".tun",
-    "tun_unavailable_reason": ".tun",
-    "UdpDriver": ".udp",
-    "check_address": ".udp",
+    "TcpDriver": "._tcp",
+    "TunDriver": "._tun",
+    "tun_unavailable_reason": "._tun",
+    "UdpDriver": "._udp",
 }
 
 

@@ -2,7 +2,7 @@
 
 A :class:`Conn` is the asyncio protocol of one connection; it turns transport callbacks
 (data, EOF, loss, write-buffer high/low water) into calls on its ``TcpDriver``, which
-owns the slots and feeds the tasks. See ``sansio_aio.net.tcp`` for the whole story.
+owns the slots and feeds the tasks. See ``sansio_aio.net._tcp`` for the whole story.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
-from ..events import TaskRef
-from .events import Address, TcpData, TcpEof
+from .._events import TaskRef
+from ._events import Address, TcpData, TcpEof
 
 if TYPE_CHECKING:
-    from .tcp import TcpDriver
+    from ._tcp import TcpDriver
 
 __all__ = ["BufferedConn", "Conn", "Listener", "errno_of"]
 

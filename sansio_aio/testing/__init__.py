@@ -8,13 +8,13 @@ Tasks are pure, so they can be driven deterministically:
   protocol (an output after ``None``, an exception, a deadline in the past).
 * :class:`SimNetwork` is a seeded lossy network (latency, jitter, loss, duplication,
   reordering, bandwidth, MTU, partitions) behind simulated UDP and TCP drivers that speak
-  the real ``sansio_aio.net.events`` vocabulary.
+  the real ``sansio_aio.net._events`` vocabulary.
 * :class:`SimRuntime` runs the real worker cores, bus and controller rules in one thread
   on the fake clock and the simulated network, with the API of :class:`sansio_aio.Runtime`.
 * :class:`Trace` records every input, output and packet fate; the same seed gives the
   same trace, byte for byte.
 
-The pytest plugin (``sansio_aio.testing.plugin``, loaded automatically) adds fixtures
+The pytest plugin (``sansio_aio.testing._plugin``, loaded automatically) adds fixtures
 for all of this and a ``runtime`` fixture for the real runtime. Hypothesis strategies
 live in ``sansio_aio.testing.strategies`` (imported on demand: hypothesis is optional).
 See ``docs/testing.md``.
@@ -26,42 +26,83 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .clock import FakeClock, Timer
-    from .errors import HarnessError, ProtocolViolation, SimulationStalled, TaskCrashed
-    from .harness import TaskHarness
-    from .simnet import Fate, LinkConditions, NetStats, Partition, SimNetwork
-    from .simruntime import SimRuntime
-    from .trace import Trace, describe
+    from ._clock import FakeClock, Timer
+    from ._errors import HarnessError, ProtocolViolation, SimulationStalled, TaskCrashed
+    from ._harness import TaskHarness
+    from ._leaks import ResourceSnapshot, await_no_leaks, find_leaks, wait_for_no_leaks
+    from ._netns import (
+        NetnsError,
+        arun_in_netns,
+        in_netns,
+        link_delete,
+        link_names,
+        link_up,
+        netns_unavailable_reason,
+        run_in_netns,
+        set_sysctl,
+        set_txqueuelen,
+        unshare_net,
+    )
+    from ._plugin import SIM_BACKEND, loop_factories
+    from ._privnet import LoopThread, PrivateNetwork, privnet_unavailable_reason
+    from ._sim.net import Fate, LinkConditions, NetStats, Partition, SimNetwork
+    from ._sim.runtime import SimRuntime
+    from ._trace import Trace, describe
 
 # Names are imported on first use (PEP 562): the pytest plugin lives in this package and
 # is loaded by every pytest run, so importing the package must stay cheap and must not
 # fail because an optional part cannot be imported.
 _EXPORTS = {
-    "FakeClock": "clock",
-    "Timer": "clock",
-    "HarnessError": "errors",
-    "ProtocolViolation": "errors",
-    "SimulationStalled": "errors",
-    "TaskCrashed": "errors",
-    "TaskHarness": "harness",
-    "Fate": "simnet",
-    "LinkConditions": "simnet",
-    "NetStats": "simnet",
-    "Partition": "simnet",
-    "SimNetwork": "simnet",
-    "SimRuntime": "simruntime",
-    "Trace": "trace",
-    "describe": "trace",
+    "FakeClock": "_clock",
+    "Timer": "_clock",
+    "HarnessError": "_errors",
+    "ProtocolViolation": "_errors",
+    "SimulationStalled": "_errors",
+    "TaskCrashed": "_errors",
+    "TaskHarness": "_harness",
+    "Fate": "_sim.net",
+    "LinkConditions": "_sim.net",
+    "NetStats": "_sim.net",
+    "Partition": "_sim.net",
+    "SimNetwork": "_sim.net",
+    "SimRuntime": "_sim.runtime",
+    "Trace": "_trace",
+    "describe": "_trace",
+    "ResourceSnapshot": "_leaks",
+    "await_no_leaks": "_leaks",
+    "find_leaks": "_leaks",
+    "wait_for_no_leaks": "_leaks",
+    "NetnsError": "_netns",
+    "arun_in_netns": "_netns",
+    "in_netns": "_netns",
+    "link_delete": "_netns",
+    "link_names": "_netns",
+    "link_up": "_netns",
+    "netns_unavailable_reason": "_netns",
+    "run_in_netns": "_netns",
+    "set_sysctl": "_netns",
+    "set_txqueuelen": "_netns",
+    "unshare_net": "_netns",
+    "LoopThread": "_privnet",
+    "PrivateNetwork": "_privnet",
+    "privnet_unavailable_reason": "_privnet",
+    "SIM_BACKEND": "_plugin",
+    "loop_factories": "_plugin",
 }
 
 __all__ = [
+    "SIM_BACKEND",
     "FakeClock",
     "Fate",
     "HarnessError",
     "LinkConditions",
+    "LoopThread",
     "NetStats",
+    "NetnsError",
     "Partition",
+    "PrivateNetwork",
     "ProtocolViolation",
+    "ResourceSnapshot",
     "SimNetwork",
     "SimRuntime",
     "SimulationStalled",
@@ -69,7 +110,22 @@ __all__ = [
     "TaskHarness",
     "Timer",
     "Trace",
+    "arun_in_netns",
+    "await_no_leaks",
     "describe",
+    "find_leaks",
+    "in_netns",
+    "link_delete",
+    "link_names",
+    "link_up",
+    "loop_factories",
+    "netns_unavailable_reason",
+    "privnet_unavailable_reason",
+    "run_in_netns",
+    "set_sysctl",
+    "set_txqueuelen",
+    "unshare_net",
+    "wait_for_no_leaks",
 ]
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ..net.events import MAX_UDP_PAYLOAD, UdpPacket
-from .simnet import Fate, LinkConditions
+from ..net._events import MAX_UDP_PAYLOAD, UdpPacket
+from ._sim.net import Fate, LinkConditions
 
 __all__ = [
     "addresses",

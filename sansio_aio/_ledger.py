@@ -1,0 +1,216 @@
+"""The controller's bookkeeping, shared by the real and the simulated runtime.
+
+Theory of operation
+-------------------
+A :class:`Ledger` holds what the controller knows about the workers without asking
+them, and the rules that use it:
+
+* **placement**: per worker, the tasks placed and not yet seen end. It is updated at
+  once when a task is placed (a burst of spawns spreads before any report arrives) and
+  when a worker reports a task ended or a spawn failed. The least-loaded worker wins;
+  ties go round-robin. Spawns emitted by tasks go through the same rule;
+* **routing**: a message for a live task goes to its worker's controller lane, a
+  message for a worker id to that worker's host task; anything else is a clear
+  :class:`~sansio_aio._errors.UnknownTarget`;
+* **requests per task**, so that a task that ends fails the requests still waiting on it.
+
+``controller.Runtime`` (futures, threads) and ``testing.SimRuntime`` (fake clock, one
+thread) both keep one, so their rules cannot drift apart. This module imports no asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from typing import Any
+
+from ._errors import ConfigError, RuntimeClosed, TaskFailedError, UnknownKind, UnknownTarget
+from ._events import TaskRef
+from ._lane import Lane
+from ._wire import HOST_KIND, OP_EXT, OP_HOST, OP_SPAWN, OP_SPAWNED
+
+__all__ = ["Ledger", "check_runtime_args", "spawn_error"]
+
+
+def check_runtime_args(
+    kinds: Mapping[str, Callable[..., Any]],
+    workers: int,
+    tick: float,
+    inbox_capacity: int,
+    event_capacity: int,
+    drivers: Sequence[Callable[..., Any]] = (),
+) -> None:
+    """Fail fast, with a message that names the fix, on a bad runtime argument.
+
+    Shared by ``Runtime`` and ``SimRuntime`` so both accept exactly the same arguments.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
+    if not tick > 0:
+        raise ConfigError(f"tick must be > 0 seconds, got {tick!r}")
+    if inbox_capacity < 1 or event_capacity < 1:
+        raise ConfigError("inbox_capacity and event_capacity must be >= 1")
+    for kind, factory in kinds.items():
+        if not isinstance(kind, str) or not kind:
+            raise ConfigError(f"task kind names must be non-empty strings, got {kind!r}")
+        if kind == HOST_KIND:
+            raise ConfigError(f"{HOST_KIND!r} is reserved for the host task; rename it")
+        if not callable(factory):
+            raise ConfigError(f"kind {kind!r}: the factory must be callable (cfg) -> task")
+    claimed: dict[type, object] = {}
+    for driver in drivers:
+        if not callable(driver):
+            raise ConfigError(f"drivers must be Driver classes or factories, got {driver!r}")
+        for typ in getattr(driver, "output_types", ()):
+            if typ in claimed:
+                raise ConfigError(
+                    f"drivers {claimed[typ]!r} and {driver!r} both handle {typ.__name__}; "
+                    "pass only one of them"
+                )
+            claimed[typ] = driver
+
+
+class Ledger:
+    """Placement counts, live tasks with their routes, and requests per task."""
+
+    __slots__ = (
+        "accepting",
+        "has_host",
+        "kinds",
+        "lanes",
+        "live",
+        "load",
+        "n",
+        "req_by_task",
+        "rr",
+    )
+
+    def __init__(self, n: int, kinds: Collection[str], *, has_host: bool) -> None:
+        self.n = n
+        self.kinds = kinds
+        self.has_host = has_host
+        #: The controller's lane into each worker's inbox (set once the workers exist).
+        self.lanes: list[Lane] = []
+        #: Task spawns emitted by tasks are placed only while this is true.
+        self.accepting = False
+        self.load = [0] * n
+        self.rr = 0
+        #: Every live task, mapped to the lane of its worker.
+        self.live: dict[TaskRef, Lane] = {}
+        self.req_by_task: dict[TaskRef, set[int]] = {}
+
+    # ------------------------------------------------------------------ placement
+
+    def pick(self) -> int:
+        """The least-loaded worker; ties round-robin."""
+        load = self.load
+        best = min(load)
+        n = self.n
+        for i in range(n):
+            w = (self.rr + i) % n
+            if load[w] == best:
+                self.rr = (w + 1) % n
+                return w
+        return 0  # pragma: no cover
+
+    def check_worker(self, worker: int) -> None:
+        """Raise :class:`UnknownTarget` unless ``worker`` is a worker id."""
+        if not 0 <= worker < self.n:
+            raise UnknownTarget(f"no worker {worker}; workers are 0..{self.n - 1}")
+
+    def place(self, kind: str, worker: int | None) -> int:
+        """Choose (or check) the worker for a spawn of ``kind`` and count it there."""
+        if kind not in self.kinds:
+            raise UnknownKind(f"unknown task kind {kind!r}; registered: {sorted(self.kinds)}")
+        if worker is None:
+            worker = self.pick()
+        else:
+            self.check_worker(worker)
+        self.load[worker] += 1
+        return worker
+
+    def spawned(self, ref: TaskRef | None, worker: int) -> None:
+        """A worker reported a spawn: ``ref`` is live, or the placement did not happen."""
+        if ref is not None:
+            self.live[ref] = self.lanes[ref.worker]
+        elif self.load[worker] > 0:
+            self.load[worker] -= 1
+
+    def ended(self, ref: TaskRef) -> set[int]:
+        """``ref`` ended: forget it; return the ids of the requests still waiting on it."""
+        if ref.kind != HOST_KIND:
+            self.live.pop(ref, None)
+            if 0 <= ref.worker < self.n and self.load[ref.worker] > 0:
+                self.load[ref.worker] -= 1
+        return self.req_by_task.pop(ref, set())
+
+    def spawn_for_task(self, kind: str, cfg: Any, requester: TaskRef, tag: Hashable) -> str | None:
+        """Place a ``Spawn`` emitted by ``requester``, or answer it with the error.
+
+        Returns the error (also sent to the requester if it gave a ``tag``), or None.
+        """
+        if not self.accepting or kind not in self.kinds:
+            error = f"unknown task kind {kind!r}" if kind not in self.kinds else "runtime closing"
+            if tag is not None and 0 <= requester.worker < self.n:
+                self.lanes[requester.worker].push_force((OP_SPAWNED, requester, tag, None, error))
+            return error
+        worker = self.pick()
+        self.load[worker] += 1
+        self.lanes[worker].push_force((OP_SPAWN, -1, kind, cfg, requester, tag))
+        return None
+
+    # ------------------------------------------------------------------ routing
+
+    def route(self, target: TaskRef | int, msg: Any) -> tuple[Lane, tuple[Any, ...]]:
+        """The lane and inbox message for ``msg`` to a task or a worker's host task."""
+        if isinstance(target, int):
+            self.check_worker(target)
+            if not self.has_host:
+                raise UnknownTarget(
+                    "messages to a worker go to its host task; pass host=... to the runtime"
+                )
+            return self.lanes[target], (OP_HOST, msg)
+        lane = self.live.get(target)
+        if lane is None:
+            if target.kind == HOST_KIND and self.has_host and 0 <= target.worker < self.n:
+                return self.lanes[target.worker], (OP_HOST, msg)
+            self.check_worker(target.worker)
+            raise UnknownTarget(f"no live task {target!r} (it ended, or never existed)")
+        return lane, (OP_EXT, target, msg)
+
+    def live_lane(self, task: TaskRef) -> Lane:
+        """The lane to a live task's worker; :class:`UnknownTarget` if it is not live."""
+        lane = self.live.get(task)
+        if lane is None:
+            if task.kind == HOST_KIND and self.has_host and 0 <= task.worker < self.n:
+                return self.lanes[task.worker]  # a worker's host task
+            raise UnknownTarget(f"no live task {task!r} (it ended, or never existed)")
+        return lane
+
+    # ------------------------------------------------------------------ requests
+
+    def track(self, task: TaskRef, rid: int) -> None:
+        """Request ``rid`` waits on ``task``."""
+        self.req_by_task.setdefault(task, set()).add(rid)
+
+    def untrack(self, task: TaskRef, rid: int) -> None:
+        """Request ``rid`` is settled."""
+        rids = self.req_by_task.get(task)
+        if rids is not None:
+            rids.discard(rid)
+            if not rids:
+                del self.req_by_task[task]
+
+
+def spawn_error(error: str) -> Exception:
+    """The exception ``spawn`` raises for a worker's spawn error message."""
+    if error.startswith("unknown task kind"):
+        return UnknownKind(error)
+    if "shutting down" in error:
+        return RuntimeClosed(error)
+    return TaskFailedError(error, None)
+
+
+def ended_error(ref: TaskRef, tb: str | None) -> TaskFailedError:
+    """The error of a request whose task ended (``tb`` set) or failed before replying."""
+    msg = f"{ref} failed" if tb else f"{ref} ended without replying"
+    return TaskFailedError(msg, ref, tb or "")

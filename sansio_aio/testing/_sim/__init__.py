@@ -1,0 +1,1 @@
+"""The simulated runtime and network (private; see ``sansio_aio.testing``)."""

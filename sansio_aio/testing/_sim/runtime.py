@@ -1,0 +1,189 @@
+"""The simulated runtime: the API of ``sansio_aio.Runtime`` on simulated time.
+
+Theory of operation
+-------------------
+:class:`SimRuntime` is :class:`~sansio_aio.testing._sim.engine.SimEngine` (the real worker
+cores driven in one thread on a fake clock and a simulated network; see its module for
+how an instant is run and how time moves) plus the awaitable face of
+:class:`sansio_aio.Runtime`: ``async with``, ``spawn``, ``send``, ``request``,
+``next_event``/``next_events``/``events``, ``stats``, ``run_on_worker``, ``shutdown``.
+
+Awaiting something that is not ready yet waits in *simulated* time: with an autojump
+clock (the default) the wait steps the clock from timer to timer until the result is
+there (or ``max_time`` / the timeout passes); with a manual clock it parks on a future
+that the next :meth:`SimEngine.settle` resolves, so another coroutine of the test can
+advance the clock. Timeouts (``request``, ``shutdown``) are in simulated seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..._core import WorkerCore
+from ..._errors import RequestTimeout, RuntimeClosed, UnknownTarget
+from ..._events import AppEvent, TaskRef
+from ..._stats import RuntimeStats
+from ..._wire import OP_REQUEST
+from .._errors import SimulationStalled
+from .control import PENDING
+from .engine import SimEngine
+
+__all__ = ["SimRuntime"]
+
+R = TypeVar("R")
+
+
+class SimRuntime(SimEngine):
+    """Run tasks on simulated workers, a fake clock and a simulated network.
+
+    The arguments ``kinds``, ``workers``, ``tick``, ``host``, ``inbox_capacity`` and
+    ``event_capacity`` mean what they mean for :class:`sansio_aio.Runtime`.
+
+    Args:
+        drivers: driver factories; default: the simulated network's (UDP, TCP).
+        net: the :class:`SimNetwork` (default: a new one with ``seed`` and ``clock``).
+        clock: the :class:`FakeClock` (default: the network's, or a new autojump clock).
+        seed: seeds the network's random generator when it is created here.
+        trace: a :class:`Trace`, ``True`` (the network's) or ``False`` (no tracing).
+        strict: raise :class:`ProtocolViolation` when a task breaks the protocol.
+        max_time: simulated seconds an autojumping wait may run before it gives up.
+    """
+
+    async def start(self) -> SimRuntime:
+        """Start the simulated workers."""
+        return self.start_now()
+
+    async def __aenter__(self) -> SimRuntime:
+        return self.start_now()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.shutdown()
+        else:
+            self.close()  # don't mask the test's own failure with a shutdown error
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float | None, what: str) -> bool:
+        """Wait in simulated time; True when ``predicate()`` holds, False on timeout."""
+        self.settle()
+        if predicate():
+            return True
+        if self.clock.autojump:
+            try:
+                return self.run_until(predicate, within=timeout)
+            except SimulationStalled as exc:
+                raise SimulationStalled(f"{what}: {exc}") from None
+        limit = None if timeout is None else self.clock.now() + timeout
+        loop = asyncio.get_running_loop()
+        while not predicate():
+            if limit is not None and self.clock.now() >= limit:
+                return False
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            await fut
+        return True
+
+    async def spawn(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
+        """Start a task of ``kind`` (least-loaded worker unless ``worker``); its reference."""
+        return self.spawn_now(kind, cfg, worker=worker)
+
+    async def send(self, target: TaskRef | int, msg: Any) -> None:
+        """Send ``msg`` (the inbox always drains within the instant, so it never waits)."""
+        self.send_force(target, msg)
+
+    async def request(self, task: TaskRef, msg: Any, *, timeout: float | None = 5.0) -> Any:
+        """Send ``Request(id, msg)`` to ``task`` and wait (simulated time) for its reply.
+
+        Raises :class:`RequestTimeout` after ``timeout`` simulated seconds,
+        :class:`TaskFailedError` if the task ends first, :class:`UnknownTarget` if it
+        does not exist.
+        """
+        self._check_running()
+        ctl = self._ctl
+        lane = ctl.live_lane(task)
+        rid = next(ctl.ids)
+        ctl.results[rid] = PENDING
+        ctl.track(task, rid)
+        self.trace.record(self.clock.now(), "rt", "request", (task, rid, msg))
+        lane.push_force((OP_REQUEST, task, rid, msg))
+        try:
+            done = await self._wait(
+                lambda: ctl.results.get(rid) is not PENDING, timeout, f"request to {task}"
+            )
+            if not done:
+                raise RequestTimeout(f"{task} did not reply within {timeout} simulated s")
+            result = ctl.results.get(rid)
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        finally:
+            ctl.results.pop(rid, None)
+            ctl.untrack(task, rid)
+
+    async def run_on_worker(self, worker: int, fn: Callable[[WorkerCore], R]) -> R:
+        """Run ``fn(core)`` on worker ``worker`` (at once) and return its result."""
+        self._check_running()
+        if not 0 <= worker < self._n:
+            raise UnknownTarget(f"no worker {worker}; workers are 0..{self._n - 1}")
+        core = self._workers[worker].core
+        assert core is not None
+        return fn(core)
+
+    async def next_events(self) -> list[AppEvent]:
+        """Wait (simulated time) for at least one event; return every pending one.
+
+        Returns ``[]`` once the runtime has shut down and every event was read.
+        """
+        if not self._events and self._state == "closed":
+            return []
+        await self._wait_event()
+        return self.poll_events()
+
+    async def next_event(self) -> AppEvent:
+        """Wait (simulated time) for the next event; raises :class:`RuntimeClosed` after
+        shutdown, :class:`SimulationStalled` if no event can come."""
+        if not self._events and self._state == "closed":
+            raise RuntimeClosed("the runtime has shut down and every event was read")
+        await self._wait_event()
+        return self._events.popleft()
+
+    async def _wait_event(self) -> None:
+        if not await self._wait(lambda: bool(self._events), None, "waiting for an event"):
+            raise SimulationStalled(
+                f"no event within {self.max_time} simulated seconds (t={self.clock.now()!r})"
+            )
+
+    async def events(self) -> AsyncIterator[AppEvent]:
+        """Every event as an async iterator; ends after shutdown once drained."""
+        while True:
+            if not self._events and self._state == "closed":
+                return
+            yield await self.next_event()
+
+    async def stats(self) -> RuntimeStats:
+        """Worker snapshots built from the cores' counters (utilisation is 0: no real time)."""
+        self.settle()
+        now = self.clock.now()
+        ctl = self._ctl
+        return RuntimeStats(
+            workers=tuple(sw.snapshot(now) for sw in self._workers),
+            placed=tuple(ctl.load),
+            events_dropped=ctl.events_dropped,
+            events_pending=len(ctl.events),
+        )
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop gracefully, in simulated time (the clock jumps even if manual).
+
+        Every task gets ``on_shutdown`` and drains; outputs emitted meanwhile are still
+        delivered. Raises :class:`ShutdownTimeout` naming the tasks still running after
+        ``timeout`` simulated seconds; they are dropped and the runtime stopped anyway.
+        """
+        self.shutdown_now(timeout)

@@ -1,0 +1,318 @@
+"""Configuration of the WHIP/WHEP server: one dataclass, filled from flags and environment.
+
+:class:`ServerConfig` holds everything the HTTP layer and the rooms need; the part a
+room task needs travels to it as a :class:`RoomConfig` (plain data: it crosses to a
+worker thread, and later perhaps a process). :func:`parse_args` builds a config from
+command-line flags, each of which can also be given as an environment variable
+``WHIP_<FLAG>`` (flags win). No default sends anything off the machine: there are no
+ICE servers unless configured (aiortc would otherwise use Google's STUN server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import final
+from urllib.parse import unquote
+
+from .._errors import ConfigError
+from ._sdp import address_filter
+
+__all__ = [
+    "IceServer",
+    "RoomConfig",
+    "ServerConfig",
+    "parse_args",
+    "parse_ice_server",
+    "resolve_interfaces",
+]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    """One STUN/TURN server offered to peers (and to clients as a ``Link`` header)."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+    def link(self) -> str:
+        """The RFC 9725 ``Link`` header value for this server."""
+        value = f'<{self.url}>; rel="ice-server"'
+        if self.username is not None:
+            value += f'; username="{self.username}"; credential="{self.credential or ""}"'
+            value += '; credential-type="password"'
+        return value
+
+
+def parse_ice_server(text: str) -> IceServer:
+    """Parse ``stun:host:port`` or ``turn:user:password@host:port[?transport=udp]``."""
+    text = text.strip()
+    scheme, sep, rest = text.partition(":")
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise ConfigError(
+            f"bad ICE server {text!r}: use stun:HOST:PORT or turn:USER:PASS@HOST:PORT"
+        )
+    if "@" in rest:
+        creds, _, hostpart = rest.rpartition("@")
+        user, _, password = creds.partition(":")
+        return IceServer(f"{scheme}:{hostpart}", unquote(user), unquote(password))
+    return IceServer(text)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """What one room task needs (sent with its spawn)."""
+
+    name: str
+    #: Sessions (publisher + viewers) a room holds; past it: 503 + Retry-After.
+    max_sessions: int = 50
+    #: A session that is not ``connected`` this long after its answer is freed (seconds).
+    connect_timeout: float = 15.0
+    #: A session ``disconnected`` this long is freed (ICE consent lost).
+    disconnected_timeout: float = 10.0
+    #: A room with no session for this long ends (its task and worker slot are freed).
+    idle_timeout: float = 30.0
+    #: Status of a WHEP request on a room without publisher: 409 (+Retry-After) or 404.
+    no_publisher_status: int = 409
+    #: ``Retry-After`` seconds for 409 and 503 answers.
+    retry_after: int = 5
+    #: Minimum seconds between two keyframe requests sent to the publisher.
+    keyframe_interval: float = 1.0
+    #: Offer only candidates inside these networks (CIDRs); empty: offer all.
+    ice_networks: tuple[str, ...] = ()
+    #: Keep remote ``<uuid>.local`` candidates (off: they would need multicast DNS).
+    allow_mdns: bool = False
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The whole server: HTTP, runtime and room settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: URL prefix of every endpoint, e.g. ``"/api"`` (empty: endpoints at the root).
+    prefix: str = ""
+    workers: int = 2
+    backend: str | None = None
+    ice_servers: tuple[IceServer, ...] = ()
+    #: Offer only candidates inside these networks (CIDRs, addresses or interface
+    #: names, resolved at start by :func:`resolve_interfaces`); empty: offer all.
+    ice_networks: tuple[str, ...] = ()
+    #: Accept remote ``<uuid>.local`` candidates (off: they would need multicast DNS).
+    allow_mdns: bool = False
+    #: Bearer tokens accepted on POST; empty: no authentication.
+    tokens: tuple[str, ...] = ()
+    #: The bearer token names the room (the seed's example): ``POST /whip/x`` with
+    #: ``Authorization: Bearer live1`` publishes to room ``live1``.
+    token_is_room: bool = False
+    max_sessions: int = 200
+    max_sessions_per_room: int = 50
+    #: Largest accepted request body (SDP offers, trickle fragments), in bytes.
+    max_body: int = 64 * 1024
+    connect_timeout: float = 15.0
+    disconnected_timeout: float = 10.0
+    room_idle_timeout: float = 30.0
+    no_publisher_status: int = 409
+    retry_after: int = 5
+    #: How long the HTTP layer waits for a room's reply (seconds).
+    request_timeout: float = 10.0
+    #: POST/PATCH/DELETE per second per client address (0: no limit); past it: 429.
+    rate_limit: float = 0.0
+    #: Requests a client may send at once before the rate applies.
+    rate_burst: int = 10
+    #: ``Access-Control-Allow-Origin`` value.
+    cors_origin: str = "*"
+    #: Serve the publish/view pages at ``{prefix}/``.
+    pages: bool = True
+    #: ``"encoded"``: forward the publisher's encoded video to viewers whose offer
+    #: accepts its codec (no re-encode per viewer); ``"decoded"``: aiortc's relay of
+    #: decoded frames, re-encoded per viewer.
+    relay: str = "encoded"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.prefix and (not self.prefix.startswith("/") or self.prefix.endswith("/")):
+            raise ConfigError(f"prefix must look like '/api' (or be empty), got {self.prefix!r}")
+        if self.relay not in ("encoded", "decoded"):
+            raise ConfigError(f"relay must be 'encoded' or 'decoded', got {self.relay!r}")
+        if self.no_publisher_status not in (404, 409):
+            raise ConfigError("no_publisher_status must be 404 or 409")
+        for name in ("max_sessions", "max_sessions_per_room", "max_body"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for entry in self.ice_networks:
+            if _is_interface_name(entry):
+                continue
+            try:
+                address_filter([entry])
+            except ValueError as exc:
+                raise ConfigError(f"bad ice network {entry!r}: {exc}") from None
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise ConfigError("rate_limit must be >= 0 and rate_burst >= 1")
+
+    def room(self, name: str) -> RoomConfig:
+        """The :class:`RoomConfig` of room ``name``."""
+        return RoomConfig(
+            name=name,
+            max_sessions=self.max_sessions_per_room,
+            connect_timeout=self.connect_timeout,
+            disconnected_timeout=self.disconnected_timeout,
+            idle_timeout=self.room_idle_timeout,
+            no_publisher_status=self.no_publisher_status,
+            retry_after=self.retry_after,
+            ice_networks=self.ice_networks,
+            allow_mdns=self.allow_mdns,
+        )
+
+
+def _is_interface_name(entry: str) -> bool:
+    return bool(_IFNAME.match(entry)) and not any(c in entry for c in "./:")
+
+
+_IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")
+
+
+def resolve_interfaces(entries: Sequence[str]) -> tuple[str, ...]:
+    """Replace interface names in ``entries`` by their addresses (``/32``, ``/128``).
+
+    CIDRs and addresses pass through. Link-local IPv6 addresses are skipped (aioice
+    does not offer them). Raises :class:`ConfigError` for an unknown interface.
+    """
+    if not any(_is_interface_name(e) for e in entries):
+        return tuple(entries)
+    import ifaddr  # an aioice dependency: present with the webrtc extra
+
+    adapters = {a.nice_name: a for a in ifaddr.get_adapters()}
+    out: list[str] = []
+    for entry in entries:
+        if not _is_interface_name(entry):
+            out.append(entry)
+            continue
+        adapter = adapters.get(entry)
+        if adapter is None:
+            raise ConfigError(f"no network interface {entry!r}; have: {sorted(adapters)}")
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                out.append(f"{ip.ip}/32")
+            elif ip.ip[2] == 0:
+                out.append(f"{ip.ip[0]}/128")
+    return tuple(out)
+
+
+def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    return env.get("WHIP_" + name.upper().replace("-", "_"), default)
+
+
+def _split(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Build a :class:`ServerConfig` from flags; every flag has a ``WHIP_*`` variable."""
+    env = os.environ if env is None else env
+    d = ServerConfig()
+    p = argparse.ArgumentParser(
+        prog="whip_whep",
+        description="WHIP/WHEP server on aiortc, driven by sansio_aio. "
+        "Every flag can be set by the environment variable WHIP_<FLAG> (e.g. WHIP_PORT).",
+    )
+    p.add_argument("--host", default=_env(env, "host", d.host))
+    p.add_argument("--port", type=int, default=int(_env(env, "port", str(d.port)) or d.port))
+    p.add_argument("--prefix", default=_env(env, "prefix", d.prefix))
+    p.add_argument(
+        "--workers", type=int, default=int(_env(env, "workers", str(d.workers)) or d.workers)
+    )
+    p.add_argument("--backend", default=_env(env, "backend"), help="uvloop, epoll or poll")
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=None,
+        help="stun:HOST:PORT or turn:USER:PASS@HOST:PORT (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--ice-network",
+        action="append",
+        default=None,
+        help="offer only candidates in this CIDR or on this interface "
+        "(repeatable; default: every address)",
+    )
+    p.add_argument("--allow-mdns", action="store_true", default=_env(env, "allow_mdns") == "1")
+    p.add_argument("--token", action="append", default=None, help="accepted bearer token")
+    p.add_argument(
+        "--token-is-room",
+        action="store_true",
+        default=_env(env, "token_is_room") == "1",
+        help="the bearer token names the room",
+    )
+    for flag, attr in (
+        ("--max-sessions", "max_sessions"),
+        ("--max-sessions-per-room", "max_sessions_per_room"),
+        ("--max-body", "max_body"),
+        ("--retry-after", "retry_after"),
+        ("--no-publisher-status", "no_publisher_status"),
+    ):
+        p.add_argument(flag, type=int, default=int(_env(env, attr) or getattr(d, attr)))
+    for flag, attr in (
+        ("--connect-timeout", "connect_timeout"),
+        ("--disconnected-timeout", "disconnected_timeout"),
+        ("--room-idle-timeout", "room_idle_timeout"),
+        ("--request-timeout", "request_timeout"),
+    ):
+        p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=float(_env(env, "rate_limit") or d.rate_limit),
+        help="POST/PATCH/DELETE per second per client address (default 0: no limit)",
+    )
+    p.add_argument("--rate-burst", type=int, default=int(_env(env, "rate_burst") or d.rate_burst))
+    p.add_argument("--cors-origin", default=_env(env, "cors_origin", d.cors_origin))
+    p.add_argument("--no-pages", action="store_true", default=_env(env, "no_pages") == "1")
+    p.add_argument(
+        "--relay",
+        choices=["encoded", "decoded"],
+        default=_env(env, "relay", d.relay),
+        help="forward encoded video (default) or re-encode per viewer",
+    )
+    a = p.parse_args(argv)
+    ice = a.ice_server if a.ice_server is not None else _split(_env(env, "ice_servers"))
+    nets = a.ice_network if a.ice_network is not None else _split(_env(env, "ice_networks"))
+    tokens = a.token if a.token is not None else _split(_env(env, "tokens"))
+    return ServerConfig(
+        host=a.host,
+        port=a.port,
+        prefix=a.prefix.rstrip("/"),
+        workers=a.workers,
+        backend=a.backend or None,
+        ice_servers=tuple(parse_ice_server(s) for s in ice),
+        ice_networks=tuple(nets),
+        allow_mdns=a.allow_mdns,
+        tokens=tuple(tokens),
+        token_is_room=a.token_is_room,
+        max_sessions=a.max_sessions,
+        max_sessions_per_room=a.max_sessions_per_room,
+        max_body=a.max_body,
+        connect_timeout=a.connect_timeout,
+        disconnected_timeout=a.disconnected_timeout,
+        room_idle_timeout=a.room_idle_timeout,
+        no_publisher_status=a.no_publisher_status,
+        retry_after=a.retry_after,
+        request_timeout=a.request_timeout,
+        rate_limit=a.rate_limit,
+        rate_burst=a.rate_burst,
+        cors_origin=a.cors_origin,
+        pages=not a.no_pages,
+        relay=a.relay,
+    )

@@ -1,0 +1,432 @@
+"""The aiortc I/O driver: peer connections on a worker's loop, for room tasks.
+
+Theory of operation
+-------------------
+:class:`WebRtcDriver` is an ordinary :class:`~sansio_aio._driver.Driver`: the worker routes
+the room task's peer commands (``PeerOpen``, ``PeerTrickle``, ``PeerKeyframe``,
+``PeerClose``) to :meth:`~WebRtcDriver.handle`, which starts a coroutine on the worker's
+loop (``ctx.loop``: every aiortc object is created there, inside a coroutine, as aiortc
+requires). Results come back to the task as inputs through ``ctx.deliver``:
+``PeerAnswered`` / ``PeerFailed`` when negotiation ends, ``PeerState`` on every
+``connectionState`` change, ``PeerMedia`` about once a second.
+
+Media: each publisher's tracks go into one ``MediaRelay``; one sink per track always
+reads it (so aiortc's unbounded receive queue never grows, with or without viewers). A
+room lives on one worker, so a viewer's publisher is always in this driver. With
+``relay="encoded"`` (the default) the publisher's receivers are also tapped
+(:mod:`.passthrough`): a viewer whose offer accepts the publisher's codec gets the
+encoded frames as they arrived, so its sender only packetizes (no re-encode); video
+starts on a keyframe requested from the publisher. Other viewers, and every viewer with
+``relay="decoded"``, subscribe to the decoded relay with ``buffered=False`` (a slow
+viewer skips frames instead of queueing them) and their sender re-encodes.
+
+Peers are keyed by ``(task, session)``. ``release(task)`` closes every peer the task
+held; ``close()`` (loop stopped) runs the outstanding closes to completion so no
+transport is left half-open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from .._driver import Driver, DriverContext
+from .._errors import ConfigError
+from .._events import TaskRef
+from ._config import IceServer
+from ._events import (
+    PeerAnswered,
+    PeerClose,
+    PeerFailed,
+    PeerKeyframe,
+    PeerMedia,
+    PeerOpen,
+    PeerState,
+    PeerTrickle,
+)
+from ._media import (
+    CountingTrack,
+    Peer,
+    close_pc,
+    negotiated_codecs,
+    offers_codec,
+    only_codec,
+    quietly,
+)
+from ._passthrough import EncodedSource, hook_viewer_keyframes, tap_receiver
+
+__all__ = ["WebRtcDriver"]
+
+log = logging.getLogger("sansio_aio.webrtc")
+
+_Key = tuple[TaskRef, str]
+
+
+class WebRtcDriver(Driver):
+    """Performs room tasks' peer commands with aiortc on the worker's loop.
+
+    Args:
+        ice_servers: STUN/TURN servers for every peer connection (default: none, so
+            aiortc never contacts Google's STUN server).
+        relay: ``"encoded"`` forwards the publisher's encoded audio and video to every
+            viewer whose offer accepts their codecs (no re-encode; see
+            ``passthrough``), the others get the decoded relay; ``"decoded"`` always
+            re-encodes per viewer (aiortc's own way).
+        media_interval: seconds between ``PeerMedia`` reports.
+        keyframe_interval: least seconds between two keyframe requests the driver
+            sends a publisher on behalf of encoded viewers.
+    """
+
+    output_types = (PeerOpen, PeerTrickle, PeerKeyframe, PeerClose)
+
+    def __init__(
+        self,
+        ice_servers: Sequence[IceServer] = (),
+        *,
+        relay: str = "encoded",
+        media_interval: float = 1.0,
+        keyframe_interval: float = 0.5,
+    ) -> None:
+        if relay not in ("encoded", "decoded"):
+            raise ConfigError(f"relay must be 'encoded' or 'decoded', got {relay!r}")
+        self._relay_mode = relay
+        self._keyframe_interval = keyframe_interval
+        self._ice = [
+            RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+            for s in ice_servers
+        ]
+        self._media_interval = media_interval
+        self._ctx: DriverContext | None = None
+        self._peers: dict[_Key, Peer] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._counters = {
+            "webrtc_opened": 0,
+            "webrtc_open_failed": 0,
+            "webrtc_closed": 0,
+            "webrtc_keyframes": 0,
+            "webrtc_candidates": 0,
+            "webrtc_bad_candidates": 0,
+            "webrtc_passthrough_video": 0,
+            "webrtc_passthrough_audio": 0,
+            "webrtc_reencode_video": 0,
+            "webrtc_reencode_audio": 0,
+            "webrtc_thread_cpu_ms": 0,
+        }
+
+    # ------------------------------------------------------------------ Driver
+
+    def start(self, ctx: DriverContext) -> None:
+        """Remember the worker's context and start the media report timer."""
+        self._ctx = ctx
+        self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        """Start the coroutine that performs ``output`` for ``task``."""
+        kind = type(output)
+        if type(output.session) is not str:  # a malformed command: never a key of ours
+            if kind is PeerOpen:
+                self._counters["webrtc_open_failed"] += 1
+                reason = f"session must be a str, got {output.session!r}"
+                self._deliver(task, PeerFailed(output.session, 400, reason))
+            return
+        if kind is PeerOpen:
+            if output.role not in ("whip", "whep"):
+                self._counters["webrtc_open_failed"] += 1
+                reason = f"role must be 'whip' or 'whep', got {output.role!r}"
+                self._deliver(task, PeerFailed(output.session, 400, reason))
+                return
+            self._spawn(task, output.session, self._open(task, output), new=output.role)
+        elif kind is PeerTrickle:
+            self._spawn(task, output.session, self._trickle(task, output))
+        elif kind is PeerKeyframe:
+            self._keyframe(task, output.session)
+        elif kind is PeerClose:
+            self._close_peer((task, output.session))
+
+    def release(self, task: TaskRef) -> None:
+        """Close every peer connection ``task`` held."""
+        for key in [k for k in self._peers if k[0] == task]:
+            self._close_peer(key)
+
+    def close(self) -> None:
+        """The worker stops: close what is left and finish closes still running."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for key in list(self._peers):
+            self._close_peer(key)
+        ctx = self._ctx
+        if ctx is None or not self._closing:
+            return
+        loop = ctx.loop
+        if loop.is_running() or loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait(set(self._closing), timeout=5.0))
+
+    def stats(self) -> Mapping[str, int]:
+        """Peer counts and counters, merged into the worker's stats."""
+        out = dict(self._counters)
+        out["webrtc_publishers"] = sum(1 for p in self._peers.values() if p.role == "whip")
+        out["webrtc_viewers"] = sum(1 for p in self._peers.values() if p.role == "whep")
+        out["webrtc_frames_in"] = sum(
+            p.video_frames for p in self._peers.values() if p.role == "whip"
+        )
+        return out
+
+    # ------------------------------------------------------------------ commands
+
+    def _spawn(
+        self,
+        task: TaskRef,
+        session: str,
+        coro: Coroutine[Any, Any, None],
+        new: str | None = None,
+    ) -> None:
+        assert self._ctx is not None
+        key = (task, session)
+        if new is not None:
+            if key in self._peers:
+                coro.close()
+                self._deliver(task, PeerFailed(session, 409, "session already open"))
+                return
+            self._peers[key] = Peer(new)
+        peer = self._peers.get(key)
+        if peer is None:
+            coro.close()
+            return
+        job = self._ctx.loop.create_task(coro)
+        peer.jobs.add(job)
+        job.add_done_callback(peer.jobs.discard)
+
+    async def _open(self, task: TaskRef, cmd: PeerOpen) -> None:
+        try:
+            await self._negotiate(task, cmd)
+        except Exception as exc:  # a bug or a broken environment: answer, never hang
+            log.exception("negotiating %s of %s failed", cmd.session, task)
+            self._fail((task, cmd.session), 500, f"internal error: {exc!r}")
+
+    async def _negotiate(self, task: TaskRef, cmd: PeerOpen) -> None:
+        key = (task, cmd.session)
+        peer = self._peers[key]
+        try:
+            SessionDescription.parse(cmd.offer)
+        except Exception as exc:
+            self._fail(key, 400, f"malformed SDP: {exc!r}")
+            return
+        source: Peer | None = None
+        if cmd.role == "whep":
+            source = self._peers.get((task, cmd.source or ""))
+            if source is None or source.relay is None:
+                self._fail(key, 409, "the publisher has no media yet")
+                return
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice)))
+        peer.pc = pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self._peers.get(key) is peer:
+                self._deliver(task, PeerState(cmd.session, pc.connectionState))
+
+        if cmd.role == "whip":
+            peer.relay = MediaRelay()
+
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack) -> None:
+                if peer.relay is None or track.kind in peer.tracks:
+                    return
+                peer.tracks[track.kind] = track
+                if self._relay_mode == "encoded":
+                    self._tap(peer, pc, track)
+                sink = peer.relay.subscribe(track, buffered=False)
+                job = asyncio.ensure_future(self._consume(peer, sink))
+                peer.jobs.add(job)
+                job.add_done_callback(peer.jobs.discard)
+
+        offer, forward = cmd.offer, set[str]()
+        if source is not None:
+            # Kinds forwarded encoded: the viewer must get exactly the publisher's codec,
+            # so the other codecs are taken out of its offer before aiortc answers it.
+            for kind, codec in source.codecs.items():
+                if kind in source.encoded and offers_codec(offer, kind, codec):
+                    offer = only_codec(offer, kind, codec)
+                    forward.add(kind)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            if source is not None and source.relay is not None:
+                self._add_viewer_tracks(peer, pc, source, forward)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+            if cmd.role == "whip":
+                peer.codecs = negotiated_codecs(pc.localDescription.sdp)
+        except Exception as exc:
+            self._fail(key, 422, f"cannot answer this offer: {exc}")
+            return
+        if self._peers.get(key) is not peer:
+            return  # closed while negotiating
+        self._counters["webrtc_opened"] += 1
+        self._deliver(task, PeerAnswered(cmd.session, pc.localDescription.sdp))
+
+    def _tap(self, peer: Peer, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        """Fan a publisher track out encoded (the decoded relay stays as the fallback)."""
+        for transceiver in pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                source = EncodedSource(track.kind, lambda: self._request_keyframe(peer))
+                if tap_receiver(transceiver.receiver, source):
+                    peer.encoded[track.kind] = source
+                return
+
+    def _add_viewer_tracks(
+        self, peer: Peer, pc: RTCPeerConnection, source: Peer, forward: set[str]
+    ) -> None:
+        """Give a viewer the publisher's tracks: encoded for ``forward`` kinds, else decoded."""
+        assert source.relay is not None
+        kinds = {t.kind for t in pc.getTransceivers()}
+        for kind, track in source.tracks.items():
+            if kind not in kinds:
+                continue
+            encoded_source = source.encoded.get(kind)
+            if encoded_source is not None and kind in forward:
+                encoded = encoded_source.subscribe()
+                sender = pc.addTrack(encoded)
+                if kind == "video":
+                    hook_viewer_keyframes(sender, encoded)
+                peer.counters.append(encoded)
+                self._counters[f"webrtc_passthrough_{kind}"] += 1
+                continue
+            relayed = CountingTrack(source.relay.subscribe(track, buffered=False))
+            peer.counters.append(relayed)
+            pc.addTrack(relayed)
+            self._counters[f"webrtc_reencode_{kind}"] += 1
+
+    def _request_keyframe(self, peer: Peer) -> None:
+        """Ask ``peer`` (a publisher) for a keyframe, at most once per interval."""
+        if self._ctx is None:
+            return
+        now = self._ctx.now()
+        if now - peer.last_keyframe < self._keyframe_interval:
+            return
+        peer.last_keyframe = now
+        self._send_pli(peer)
+
+    async def _consume(self, peer: Peer, track: MediaStreamTrack) -> None:
+        """Read a publisher track for ever (keeps aiortc's receive queue empty)."""
+        video = track.kind == "video"
+        try:
+            while True:
+                await track.recv()
+                if video:
+                    peer.video_frames += 1
+        except MediaStreamError:
+            return
+        except Exception:
+            log.exception("reading a publisher track failed; the track is dropped")
+            track.stop()
+
+    async def _trickle(self, task: TaskRef, cmd: PeerTrickle) -> None:
+        peer = self._peers.get((task, cmd.session))
+        if peer is None:
+            return
+        pc = peer.pc
+        if pc is None:
+            return
+        try:
+            candidates = [(mid, line) for mid, line in cmd.candidates]
+        except (TypeError, ValueError):  # not (mid, line) pairs: count it, add none
+            candidates = []
+            self._counters["webrtc_bad_candidates"] += 1
+        for mid, line in candidates:
+            try:
+                cand = candidate_from_sdp(line.split(":", 1)[1])
+                if mid is not None:
+                    cand.sdpMid = mid
+                else:
+                    cand.sdpMLineIndex = 0
+                await pc.addIceCandidate(cand)
+                self._counters["webrtc_candidates"] += 1
+            except Exception:
+                self._counters["webrtc_bad_candidates"] += 1
+        if cmd.end:
+            with contextlib.suppress(Exception):
+                await pc.addIceCandidate(None)
+
+    def _keyframe(self, task: TaskRef, session: str) -> None:
+        peer = self._peers.get((task, session))
+        if peer is not None:
+            self._send_pli(peer)
+
+    def _send_pli(self, peer: Peer) -> None:
+        if peer.pc is None or self._ctx is None:
+            return
+        for tr in peer.pc.getTransceivers():
+            receiver = tr.receiver
+            send_pli = getattr(receiver, "_send_rtcp_pli", None)  # no public API in aiortc
+            if tr.kind != "video" or send_pli is None:
+                continue
+            for src in receiver.getSynchronizationSources():
+                job = self._ctx.loop.create_task(quietly(send_pli(src.source)))
+                peer.jobs.add(job)
+                job.add_done_callback(peer.jobs.discard)
+                self._counters["webrtc_keyframes"] += 1
+
+    # ------------------------------------------------------------------ closing
+
+    def _fail(self, key: _Key, status: int, reason: str) -> None:
+        self._counters["webrtc_open_failed"] += 1
+        self._close_peer(key)
+        self._deliver(key[0], PeerFailed(key[1], status, reason))
+
+    def _close_peer(self, key: _Key) -> None:
+        peer = self._peers.pop(key, None)
+        if peer is None or self._ctx is None:
+            return
+        self._counters["webrtc_closed"] += 1
+        peer.relay = None
+        current = asyncio.current_task() if self._ctx.loop.is_running() else None
+        for job in list(peer.jobs):
+            if job is not current:
+                job.cancel()
+        for t in peer.counters:
+            t.stop()
+        for encoded in peer.encoded.values():
+            encoded.on_end()
+        peer.encoded = {}
+        if peer.pc is None or self._ctx.loop.is_closed():
+            return
+        job = self._ctx.loop.create_task(close_pc(peer.pc))
+        self._closing.add(job)
+        job.add_done_callback(self._closing.discard)
+
+    # ------------------------------------------------------------------ reports
+
+    def _report(self) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        # CPU of this worker thread, aiortc's coroutines included (the same measure as
+        # the worker's utilisation, as a running total).
+        self._counters["webrtc_thread_cpu_ms"] = int(time.thread_time() * 1000)
+        for (task, session), peer in list(self._peers.items()):
+            frames = peer.frames()
+            if frames != peer.reported:
+                peer.reported = frames
+                ctx.deliver(task, PeerMedia(session, frames))
+        self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+
+    def _deliver(self, task: TaskRef, event: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.deliver(task, event)

@@ -1,0 +1,339 @@
+"""The room: a pure Sans-I/O task that owns the sessions of one stream.
+
+Theory of operation
+-------------------
+One :class:`Room` task per stream name, pinned to one worker (so its publisher and all
+its viewers share that worker's media). It never touches aiortc: it answers the HTTP
+layer's requests (``Request(id, OpenSession | PatchSession | CloseSession | RoomInfo)``)
+and drives the worker's WebRTC driver with commands (``PeerOpen``, ``PeerTrickle``,
+``PeerKeyframe``, ``PeerClose``); the driver reports back with ``PeerAnswered``,
+``PeerFailed``, ``PeerState`` and ``PeerMedia`` inputs.
+
+A session moves through these states (the table is :data:`TRANSITIONS`)::
+
+    negotiating --PeerAnswered--> new --PeerState(connected)--> connected
+         |                         |  <--PeerState(connecting/new)--    |
+         |                         +--> disconnected <--PeerState------+
+         +--PeerFailed--> (gone)         any --failed/closed/timeout/DELETE--> (gone)
+
+An ``OpenSession`` request is held open while the driver negotiates: the room keeps the
+request id and replies ``Created`` (or ``Refused``) when the driver answers, so the HTTP
+handler awaits one ``Runtime.request``. Deadlines (``next_deadline``) free sessions that
+the driver never answers or that never connect (``connect_timeout``) or that lose ICE
+(``disconnected_timeout``), rate-limit
+keyframe requests, and end the room after ``idle_timeout`` without sessions. When the
+publisher goes, its viewers go too. Session ids and ETags come from the server, so the
+task is deterministic under the test harness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._events import ExtOut, Reply, Request
+from .._task import Task
+from ._config import RoomConfig
+from ._errors import SdpError
+from ._events import (
+    CloseSession,
+    Created,
+    Done,
+    OpenSession,
+    PatchSession,
+    PeerAnswered,
+    PeerClose,
+    PeerFailed,
+    PeerKeyframe,
+    PeerMedia,
+    PeerOpen,
+    PeerState,
+    PeerTrickle,
+    Refused,
+    Role,
+    RoomInfo,
+    RoomSnapshot,
+    SessionEnded,
+    SessionInfo,
+)
+from ._sdp import (
+    add_rtcp_mux_only,
+    address_filter,
+    check_offer,
+    filter_candidates,
+    parse_fragment,
+    strip_mdns_candidates,
+)
+
+__all__ = ["TRANSITIONS", "Room"]
+
+#: Session state -> the peer states that move it, and where to. Anything reaching
+#: ``failed`` or ``closed`` ends the session.
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "negotiating": {},  # only PeerAnswered / PeerFailed leave it
+    "new": {"connecting": "new", "connected": "connected", "disconnected": "disconnected"},
+    "connected": {"disconnected": "disconnected", "connected": "connected"},
+    "disconnected": {"connected": "connected", "connecting": "disconnected"},
+}
+
+
+_TIMEOUT_REASONS = {
+    "negotiating": "the peer connection was not set up in time",
+    "new": "ICE did not connect in time",
+}
+
+
+@dataclass(slots=True)
+class _Session:
+    id: str
+    role: Role
+    etag: str
+    opened: float
+    ufrag: str | None
+    pwd: str | None
+    state: str = "negotiating"
+    request: int | None = None  # the OpenSession request waiting for the driver
+    deadline: float | None = None
+    frames: int = 0
+
+
+class Room(Task):
+    """The sessions of one stream: one publisher (WHIP) and its viewers (WHEP).
+
+    Built by the runtime as ``Room(RoomConfig(...))``.
+    """
+
+    def __init__(self, cfg: RoomConfig) -> None:
+        super().__init__(cfg)
+        self.config = cfg
+        self.name = cfg.name
+        self.sessions: dict[str, _Session] = {}
+        self.publisher: str | None = None
+        self._idle_since: float | None = None
+        self._keyframe_at = float("-inf")
+        self._keyframe_due: float | None = None
+        self._allowed = address_filter(cfg.ice_networks)
+        self._done = False
+
+    # ------------------------------------------------------------------ task protocol
+
+    def on_event(self, now: float, event: Any) -> None:
+        """Dispatch a request from the HTTP layer or an input from the driver."""
+        kind = type(event)
+        if kind is Request:
+            self._on_request(now, event.id, event.msg)
+        elif kind is PeerAnswered:
+            self._on_answered(now, event)
+        elif kind is PeerState:
+            self._on_state(now, event)
+        elif kind is PeerFailed:
+            self._on_failed(now, event)
+        elif kind is PeerMedia:
+            s = self.sessions.get(event.session)
+            if s is not None:
+                s.frames = event.frames
+        self._update_idle(now)
+
+    def on_tick(self, now: float) -> None:
+        """Run timeouts: unconnected or disconnected sessions, keyframes, room idleness."""
+        for s in list(self.sessions.values()):
+            if s.deadline is not None and s.deadline <= now:
+                self._end(s, _TIMEOUT_REASONS.get(s.state, "ICE lost"))
+        if self._keyframe_due is not None and self._keyframe_due <= now:
+            self._keyframe_due = None
+            self._keyframe(now)
+        self._update_idle(now)
+        if (
+            self._idle_since is not None
+            and now - self._idle_since >= self.config.idle_timeout
+            and not self.sessions
+        ):
+            self._done = True
+
+    def on_shutdown(self, now: float) -> None:
+        """Close every session; the room is empty once its outputs are popped."""
+        self.closing = True
+        for s in list(self.sessions.values()):
+            self._end(s, "server shutting down")
+
+    def is_empty(self) -> bool:
+        """Empty when shut down or idle for ``idle_timeout``, with nothing left to pop."""
+        return (self.closing or self._done) and not self.sessions and not self._outputs
+
+    def next_deadline(self) -> float | None:
+        """The earliest session timeout, keyframe slot or idle end."""
+        times = [s.deadline for s in self.sessions.values() if s.deadline is not None]
+        if self._keyframe_due is not None:
+            times.append(self._keyframe_due)
+        if self._idle_since is not None and not self.sessions:
+            times.append(self._idle_since + self.config.idle_timeout)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_request(self, now: float, rid: int, msg: Any) -> None:
+        kind = type(msg)
+        if kind is OpenSession:
+            self._open(now, rid, msg)
+        elif kind is PatchSession:
+            self.emit(Reply(rid, self._patch(msg)))
+        elif kind is CloseSession:
+            s = self.sessions.get(msg.session)
+            if s is None:
+                self.emit(Reply(rid, Refused(404, "no such session")))
+            else:
+                self._end(s, "deleted by the client")
+                self.emit(Reply(rid, Done(200)))
+        elif kind is RoomInfo:
+            self.emit(Reply(rid, self.snapshot(now)))
+        else:
+            self.emit(Reply(rid, Refused(400, f"unknown room request {kind.__name__}")))
+
+    def _open(self, now: float, rid: int, msg: OpenSession) -> None:
+        cfg = self.config
+        if self.closing or self._done:
+            self.emit(Reply(rid, Refused(503, "the room is closing", cfg.retry_after)))
+            return
+        if msg.session in self.sessions:
+            self.emit(Reply(rid, Refused(409, "session id already in use")))
+            return
+        try:
+            offer = check_offer(msg.offer, msg.role)
+        except SdpError as exc:
+            self.emit(Reply(rid, Refused(exc.status, exc.reason)))
+            return
+        source: str | None = None
+        if msg.role == "whip":
+            if self.publisher is not None:
+                self.emit(Reply(rid, Refused(409, f"room {self.name!r} already has a publisher")))
+                return
+        else:
+            pub = self.sessions.get(self.publisher) if self.publisher else None
+            if pub is None or pub.state == "negotiating":
+                status = cfg.no_publisher_status
+                retry = cfg.retry_after if status == 409 else None
+                why = f"room {self.name!r} has no publisher"
+                self.emit(Reply(rid, Refused(status, why, retry)))
+                return
+            source = pub.id
+        if len(self.sessions) >= cfg.max_sessions:
+            self.emit(Reply(rid, Refused(503, f"room {self.name!r} is full", cfg.retry_after)))
+            return
+        if msg.role == "whip":
+            self.publisher = msg.session
+        text = msg.offer if cfg.allow_mdns else strip_mdns_candidates(msg.offer)
+        s = _Session(msg.session, msg.role, msg.etag, now, offer.ufrag, offer.pwd, request=rid)
+        s.deadline = now + cfg.connect_timeout  # the driver must answer by then, too
+        self.sessions[s.id] = s
+        self.emit(PeerOpen(s.id, msg.role, text, source))
+
+    def _patch(self, msg: PatchSession) -> Created | Done | Refused:
+        s = self.sessions.get(msg.session)
+        if s is None:
+            return Refused(404, "no such session")
+        if msg.if_match is None:
+            return Refused(428, "PATCH needs If-Match with the session's ETag")
+        if msg.if_match.strip() not in ("*", s.etag):
+            return Refused(412, "If-Match does not match the session's ETag")
+        try:
+            frag = parse_fragment(msg.fragment)
+        except SdpError as exc:
+            return Refused(exc.status, exc.reason)
+        restart = (frag.ufrag is not None and frag.ufrag != s.ufrag) or (
+            frag.pwd is not None and frag.pwd != s.pwd
+        )
+        if restart:
+            return Refused(422, "ICE restart is not supported by this server (aiortc)")
+        cands = frag.candidates
+        if not self.config.allow_mdns:
+            cands = [(m, c) for m, c in cands if not c.split()[4].lower().endswith(".local")]
+        if cands or frag.end:
+            self.emit(PeerTrickle(s.id, tuple(cands), frag.end))
+        return Done(204)
+
+    # ------------------------------------------------------------------ driver inputs
+
+    def _on_answered(self, now: float, event: PeerAnswered) -> None:
+        s = self.sessions.get(event.session)
+        if s is None or s.state != "negotiating":
+            return
+        answer = add_rtcp_mux_only(event.answer)
+        if self._allowed is not None:
+            answer = filter_candidates(answer, self._allowed)
+        s.state = "new"
+        s.deadline = now + self.config.connect_timeout
+        if s.request is not None:
+            self.emit(Reply(s.request, Created(s.id, s.etag, answer)))
+            s.request = None
+
+    def _on_failed(self, now: float, event: PeerFailed) -> None:
+        s = self.sessions.get(event.session)
+        if s is None:
+            return
+        if s.request is not None:
+            self.emit(Reply(s.request, Refused(event.status, event.reason)))
+            s.request = None
+        self._end(s, event.reason)
+
+    def _on_state(self, now: float, event: PeerState) -> None:
+        s = self.sessions.get(event.session)
+        if s is None or s.state == "negotiating":
+            return
+        if event.state in ("failed", "closed"):
+            self._end(s, f"peer connection {event.state}")
+            return
+        new = TRANSITIONS.get(s.state, {}).get(event.state)
+        if new is None or new == s.state:
+            return
+        s.state = new
+        if new == "connected":
+            s.deadline = None
+            if s.role == "whep":
+                self._keyframe(now)
+        elif new == "disconnected":
+            s.deadline = now + self.config.disconnected_timeout
+
+    # ------------------------------------------------------------------ helpers
+
+    def _keyframe(self, now: float) -> None:
+        if self.publisher is None:
+            return
+        ready = self._keyframe_at + self.config.keyframe_interval
+        if now < ready:
+            if self._keyframe_due is None:
+                self._keyframe_due = ready
+            return
+        self._keyframe_at = now
+        self.emit(PeerKeyframe(self.publisher))
+
+    def _end(self, s: _Session, reason: str) -> None:
+        if self.sessions.pop(s.id, None) is None:
+            return
+        self.emit(PeerClose(s.id))
+        if s.request is not None:
+            self.emit(Reply(s.request, Refused(503, f"session ended: {reason}")))
+            s.request = None
+        elif s.state != "negotiating":  # the server knows it (it got ``Created``)
+            self.emit(ExtOut(SessionEnded(self.name, s.id, reason)))
+        if s.id == self.publisher:
+            self.publisher = None
+            self._keyframe_due = None
+            for viewer in list(self.sessions.values()):
+                if viewer.role == "whep":
+                    self._end(viewer, "the publisher left")
+
+    def _update_idle(self, now: float) -> None:
+        if self.sessions:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+
+    def snapshot(self, now: float) -> RoomSnapshot:
+        """The room's sessions as plain data (for the stats endpoint)."""
+        return RoomSnapshot(
+            self.name,
+            [
+                SessionInfo(s.id, s.role, s.state, round(now - s.opened, 3), s.frames)
+                for s in self.sessions.values()
+            ],
+        )

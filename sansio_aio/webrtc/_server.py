@@ -1,0 +1,439 @@
+"""The HTTP face of the WHIP/WHEP server: aiohttp on the application's loop.
+
+Theory of operation
+-------------------
+:class:`WhipServer` owns a :class:`~sansio_aio.Runtime` whose task kind is ``"room"``
+(:class:`~sansio_aio.webrtc._room.Room`) and whose driver is the aiortc
+:class:`~sansio_aio.webrtc._driver.WebRtcDriver`. The HTTP layer does only HTTP: methods,
+content types, body limits, bearer tokens, CORS, the total session limit, and the map
+``room name -> TaskRef`` and ``session id -> room``. Everything about sessions is decided
+by the room task, reached with ``await rt.request(ref, msg)``; its reply value
+(``Created``, ``Done``, ``Refused``, ``RoomSnapshot``) becomes the HTTP response.
+
+Rooms are spawned on first use (the runtime places them on the least-loaded worker) and
+end by themselves when idle. The server reads the runtime's event stream: a room's
+``SessionEnded`` output forgets a session, a ``TaskEnded`` forgets a room. A request that
+races a room's end (``UnknownTarget`` / ``TaskFailedError``) is retried once on a fresh
+room. Session ids and ETags come from :mod:`secrets` here, so rooms stay deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .._errors import (
+    RequestTimeout,
+    RuntimeClosed,
+    SansioAioError,
+    TaskFailedError,
+    UnknownTarget,
+)
+from .._events import TaskEnded, TaskFailed, TaskOutput, TaskRef
+from .._runtime import Runtime
+from ._config import ServerConfig
+from ._events import (
+    CloseSession,
+    Created,
+    Done,
+    OpenSession,
+    PatchSession,
+    Refused,
+    Role,
+    RoomInfo,
+    RoomSnapshot,
+    SessionEnded,
+)
+from ._ratelimit import TokenBuckets
+
+__all__ = ["WhipServer"]
+
+log = logging.getLogger("sansio_aio.webrtc")
+
+_ROOM_RE = re.compile(r"^[A-Za-z0-9_.~-]{1,64}$")
+_EXPOSE = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After"
+_ENDPOINT_METHODS = "POST, OPTIONS"
+_SESSION_METHODS = "PATCH, DELETE, OPTIONS"
+_FRAG_TYPE = "application/trickle-ice-sdpfrag"
+_PAGES = {"": "index.html", "publish": "publish.html", "view": "view.html", "whip.js": "whip.js"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class WhipServer:
+    """WHIP (ingest) and WHEP (egress) endpoints over a running :class:`Runtime`.
+
+    Use :func:`~sansio_aio.webrtc._runner.open_server` to get one with its runtime and
+    HTTP site started.
+    """
+
+    def __init__(self, rt: Runtime, config: ServerConfig) -> None:
+        self.rt = rt
+        self.config = config
+        self.rooms: dict[str, TaskRef] = {}
+        self.sessions: dict[str, tuple[str, TaskRef, Role]] = {}
+        self._spawning: dict[str, asyncio.Future[TaskRef]] = {}
+        self._opening = 0
+        self._events_task: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._buckets = (
+            TokenBuckets(config.rate_limit, config.rate_burst) if config.rate_limit > 0 else None
+        )
+        #: The base URL the server listens on (set by :func:`open_server`).
+        self.url = ""
+        #: Every base URL it listens on (the configured address first).
+        self.urls: list[str] = []
+        self.counters = {"created": 0, "refused": 0, "deleted": 0, "ended": 0}
+
+    # ------------------------------------------------------------------ app
+
+    def app(self) -> web.Application:
+        """The aiohttp application with every route."""
+        cfg = self.config
+        app = web.Application(client_max_size=cfg.max_body)
+        p = cfg.prefix
+        r = app.router
+        r.add_route("*", p + "/whip/{room}", self._endpoint("whip"))
+        r.add_route("*", p + "/whep/{room}", self._endpoint("whep"))
+        if cfg.token_is_room:
+            r.add_route("*", p + "/whip", self._endpoint("whip"))
+            r.add_route("*", p + "/whep", self._endpoint("whep"))
+        r.add_route("*", p + "/session/{session}", self._session)
+        r.add_get(p + "/stats", self._stats)
+        r.add_get(p + "/metrics", self._metrics)
+        if cfg.pages:
+            for name in _PAGES:
+                r.add_get(f"{p}/{name}", self._page)
+        return app
+
+    def start(self) -> None:
+        """Start reading the runtime's events (call on the application's loop)."""
+        if self._events_task is None:
+            self._events_task = asyncio.get_running_loop().create_task(self._read_events())
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after each batch of runtime events
+        (a session or room ending); return its final value after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            changed = self._changed
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+        return True
+
+    async def close(self) -> None:
+        """Stop reading events."""
+        task, self._events_task = self._events_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ handlers
+
+    def _endpoint(self, role: Role) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if request.method == "OPTIONS":
+                return self._options(_ENDPOINT_METHODS, {"Accept-Post": "application/sdp"})
+            if request.method != "POST":
+                return self._error(405, "use POST with an SDP offer", Allow=_ENDPOINT_METHODS)
+            return await self._post(request, role)
+
+        return handler
+
+    async def _post(self, request: web.Request, role: Role) -> web.StreamResponse:
+        cfg = self.config
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
+        token = _bearer(request)
+        if cfg.tokens and token not in cfg.tokens:
+            return self._error(401, "a valid bearer token is required", **_AUTH)
+        room = request.match_info.get("room")
+        if cfg.token_is_room and token:
+            room = token
+        if room is None or not _ROOM_RE.match(room):
+            return self._error(400, "room names are 1-64 characters of [A-Za-z0-9_.~-]")
+        if request.content_type != "application/sdp":
+            return self._error(415, "the offer must be sent as application/sdp")
+        too_big = self._check_length(request)
+        if too_big is not None:
+            return too_big
+        try:
+            offer = await request.text()
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(413, f"the offer is larger than {cfg.max_body} bytes")
+        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
+            return self._error(400, "the offer is not valid UTF-8 (or charset=) text")
+        if not offer.strip():
+            return self._error(400, "empty offer")
+        if len(self.sessions) + self._opening >= cfg.max_sessions:
+            self.counters["refused"] += 1
+            return self._error(503, "the server is full", **{"Retry-After": str(cfg.retry_after)})
+        session = secrets.token_urlsafe(24)
+        etag = f'"{secrets.token_hex(8)}"'
+        self._opening += 1
+        try:
+            ref, reply = await self._ask_room(room, OpenSession(session, role, offer, etag))
+        finally:
+            self._opening -= 1
+        if isinstance(reply, Created):
+            self.sessions[session] = (room, ref, role)
+            self.counters["created"] += 1
+            headers = {
+                "Location": f"{cfg.prefix}/session/{session}",
+                "ETag": reply.etag,
+                "Accept-Patch": _FRAG_TYPE,
+            }
+            resp = web.Response(
+                status=201, text=reply.answer, content_type="application/sdp", headers=headers
+            )
+            for server in cfg.ice_servers:
+                resp.headers.add("Link", server.link())
+            return self._cors(resp)
+        return self._reply(reply)
+
+    async def _session(self, request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["session"]
+        if request.method == "OPTIONS":
+            return self._options(_SESSION_METHODS, {"Accept-Patch": _FRAG_TYPE})
+        if request.method not in ("PATCH", "DELETE"):
+            return self._error(405, "sessions accept PATCH and DELETE", Allow=_SESSION_METHODS)
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
+        entry = self.sessions.get(sid)
+        if entry is None:
+            return self._error(404, "no such session")
+        ref = entry[1]
+        if request.method == "DELETE":
+            reply = await self._ask(ref, CloseSession(sid))
+            if isinstance(reply, Done) or (isinstance(reply, Refused) and reply.status == 404):
+                self.sessions.pop(sid, None)
+                self.counters["deleted"] += 1
+            return self._reply(reply)
+        if request.content_type != _FRAG_TYPE:
+            return self._error(415, f"PATCH bodies must be {_FRAG_TYPE}")
+        too_big = self._check_length(request)
+        if too_big is not None:
+            return too_big
+        try:
+            body = await request.text()
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(413, f"the body is larger than {self.config.max_body} bytes")
+        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
+            return self._error(400, "the body is not valid UTF-8 (or charset=) text")
+        reply = await self._ask(ref, PatchSession(sid, body, request.headers.get("If-Match")))
+        if isinstance(reply, Refused) and reply.status == 404:
+            self.sessions.pop(sid, None)
+        return self._reply(reply)
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        return self._cors(web.json_response(await self.snapshot()))
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        snap = await self.snapshot()
+        lines = [
+            "# TYPE whip_sessions gauge",
+            f"whip_sessions {snap['sessions']}",
+            "# TYPE whip_rooms gauge",
+            f"whip_rooms {len(snap['rooms'])}",
+        ]
+        for name, value in self.counters.items():
+            lines += [f"# TYPE whip_{name}_total counter", f"whip_{name}_total {value}"]
+        for w in snap["workers"]:
+            wid = w["worker"]
+            lines.append(f'sansio_worker_utilisation{{worker="{wid}"}} {w["utilisation"]}')
+            lines.append(f'sansio_worker_tasks{{worker="{wid}"}} {w["tasks"]}')
+            lines.append(f'sansio_worker_loop_lag_seconds{{worker="{wid}"}} {w["loop_lag"]}')
+            for key, value in sorted(w["drivers"].items()):
+                lines.append(f'sansio_{key}{{worker="{wid}"}} {value}')
+        for name, room in sorted(snap["rooms"].items()):
+            lines.append(f'whip_room_sessions{{room="{name}"}} {len(room["sessions"])}')
+        return self._cors(web.Response(text="\n".join(lines) + "\n", content_type="text/plain"))
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        name = request.path[len(self.config.prefix) + 1 :]
+        filename = _PAGES.get(name)
+        if filename is None:  # pragma: no cover - routes only name known pages
+            return self._error(404, "no such page")
+        data = resources.files(__package__).joinpath("static", filename).read_bytes()
+        ctype = "text/javascript" if filename.endswith(".js") else "text/html"
+        return web.Response(body=data, content_type=ctype, charset="utf-8")
+
+    # ------------------------------------------------------------------ rooms
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Worker stats and every room's sessions, as JSON-ready data."""
+        stats = await self.rt.stats()
+        rooms: dict[str, Any] = {}
+
+        async def one(name: str, ref: TaskRef) -> None:
+            reply = await self._ask(ref, RoomInfo())
+            if isinstance(reply, RoomSnapshot):
+                sessions = [asdict(s) for s in reply.sessions]
+                rooms[name] = {"worker": ref.worker, "sessions": sessions}
+
+        await asyncio.gather(*(one(n, r) for n, r in list(self.rooms.items())))
+        return {
+            "sessions": len(self.sessions),
+            "rooms": rooms,
+            "workers": [asdict(w) for w in stats.workers],
+            "counters": dict(self.counters),
+        }
+
+    async def _room_ref(self, room: str) -> TaskRef:
+        ref = self.rooms.get(room)
+        if ref is not None:
+            return ref
+        pending = self._spawning.get(room)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[TaskRef] = asyncio.get_running_loop().create_future()
+        self._spawning[room] = fut
+        try:
+            ref = await self.rt.spawn("room", self.config.room(room))
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._spawning.pop(room, None)
+        self.rooms[room] = ref
+        fut.set_result(ref)
+        return ref
+
+    async def _ask_room(self, room: str, msg: Any) -> tuple[TaskRef, Any]:
+        """Send ``msg`` to ``room`` (spawning it if needed); retry once if it just ended."""
+        try:
+            ref = await self._room_ref(room)
+        except SansioAioError as exc:
+            retry = self.config.retry_after
+            return TaskRef(-1, "room", -1), Refused(503, f"cannot start the room: {exc}", retry)
+        for attempt in (1, 2):
+            try:
+                reply = await self.rt.request(ref, msg, timeout=self.config.request_timeout)
+                return ref, reply
+            except (UnknownTarget, TaskFailedError) as exc:
+                self._forget_room(ref)
+                if attempt == 2:
+                    return ref, Refused(503, f"room unavailable: {exc}", self.config.retry_after)
+                try:
+                    ref = await self._room_ref(room)
+                except SansioAioError as err:
+                    retry = self.config.retry_after
+                    return ref, Refused(503, f"cannot start the room: {err}", retry)
+            except RequestTimeout:
+                return ref, Refused(503, "the room did not answer in time", 1)
+            except RuntimeClosed:
+                return ref, Refused(503, "the server is shutting down", self.config.retry_after)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ask(self, ref: TaskRef, msg: Any) -> Any:
+        try:
+            return await self.rt.request(ref, msg, timeout=self.config.request_timeout)
+        except (UnknownTarget, TaskFailedError):
+            self._forget_room(ref)
+            return Refused(404, "no such session (its room has ended)")
+        except RequestTimeout:
+            return Refused(503, "the room did not answer in time", 1)
+        except RuntimeClosed:
+            return Refused(503, "the server is shutting down", self.config.retry_after)
+
+    def _forget_room(self, ref: TaskRef) -> None:
+        for name, known in list(self.rooms.items()):
+            if known == ref:
+                del self.rooms[name]
+        for sid, (_, known, _) in list(self.sessions.items()):
+            if known == ref:
+                del self.sessions[sid]
+
+    async def _read_events(self) -> None:
+        while True:
+            try:
+                batch = await self.rt.next_events()
+            except RuntimeClosed:
+                return
+            if not batch:
+                return
+            for event in batch:
+                if isinstance(event, TaskOutput) and isinstance(event.msg, SessionEnded):
+                    if self.sessions.pop(event.msg.session, None) is not None:
+                        self.counters["ended"] += 1
+                elif isinstance(event, TaskEnded | TaskFailed):
+                    if isinstance(event, TaskFailed):
+                        log.error("room task %s failed:\n%s", event.task, event.traceback)
+                    self._forget_room(event.task)
+            if self._changed is not None:
+                self._changed.set()
+
+    # ------------------------------------------------------------------ responses
+
+    def _rate_limited(self, request: web.Request) -> web.StreamResponse | None:
+        if self._buckets is None:
+            return None
+        wait = self._buckets.take(request.remote or "", asyncio.get_running_loop().time())
+        if wait is None:
+            return None
+        self.counters["refused"] += 1
+        return self._error(429, "too many requests", **{"Retry-After": str(wait)})
+
+    def _check_length(self, request: web.Request) -> web.StreamResponse | None:
+        length = request.content_length
+        if length is not None and length > self.config.max_body:
+            return self._error(413, f"the body is larger than {self.config.max_body} bytes")
+        return None
+
+    def _reply(self, reply: Any) -> web.StreamResponse:
+        if isinstance(reply, Done):
+            return self._cors(web.Response(status=reply.status))
+        if isinstance(reply, Refused):
+            self.counters["refused"] += 1
+            headers = {}
+            if reply.retry_after is not None:
+                headers["Retry-After"] = str(reply.retry_after)
+            return self._error(reply.status, reply.reason, **headers)
+        log.error("unexpected room reply %r", reply)  # pragma: no cover
+        return self._error(500, "unexpected reply from the room")  # pragma: no cover
+
+    def _error(self, status: int, text: str, **headers: str) -> web.StreamResponse:
+        return self._cors(web.Response(status=status, text=text + "\n", headers=headers))
+
+    def _options(self, methods: str, extra: dict[str, str]) -> web.StreamResponse:
+        resp = web.Response(status=200, headers={"Allow": methods, **extra})
+        resp.headers["Access-Control-Allow-Methods"] = methods
+        resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
+        resp.headers["Access-Control-Max-Age"] = "600"
+        return self._cors(resp)
+
+    def _cors(self, resp: web.StreamResponse) -> web.StreamResponse:
+        resp.headers["Access-Control-Allow-Origin"] = self.config.cors_origin
+        resp.headers["Access-Control-Expose-Headers"] = _EXPOSE
+        return resp
+
+
+_AUTH = {"WWW-Authenticate": 'Bearer realm="whip"'}
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
