@@ -44,6 +44,10 @@ class TaskRef(NamedTuple):
     ``gen`` (the slot's generation) tells a live task from an ended one that held the
     same slot. A message to a stale reference is reported, never delivered to the new
     occupant. A named tuple: immutable, hashable in C, picklable.
+
+    ``str()`` reads ``kind#index@wWORKER`` for a slot's first occupant and
+    ``kind#index.gen@wWORKER`` after it was reused, so two generations print apart:
+    ``echo#0@w1``, then ``echo#0.1@w1``.
     """
 
     worker: int
@@ -52,6 +56,8 @@ class TaskRef(NamedTuple):
     gen: int = 0
 
     def __str__(self) -> str:
+        if self.gen:
+            return f"{self.kind}#{self.index}.{self.gen}@w{self.worker}"
         return f"{self.kind}#{self.index}@w{self.worker}"
 
 
