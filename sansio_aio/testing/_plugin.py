@@ -47,9 +47,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from .._api import RuntimeAPI
     from .._runtime import Runtime
     from ._clock import FakeClock
     from ._harness import TaskHarness
+    from ._leaks import ResourceSnapshot
     from ._sim.net import SimNetwork
     from ._sim.runtime import SimRuntime
     from ._trace import Trace
@@ -293,7 +295,13 @@ def _warm_up_backends() -> None:
             continue
 
 
-async def _stop_and_check(rts: list[Runtime], before: Any, check: bool) -> None:
+async def _stop_and_check(
+    rts: list[Runtime],
+    before: ResourceSnapshot,
+    check: bool,
+    started: ResourceSnapshot | None,
+    thread_prefixes: set[str],
+) -> None:
     from ._leaks import await_no_leaks
 
     errors: list[BaseException] = []
@@ -303,18 +311,25 @@ async def _stop_and_check(rts: list[Runtime], before: Any, check: bool) -> None:
         except Exception as exc:
             errors.append(exc)
     if check:
-        found = await await_no_leaks(before)
+        prefix = next(iter(thread_prefixes)) if len(thread_prefixes) == 1 else None
+        found = await await_no_leaks(before, started=started, runtime_threads=prefix)
         if found:
             pytest.fail(
-                "the runtime leaked resources after shutdown:\n  " + "\n  ".join(found),
+                "still open after the runtime shut down (the leak check of the `runtime` "
+                "fixtures; check_leaks=False turns it off):\n  " + "\n  ".join(found),
                 pytrace=False,
             )
     if errors:
         raise errors[0]
 
 
+def _thread_prefix(kwargs: dict[str, Any]) -> str:
+    """The prefix of the worker thread names of a runtime built with ``kwargs``."""
+    return f"{kwargs.get('name', 'sansio')}-worker-"
+
+
 @_async_fixture
-async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[RuntimeAPI]:
     """A started runtime (see the module docs); shut down and leak-checked at teardown."""
     _need_asyncio()
     kwargs = _spec(request)
@@ -344,10 +359,11 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     before = ResourceSnapshot.take()
     rt = Runtime(kinds, **kwargs)
     await rt.start()
+    started = ResourceSnapshot.take()  # what the runtime itself opened, before the body
     try:
         yield rt
     finally:
-        await _stop_and_check([rt], before, check)
+        await _stop_and_check([rt], before, check, started, {_thread_prefix(kwargs)})
 
 
 @_async_fixture
@@ -361,6 +377,7 @@ async def runtime_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     _warm_up_backends()
     before = ResourceSnapshot.take()
     made: list[Runtime] = []
+    prefixes: set[str] = set()
     check = True
 
     async def make(kinds: Any, *, check_leaks: bool = True, **kwargs: Any) -> Runtime:
@@ -370,10 +387,11 @@ async def runtime_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         rt = Runtime(kinds, **kwargs)
         await rt.start()
         made.append(rt)
+        prefixes.add(_thread_prefix(kwargs))
         return rt
 
     factory: Callable[..., Awaitable[Runtime]] = make
     try:
         yield factory
     finally:
-        await _stop_and_check(made, before, check)
+        await _stop_and_check(made, before, check, None, prefixes)
