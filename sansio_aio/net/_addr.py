@@ -16,7 +16,7 @@ from typing import Any
 from .._errors import ConfigError
 from ._events import Address
 
-__all__ = ["check_address", "describe", "lookup_slot"]
+__all__ = ["check_address", "check_buffer_limits", "describe", "lookup_slot"]
 
 
 def check_address(addr: Any) -> tuple[socket.AddressFamily, Address]:
@@ -49,6 +49,15 @@ def check_address(addr: Any) -> tuple[socket.AddressFamily, Address]:
             raise ConfigError(f"an IPv4 address takes (host, port), got {addr!r}")
         return socket.AF_INET, (host, port)
     return socket.AF_INET6, addr
+
+
+def check_buffer_limits(high: int, low: int, max_buffer: int) -> None:
+    """The TCP drivers' write-buffer bounds: ``0 <= low <= high <= max_buffer`` (bytes)."""
+    if not 0 <= low <= high <= max_buffer:
+        raise ConfigError(
+            f"need 0 <= low <= high <= max_buffer, got low={low} high={high} "
+            f"max_buffer={max_buffer}"
+        )
 
 
 def describe(exc: BaseException) -> str:

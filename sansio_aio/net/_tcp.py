@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 from .._driver import Driver, DriverContext
 from .._errors import ConfigError
 from .._events import TaskRef
-from ._addr import check_address, describe, lookup_slot
+from ._addr import check_address, check_buffer_limits, describe, lookup_slot
 from ._events import (
     Address,
     TcpAccepted,
@@ -129,11 +129,7 @@ class TcpDriver(Driver):
         max_buffer: int = 4 * 1024 * 1024,
         close_timeout: float | None = 60.0,
     ) -> None:
-        if not 0 <= low <= high <= max_buffer:
-            raise ConfigError(
-                f"need 0 <= low <= high <= max_buffer, got low={low} high={high} "
-                f"max_buffer={max_buffer}"
-            )
+        check_buffer_limits(high, low, max_buffer)
         self.high = high
         self.low = low
         self.max_buffer = max_buffer

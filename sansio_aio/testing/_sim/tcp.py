@@ -20,8 +20,8 @@ The model is TCP as a task sees it, not TCP's internals:
   sequence number, so the task sees every byte once, in order, in chunks whose
   boundaries are the segments' (a stream, not messages).
 * **backpressure.** Bytes sent and not yet arrived count against the connection's
-  write buffer: above ``high_water`` the task gets ``TcpPaused`` (and the connection
-  stops reading), below ``low_water`` ``TcpResumed``; a send past ``hard_limit`` is
+  write buffer: above ``high`` the task gets ``TcpPaused`` (and the connection
+  stops reading), below ``low`` ``TcpResumed``; a send past ``max_buffer`` is
   refused whole with ``TcpError`` (``ENOBUFS``).
 * **closing.** ``TcpShutdown`` sends FIN after the queued data (the peer gets
   ``TcpEof``); once both sides sent FIN the connection closes by itself and each side
@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 
 from ..._driver import Driver, DriverContext
 from ..._events import TaskRef
+from ...net._addr import check_buffer_limits
 from ...net._events import (
     Address,
     TcpAccepted,
@@ -92,10 +93,11 @@ class SimTcpDriver(Driver):
         self,
         net: SimNetwork,
         *,
-        high_water: int = 256 * 1024,
-        low_water: int = 64 * 1024,
-        hard_limit: int = 4 * 1024 * 1024,
+        high: int = 256 * 1024,
+        low: int = 64 * 1024,
+        max_buffer: int = 4 * 1024 * 1024,
     ) -> None:
+        check_buffer_limits(high, low, max_buffer)
         self.net = net
         table = net.registry.get("tcp")
         if table is None:
@@ -105,9 +107,9 @@ class SimTcpDriver(Driver):
         self._ids = itertools.count(1)
         self._conns: dict[int, Conn] = {}
         self._listeners: dict[int, Listener] = {}
-        self.high_water = high_water
-        self.low_water = low_water
-        self.hard_limit = hard_limit
+        self.high = high
+        self.low = low
+        self.max_buffer = max_buffer
         self.rx_bytes = 0
         self.tx_bytes = 0
         self.errors = 0
@@ -316,7 +318,7 @@ class SimTcpDriver(Driver):
             )
             return
         data = bytes(out.data)
-        if c.inflight + len(data) > self.hard_limit:
+        if c.inflight + len(data) > self.max_buffer:
             self._error(
                 task,
                 c.slot,
@@ -330,7 +332,7 @@ class SimTcpDriver(Driver):
         for i in range(0, len(data), mss):
             self._segment(c, "data", data[i : i + mss])
         self.tx_bytes += len(data)
-        if not c.write_paused and c.inflight > self.high_water:
+        if not c.write_paused and c.inflight > self.high:
             c.write_paused = True
             self._deliver(task, TcpPaused(c.slot, c.inflight))
 
@@ -351,7 +353,7 @@ class SimTcpDriver(Driver):
 
     def _sent_arrived(self, c: Conn, size: int) -> None:
         c.inflight -= size
-        if c.write_paused and c.inflight <= self.low_water and c.open:
+        if c.write_paused and c.inflight <= self.low and c.open:
             c.write_paused = False
             self._deliver(c.owner, TcpResumed(c.slot))
             self._flush_held(c)
