@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._api import RuntimeAPI, RuntimeState
 from ._errors import (
     ConfigError,
     QueueFull,
@@ -100,7 +101,9 @@ __all__ = [
     "Request",
     "RequestTimeout",
     "Runtime",
+    "RuntimeAPI",
     "RuntimeClosed",
+    "RuntimeState",
     "RuntimeStats",
     "SansioAioError",
     "SendTo",

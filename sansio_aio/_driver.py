@@ -13,12 +13,14 @@ each worker builds its own instance, so a driver never needs a lock.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._events import TaskRef
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Driver", "DriverContext", "DriverFactory"]
 

@@ -35,13 +35,12 @@ __all__ = ["Lane"]
 class Lane:
     """One bounded single-producer single-consumer queue with an empty->non-empty wake."""
 
-    __slots__ = ("_lock", "_room_waiters", "capacity", "full_count", "q", "wake")
+    __slots__ = ("_lock", "_room_waiters", "capacity", "q", "wake")
 
     def __init__(self, capacity: int, wake: Callable[[], None]) -> None:
         self.q: deque[Any] = deque()
         self.capacity = capacity
         self.wake = wake
-        self.full_count = 0  # producer-side: refused pushes
         self._lock = threading.Lock()
         self._room_waiters: list[Callable[[], None]] = []
 
@@ -49,7 +48,6 @@ class Lane:
         """Append unless full; wake the consumer on empty -> non-empty. False when full."""
         q = self.q
         if len(q) >= self.capacity:
-            self.full_count += 1
             return False
         q.append(item)
         if len(q) == 1:
@@ -74,10 +72,6 @@ class Lane:
         k = len(items)
         if len(q) <= k:
             self.wake()
-
-    def has_room(self) -> bool:
-        """True if a ``push`` would succeed now (producer side)."""
-        return len(self.q) < self.capacity
 
     def on_room(self, callback: Callable[[], None]) -> bool:
         """Register ``callback`` for the consumer's next drain; False if there is room now.

@@ -14,8 +14,12 @@ them, and the rules that use it:
   :class:`~sansio_aio._errors.UnknownTarget`;
 * **requests per task**, so that a task that ends fails the requests still waiting on it.
 
-``controller.Runtime`` (futures, threads) and ``testing.SimRuntime`` (fake clock, one
-thread) both keep one, so their rules cannot drift apart. This module imports no asyncio.
+``Runtime`` (futures, threads) and ``testing.SimRuntime`` (fake clock, one thread) both
+keep one, so their rules cannot drift apart. It also sends the two commands that follow
+from its decisions (a task's ``Spawn`` placed on a worker, or refused back to the task).
+Targets are checked here too, so a wrong-typed target or worker id is a
+:class:`~sansio_aio.ConfigError` that names the fix in both runtimes. This module imports
+no asyncio.
 """
 
 from __future__ import annotations
@@ -23,12 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any
 
-from ._errors import ConfigError, RuntimeClosed, TaskFailedError, UnknownKind, UnknownTarget
+from ._errors import ConfigError, UnknownKind, UnknownTarget
 from ._events import TaskRef
 from ._lane import Lane
-from ._wire import HOST_KIND, OP_EXT, OP_HOST, OP_SPAWN, OP_SPAWNED
+from ._wire import HOST_KIND, HostCmd, SpawnCmd, SpawnedCmd
 
-__all__ = ["Ledger", "check_runtime_args", "spawn_error"]
+__all__ = ["Ledger", "check_runtime_args"]
 
 
 def check_runtime_args(
@@ -113,12 +117,21 @@ class Ledger:
         return 0  # pragma: no cover
 
     def check_worker(self, worker: int) -> None:
-        """Raise :class:`UnknownTarget` unless ``worker`` is a worker id."""
+        """Raise unless ``worker`` is a worker id (:class:`UnknownTarget` if out of range)."""
+        if not isinstance(worker, int) or isinstance(worker, bool):
+            raise ConfigError(
+                f"a worker id is an int in 0..{self.n - 1}, got {worker!r} "
+                f"({type(worker).__name__})"
+            )
         if not 0 <= worker < self.n:
             raise UnknownTarget(f"no worker {worker}; workers are 0..{self.n - 1}")
 
     def place(self, kind: str, worker: int | None) -> int:
         """Choose (or check) the worker for a spawn of ``kind`` and count it there."""
+        if not isinstance(kind, str):
+            raise ConfigError(
+                f"spawn takes a kind name (str), got {kind!r}; registered: {sorted(self.kinds)}"
+            )
         if kind not in self.kinds:
             raise UnknownKind(f"unknown task kind {kind!r}; registered: {sorted(self.kinds)}")
         if worker is None:
@@ -151,40 +164,55 @@ class Ledger:
         if not self.accepting or kind not in self.kinds:
             error = f"unknown task kind {kind!r}" if kind not in self.kinds else "runtime closing"
             if tag is not None and 0 <= requester.worker < self.n:
-                self.lanes[requester.worker].push_force((OP_SPAWNED, requester, tag, None, error))
+                self.lanes[requester.worker].push_force(SpawnedCmd(requester, tag, None, error))
             return error
         worker = self.pick()
         self.load[worker] += 1
-        self.lanes[worker].push_force((OP_SPAWN, -1, kind, cfg, requester, tag))
+        self.lanes[worker].push_force(SpawnCmd(-1, kind, cfg, requester, tag))
         return None
 
     # ------------------------------------------------------------------ routing
 
-    def route(self, target: TaskRef | int, msg: Any) -> tuple[Lane, tuple[Any, ...]]:
+    def route(self, target: TaskRef | int, msg: Any) -> tuple[Lane, Any]:
         """The lane and inbox message for ``msg`` to a task or a worker's host task."""
-        if isinstance(target, int):
+        if not isinstance(target, TaskRef):
+            self._check_target(target)
             self.check_worker(target)
             if not self.has_host:
                 raise UnknownTarget(
                     "messages to a worker go to its host task; pass host=... to the runtime"
                 )
-            return self.lanes[target], (OP_HOST, msg)
+            return self.lanes[target], HostCmd(msg)
         lane = self.live.get(target)
         if lane is None:
             if target.kind == HOST_KIND and self.has_host and 0 <= target.worker < self.n:
-                return self.lanes[target.worker], (OP_HOST, msg)
+                return self.lanes[target.worker], HostCmd(msg)
             self.check_worker(target.worker)
             raise UnknownTarget(f"no live task {target!r} (it ended, or never existed)")
-        return lane, (OP_EXT, target, msg)
+        return lane, (target, msg)
 
     def live_lane(self, task: TaskRef) -> Lane:
         """The lane to a live task's worker; :class:`UnknownTarget` if it is not live."""
+        if not isinstance(task, TaskRef):
+            raise ConfigError(
+                f"requests go to a task: pass the TaskRef that spawn() returned, got {task!r} "
+                f"({type(task).__name__}); e.g. ref = await rt.spawn('calc'); "
+                "await rt.request(ref, msg)"
+            )
         lane = self.live.get(task)
         if lane is None:
             if task.kind == HOST_KIND and self.has_host and 0 <= task.worker < self.n:
                 return self.lanes[task.worker]  # a worker's host task
             raise UnknownTarget(f"no live task {task!r} (it ended, or never existed)")
         return lane
+
+    @staticmethod
+    def _check_target(target: object) -> None:
+        if not isinstance(target, int) or isinstance(target, bool):
+            raise ConfigError(
+                f"a send target is the TaskRef that spawn() returned, or a worker id (int) "
+                f"for its host task; got {target!r} ({type(target).__name__})"
+            )
 
     # ------------------------------------------------------------------ requests
 
@@ -199,18 +227,3 @@ class Ledger:
             rids.discard(rid)
             if not rids:
                 del self.req_by_task[task]
-
-
-def spawn_error(error: str) -> Exception:
-    """The exception ``spawn`` raises for a worker's spawn error message."""
-    if error.startswith("unknown task kind"):
-        return UnknownKind(error)
-    if "shutting down" in error:
-        return RuntimeClosed(error)
-    return TaskFailedError(error, None)
-
-
-def ended_error(ref: TaskRef, tb: str | None) -> TaskFailedError:
-    """The error of a request whose task ended (``tb`` set) or failed before replying."""
-    msg = f"{ref} failed" if tb else f"{ref} ended without replying"
-    return TaskFailedError(msg, ref, tb or "")

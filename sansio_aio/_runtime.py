@@ -7,16 +7,33 @@ worker has an inbox lane from the controller and from each other worker, and one
 back to the controller. All controller methods run on the application's loop (they are
 not thread-safe; call them from that loop).
 
-Workers report through their outbox lanes; a lane going non-empty schedules one
-``_on_outbox`` on the application's loop, which drains every lane and dispatches:
-task outputs go to the bounded event buffer the application reads (``events()``,
-``next_events()``), replies resolve ``request`` futures, spawn results resolve ``spawn``
-futures and keep the placement counts, task ends fail the requests still waiting on
-that task, and stop reports complete ``shutdown``.
+The controller talks to a worker only through those lanes, which carry the plain-data
+messages of ``_wire``, plus the thread's life cycle (``start``, ``is_alive``, ``join``) and
+the depth of its inbox for stats. Results come back as reports naming the id the
+controller waits on: spawns, requests and ``run_on_worker`` calls park an
+``asyncio.Future`` in the shared :class:`~sansio_aio._dispatch.Dispatcher`; the only
+other crossing is the "room in a full inbox" notice of ``await send``, which is part of
+the :class:`~sansio_aio._lane.Lane` interface.
 
-Placement (``spawn``) uses the controller's own counts, updated at once when it places
-a task and when a task ends, so a burst of spawns spreads before any stats arrive. Ties
-go round-robin. Spawn requests emitted by tasks go through the same balancer.
+Workers report through their outbox lanes; a lane going non-empty schedules one
+``_on_outbox`` on the application's loop, which drains every lane and hands each report
+to the dispatcher (shared with the simulated runtime): task outputs go to the bounded
+event buffer the application reads (``events()``, ``next_events()``), replies, spawn
+answers and call results resolve their futures, task ends fail the requests still
+waiting on that task, and stop reports complete ``shutdown``.
+
+Sends from one application callback are batched: a lane going non-empty defers its
+worker's wake-up to the end of the callback (``_defer_wake``), so the worker is woken
+once however many messages the callback sent.
+
+Placement (``spawn``) uses the controller's own counts (the shared
+:class:`~sansio_aio._ledger.Ledger`), updated at once when it places a task and when a
+task ends, so a burst of spawns spreads before any stats arrive. Ties go round-robin.
+Spawn requests emitted by tasks go through the same balancer.
+
+The life cycle is one :class:`~sansio_aio.RuntimeState`; ``_set_state`` derives the rest
+from it (the ledger accepts task-emitted spawns only while running, and the hot path's
+route table is the ledger's only while running).
 """
 
 from __future__ import annotations
@@ -26,53 +43,43 @@ import functools
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._api import RuntimeState
 from ._backends import LoopFactory, resolve_backend
 from ._bus import BusHub
 from ._core import WorkerCore
+from ._dispatch import Dispatcher
 from ._driver import DriverFactory
-from ._errors import (
-    ConfigError,
-    QueueFull,
-    RequestTimeout,
-    RuntimeClosed,
-    ShutdownTimeout,
-    UnknownTarget,
-)
-from ._events import AppEvent, TaskEnded, TaskFailed, TaskOutput, TaskRef
+from ._errors import ConfigError, QueueFull, RequestTimeout, RuntimeClosed, ShutdownTimeout
+from ._events import AppEvent, TaskRef
 from ._lane import Lane
-from ._ledger import Ledger, check_runtime_args, ended_error, spawn_error
+from ._ledger import Ledger, check_runtime_args
 from ._stats import RuntimeStats, WorkerStats
 from ._wire import (
-    APP_ENDED,
-    APP_REPLY,
-    APP_REQ_FAILED,
-    APP_SPAWN_REQ,
-    APP_SPAWNED,
-    APP_STARTED,
-    APP_STOPPED,
-    APP_UNKNOWN,
-    OP_CALL,
-    OP_EXT,
-    OP_FORCE_STOP,
-    OP_REQUEST,
-    OP_SHUTDOWN,
-    OP_SPAWN,
+    CallCmd,
+    ForceStopCmd,
     HostFactory,
+    RequestCmd,
+    ShutdownCmd,
+    SpawnCmd,
     TaskFactory,
 )
 from ._worker import Worker
+
+if TYPE_CHECKING:
+    from ._api import RuntimeAPI
 
 __all__ = ["Runtime"]
 
 log = logging.getLogger("sansio_aio")
 
 R = TypeVar("R")
+
+_NOT_RUNNING: dict[TaskRef, Lane] = {}  # the hot path's route table outside RUNNING
 
 
 class Runtime:
@@ -111,6 +118,7 @@ class Runtime:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers)
         if not stats_interval > 0:
             raise ConfigError(f"stats_interval must be > 0 seconds, got {stats_interval!r}")
+        #: The backend's name (``"uvloop"``, ``"epoll"``, ... or the factory's name).
         self.backend_name, self._loop_factory = resolve_backend(backend)
         self._kinds = dict(kinds)
         self._n = workers
@@ -118,7 +126,6 @@ class Runtime:
         self._host = host
         self._drivers = tuple(drivers)
         self._inbox_capacity = inbox_capacity
-        self._event_capacity = event_capacity
         self._stats_interval = stats_interval
         self._name = name
 
@@ -127,23 +134,20 @@ class Runtime:
         self._lanes: list[Lane] = []  # controller -> worker w
         self._outboxes: list[Lane] = []  # worker w -> controller
         self._hub = BusHub()
-        self._state = "new"
-        self._running = False
         self._ledger = Ledger(workers, self._kinds, has_host=host is not None)
-        self._live = self._ledger.live  # live task -> the lane to its worker (hot path)
-        self._ids = itertools.count(1)
-        self._spawns: dict[int, asyncio.Future[TaskRef]] = {}
-        self._requests: dict[int, tuple[asyncio.Future[Any], TaskRef]] = {}
+        self._dispatch = Dispatcher(self._ledger, event_capacity)
+        self._events = self._dispatch.events
+        self._pending = self._dispatch.pending
         self._started: dict[int, asyncio.Future[None]] = {}
         self._stopped: dict[int, asyncio.Future[list[TaskRef]]] = {}
-        self._events: deque[AppEvent] = deque()
+        self._state = RuntimeState.NEW
+        self._live = _NOT_RUNNING  # live task -> the lane to its worker (hot path)
+        self._ids = itertools.count(1)
         self._event_waiter: asyncio.Future[None] | None = None
-        self._events_dropped = 0
         self._pending_wakes: set[Callable[[], None]] = set()
-        #: Futures resolved by a worker (room to send, run_on_worker results): failed at
-        #: close, so nothing waits for ever on a worker that was force-stopped.
+        #: Futures resolved by a room notice (``await send``): failed at close, so
+        #: nothing waits for ever on a worker that was force-stopped.
         self._parked: set[asyncio.Future[Any]] = set()
-        self._undelivered = 0
         self._stopping: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -154,15 +158,27 @@ class Runtime:
         return self._n
 
     @property
+    def state(self) -> RuntimeState:
+        """Where the runtime is in its life cycle."""
+        return self._state
+
+    @property
     def running(self) -> bool:
         """True between a successful ``start`` and ``shutdown``."""
-        return self._state == "running"
+        return self._state is RuntimeState.RUNNING
+
+    def _set_state(self, state: RuntimeState) -> None:
+        """The one place the life cycle moves; everything that depends on it follows."""
+        self._state = state
+        running = state is RuntimeState.RUNNING
+        self._ledger.accepting = running
+        self._live = self._ledger.live if running else _NOT_RUNNING
 
     async def start(self) -> Runtime:
         """Start the worker threads and wait until each one's loop runs."""
-        if self._state != "new":
-            raise RuntimeClosed(f"runtime already {self._state}; build a new Runtime")
-        self._state = "starting"
+        if self._state is not RuntimeState.NEW:
+            raise RuntimeClosed(f"runtime already {self._state.value}; build a new Runtime")
+        self._set_state(RuntimeState.STARTING)
         loop = asyncio.get_running_loop()
         self._loop = loop
         n = self._n
@@ -170,7 +186,7 @@ class Runtime:
             self._workers.append(
                 Worker(
                     w,
-                    workers=n,
+                    n_workers=n,
                     kinds=self._kinds,
                     host=self._host,
                     hub=self._hub,
@@ -182,17 +198,16 @@ class Runtime:
                     name=self._name,
                 )
             )
-        wake_app = self._wake
         for w, worker in enumerate(self._workers):
-            worker.outbox = Lane(1 << 62, wake_app)
+            worker.outbox = Lane(1 << 62, self._wake)
             self._outboxes.append(worker.outbox)
             lane = worker.inbox[n]
             lane.wake = functools.partial(self._defer_wake, worker.wake)
             self._lanes.append(lane)
             self._ledger.lanes.append(lane)
             worker.set_peers([other.inbox[w] for other in self._workers])
-            self._started[w] = loop.create_future()
-            self._stopped[w] = loop.create_future()
+            self._started[w] = self._dispatch.started[w] = loop.create_future()
+            self._stopped[w] = self._dispatch.stopped[w] = loop.create_future()
         errors = []
         for worker in self._workers:
             try:
@@ -208,18 +223,15 @@ class Runtime:
                 await asyncio.wait_for(self._started[w], 10.0)
             except Exception as exc:
                 errors.append(f"worker {w}: {exc!r}")
-        if self._state != "starting":  # shutdown() ran meanwhile and stops the workers
+        if self.state is not RuntimeState.STARTING:  # shutdown() ran meanwhile
             raise RuntimeClosed("the runtime was shut down while it was starting")
         if errors:
-            self._state = "closing"
-            self._running = False
+            self._set_state(RuntimeState.CLOSING)
             for lane in self._lanes:  # the workers that did start stop now
-                lane.push_force((OP_SHUTDOWN,))
+                lane.push_force(ShutdownCmd())
             await self._stop_workers(timeout=2.0, raise_timeout=False)
             raise ConfigError("runtime failed to start: " + "; ".join(errors))
-        self._state = "running"
-        self._running = True
-        self._ledger.accepting = True
+        self._set_state(RuntimeState.RUNNING)
         return self
 
     async def __aenter__(self) -> Runtime:
@@ -240,20 +252,18 @@ class Runtime:
         Raises :class:`ShutdownTimeout` naming the tasks that were still running after
         ``timeout`` seconds; they are dropped and the runtime is stopped anyway.
         """
-        if self._state in ("new", "closed"):
-            self._state = "closed"
+        if self._state in (RuntimeState.NEW, RuntimeState.CLOSED):
+            self._set_state(RuntimeState.CLOSED)
             return
-        if self._state == "closing":
+        if self._state is RuntimeState.CLOSING:
             if self._stopping is not None:  # another shutdown runs it: wait for its end
                 await asyncio.wait([self._stopping])
             else:  # a failed start is stopping the workers
                 await asyncio.gather(*self._stopped.values(), return_exceptions=True)
             return
-        self._state = "closing"
-        self._running = False
-        self._ledger.accepting = False
+        self._set_state(RuntimeState.CLOSING)
         for lane in self._lanes:
-            lane.push_force((OP_SHUTDOWN,))
+            lane.push_force(ShutdownCmd())
         # A task of its own, shielded: a cancelled shutdown still finishes closing.
         stopping = self._stopping = asyncio.ensure_future(
             self._stop_workers(timeout=timeout, raise_timeout=True)
@@ -269,7 +279,7 @@ class Runtime:
             if still:
                 for w, fut in self._stopped.items():
                     if not fut.done():
-                        self._lanes[w].push_force((OP_FORCE_STOP,))
+                        self._lanes[w].push_force(ForceStopCmd())
                 await asyncio.wait(still, timeout=2.0)
         stuck = []
         for w, fut in self._stopped.items():
@@ -278,29 +288,18 @@ class Runtime:
             else:
                 stuck.append(w)
         joins = [
-            asyncio.to_thread(worker.thread.join, 2.0)
-            for worker in self._workers
-            if worker.thread.is_alive()
+            asyncio.to_thread(worker.join, 2.0) for worker in self._workers if worker.is_alive()
         ]
         if joins:
             await asyncio.gather(*joins)
-        stuck = sorted(set(stuck) | {w.worker_id for w in self._workers if w.thread.is_alive()})
+        stuck = sorted(set(stuck) | {w.worker_id for w in self._workers if w.is_alive()})
         self._on_outbox()  # collect what arrived last
-        self._state = "closed"
+        self._set_state(RuntimeState.CLOSED)
         closed = RuntimeClosed("the runtime has shut down")
-        for sfut in self._spawns.values():
-            if not sfut.done():
-                sfut.set_exception(closed)
-        for rfut, _ in self._requests.values():
-            if not rfut.done():
-                rfut.set_exception(closed)
+        self._dispatch.fail_all(closed)
         for pfut in list(self._parked):
             if not pfut.done():
                 pfut.set_exception(closed)
-        self._spawns.clear()
-        self._requests.clear()
-        self._ledger.req_by_task.clear()
-        self._ledger.accepting = False
         self._wake_events()
         if raise_timeout and (unfinished or stuck):
             names = ", ".join(str(r) for r in unfinished) or "none"
@@ -314,9 +313,10 @@ class Runtime:
     # ------------------------------------------------------------------ spawning
 
     def _check_running(self) -> None:
-        if self._state != "running":
+        if self._state is not RuntimeState.RUNNING:
             raise RuntimeClosed(
-                f"the runtime is {self._state}: use 'async with Runtime(...)' or 'await start()'"
+                f"the runtime is {self._state.value}: "
+                "use 'async with Runtime(...)' or 'await start()'"
             )
 
     async def spawn(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
@@ -330,8 +330,8 @@ class Runtime:
         assert self._loop is not None
         sid = next(self._ids)
         fut: asyncio.Future[TaskRef] = self._loop.create_future()
-        self._spawns[sid] = fut
-        self._lanes[worker].push_force((OP_SPAWN, sid, kind, cfg, None, None))
+        self._pending[sid] = fut
+        self._lanes[worker].push_force(SpawnCmd(sid, kind, cfg, None, None))
         return await fut
 
     # ------------------------------------------------------------------ messages
@@ -342,11 +342,14 @@ class Runtime:
         Raises :class:`QueueFull` if the worker's inbox is full,
         :class:`UnknownTarget` if the target does not exist.
         """
-        lane = self._live.get(target) if self._running else None  # type: ignore[arg-type]
+        try:
+            lane = self._live.get(target)  # type: ignore[arg-type]
+        except TypeError:  # unhashable: not a target (the slow path says why)
+            lane = None
         if lane is not None:  # the hot path, inlined
             q = lane.q
             if len(q) < lane.capacity:
-                q.append((OP_EXT, target, msg))
+                q.append((target, msg))
                 if len(q) == 1:
                     lane.wake()
                 return
@@ -354,7 +357,7 @@ class Runtime:
         lane, item = self._ledger.route(target, msg)
         if not lane.push(item):
             raise QueueFull(
-                f"inbox of worker {lane_worker(target)} is full "
+                f"inbox of worker {_worker_of(target)} is full "
                 f"({lane.capacity} messages); use 'await send()' to wait for room"
             )
 
@@ -398,42 +401,37 @@ class Runtime:
         assert self._loop is not None
         rid = next(self._ids)
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._requests[rid] = (fut, task)
+        self._pending[rid] = fut
         self._ledger.track(task, rid)
-        lane.push_force((OP_REQUEST, task, rid, msg))
+        lane.push_force(RequestCmd(task, rid, msg))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RequestTimeout(f"{task} did not reply within {timeout} s") from None
         finally:
-            self._requests.pop(rid, None)
+            self._pending.pop(rid, None)
             self._ledger.untrack(task, rid)
 
     async def run_on_worker(self, worker: int, fn: Callable[[WorkerCore], R]) -> R:
         """Run ``fn(core)`` on worker ``worker``'s thread and return its result.
 
-        For introspection and tests; ``fn`` must not block.
+        ``fn`` receives the worker's :class:`~sansio_aio.lowlevel.WorkerCore`; it must not
+        block. It travels to the worker as a message and its result (or exception) comes
+        back as one, in order with the worker's other reports: to work with worker
+        processes too, make ``fn`` picklable (a module-level function, or a
+        ``functools.partial`` of one). For introspection and tests.
         """
         self._check_running()
-        if not 0 <= worker < self._n:
-            raise UnknownTarget(f"no worker {worker}; workers are 0..{self._n - 1}")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[R] = loop.create_future()
-
-        def call(core: WorkerCore) -> None:
-            try:
-                result = fn(core)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_set_exc_if_pending, fut, exc)
-            else:
-                loop.call_soon_threadsafe(_set_if_pending, fut, result)
-
-        self._lanes[worker].push_force((OP_CALL, call))
-        self._parked.add(fut)
+        self._ledger.check_worker(worker)
+        assert self._loop is not None
+        cid = next(self._ids)
+        fut: asyncio.Future[R] = self._loop.create_future()
+        self._pending[cid] = fut
+        self._lanes[worker].push_force(CallCmd(cid, fn))
         try:
             return await fut
         finally:
-            self._parked.discard(fut)
+            self._pending.pop(cid, None)
 
     # ------------------------------------------------------------------ events
 
@@ -450,7 +448,7 @@ class Runtime:
         Returns ``[]`` once the runtime has shut down and every event was read.
         """
         while not self._events:
-            if self._state == "closed":
+            if self._state is RuntimeState.CLOSED:
                 return []
             await self._wait_events()
         return self.poll_events()
@@ -458,7 +456,7 @@ class Runtime:
     async def next_event(self) -> AppEvent:
         """Wait for the next event; raises :class:`RuntimeClosed` after shutdown."""
         while not self._events:
-            if self._state == "closed":
+            if self._state is RuntimeState.CLOSED:
                 raise RuntimeClosed("the runtime has shut down and every event was read")
             await self._wait_events()
         return self._events.popleft()
@@ -493,12 +491,12 @@ class Runtime:
     async def stats(self, *, fresh: bool = False, timeout: float = 1.0) -> RuntimeStats:
         """The latest snapshot of every worker plus the controller's own counters.
 
-        Workers refresh their snapshot every ``stats_interval``; with ``fresh=True`` each
-        worker is asked to refresh it now (waiting at most ``timeout`` for each; a worker
-        that does not answer in time keeps its old snapshot). A worker's ``age`` tells
-        how stale its snapshot is: a blocked worker stops refreshing it.
+        Workers send a snapshot every ``stats_interval``; with ``fresh=True`` each worker
+        is asked for one now (waiting at most ``timeout`` for each; a worker that does not
+        answer in time keeps its old snapshot). A worker's ``age`` tells how stale its
+        snapshot is: a blocked worker stops sending them.
         """
-        if fresh and self._state == "running":
+        if fresh and self._state is RuntimeState.RUNNING:
             calls = [
                 asyncio.wait_for(self.run_on_worker(w, _refresh), timeout) for w in range(self._n)
             ]
@@ -506,15 +504,15 @@ class Runtime:
         now = time.monotonic()
         snaps: list[WorkerStats] = []
         for worker in self._workers:
-            snap = worker.snapshot
+            snap = self._dispatch.snapshots.get(worker.worker_id)
             if snap is None:
                 continue
-            depth = sum(len(lane) for lane in worker.inbox)
-            snaps.append(_replace_stats(snap, age=max(0.0, now - snap.last_seen), depth=depth))
+            age = max(0.0, now - snap.last_seen)
+            snaps.append(replace(snap, age=age, inbox_depth=worker.inbox_depth()))
         return RuntimeStats(
             workers=tuple(snaps),
             placed=tuple(self._ledger.load),
-            events_dropped=self._events_dropped,
+            events_dropped=self._dispatch.events_dropped,
             events_pending=len(self._events),
         )
 
@@ -548,9 +546,7 @@ class Runtime:
             pass  # the application's loop is closed
 
     def _on_outbox(self) -> None:
-        events = self._events
-        append = events.append
-        task_output, app_reply = TaskOutput, APP_REPLY
+        handle = self._dispatch.handle
         again = False
         got_event = False
         for lane in self._outboxes:
@@ -559,32 +555,8 @@ class Runtime:
             if not n:
                 continue
             pop = q.popleft
-            room = self._event_capacity - len(events)
             for _ in range(n):
-                item = pop()
-                if type(item) is list:  # a worker's batch of task outputs only
-                    if len(item) <= room:
-                        events.extend(item)
-                        room -= len(item)
-                    else:
-                        events.extend(item[: max(room, 0)])
-                        self._events_dropped += len(item) - max(room, 0)
-                        room = 0
-                    got_event = True
-                elif type(item) is task_output:
-                    if room > 0:
-                        append(item)
-                        room -= 1
-                        got_event = True
-                    else:
-                        self._events_dropped += 1
-                elif item[0] == app_reply:
-                    entry = self._requests.get(item[1])
-                    if entry is not None and not entry[0].done():
-                        entry[0].set_result(item[2])
-                else:
-                    got_event |= self._on_control(item)
-                    room = self._event_capacity - len(events)
+                got_event |= handle(pop())
             if q:
                 again = True
         if got_event:
@@ -592,71 +564,8 @@ class Runtime:
         if again and self._loop is not None:
             self._loop.call_soon(self._on_outbox)
 
-    def _push_event(self, event: AppEvent) -> bool:
-        if len(self._events) < self._event_capacity:
-            self._events.append(event)
-            return True
-        self._events_dropped += 1
-        return False
 
-    def _on_control(self, item: tuple[Any, ...]) -> bool:
-        op = item[0]
-        if op == APP_SPAWNED:
-            _, sid, ref, error, w = item
-            fut = self._spawns.pop(sid, None)
-            self._ledger.spawned(ref, w)
-            if fut is not None and not fut.done():
-                if ref is not None:
-                    fut.set_result(ref)
-                else:
-                    fut.set_exception(spawn_error(str(error)))
-            return False
-        if op == APP_ENDED:
-            _, ref, tb = item
-            for rid in self._ledger.ended(ref):
-                entry = self._requests.get(rid)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_exception(ended_error(ref, tb))
-            return self._push_event(TaskFailed(ref, tb) if tb else TaskEnded(ref))
-        if op == APP_SPAWN_REQ:
-            _, kind, cfg, requester, tag = item
-            error = self._ledger.spawn_for_task(kind, cfg, requester, tag)
-            if error is not None and tag is None:
-                log.warning("spawn of %r requested by %s failed: %s", kind, requester, error)
-            return False
-        if op == APP_REQ_FAILED:
-            _, rid, message = item
-            entry = self._requests.get(rid)
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(UnknownTarget(message))
-            return False
-        if op == APP_STARTED:
-            _, w, error = item
-            start_fut = self._started.get(w)
-            if start_fut is not None and not start_fut.done():
-                if error is None:
-                    start_fut.set_result(None)
-                else:
-                    start_fut.set_exception(ConfigError(error))
-                    stopped = self._stopped.get(w)
-                    if stopped is not None and not stopped.done():
-                        stopped.set_result([])
-            return False
-        if op == APP_STOPPED:
-            _, w, unfinished = item
-            stop_fut = self._stopped.get(w)
-            if stop_fut is not None and not stop_fut.done():
-                stop_fut.set_result(list(unfinished))
-            return False
-        if op == APP_UNKNOWN:
-            self._undelivered += 1
-            log.debug("undelivered: %s", item[1])
-            return False
-        log.error("controller: unknown message %r", item)  # pragma: no cover
-        return False
-
-
-def lane_worker(target: TaskRef | int) -> int:
+def _worker_of(target: TaskRef | int) -> int:
     """The worker id a send target lives on."""
     return target if isinstance(target, int) else target.worker
 
@@ -668,7 +577,8 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def _refresh(core: WorkerCore) -> None:
-    core.request_snapshot()
+    """Run on a worker: send a fresh stats snapshot (module level: picklable)."""
+    core.report_stats()
 
 
 def _set_if_pending(fut: asyncio.Future[Any], value: Any = None) -> None:
@@ -676,10 +586,7 @@ def _set_if_pending(fut: asyncio.Future[Any], value: Any = None) -> None:
         fut.set_result(value)
 
 
-def _set_exc_if_pending(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+if TYPE_CHECKING:
 
-
-def _replace_stats(snap: WorkerStats, *, age: float, depth: int) -> WorkerStats:
-    return replace(snap, age=age, inbox_depth=depth)
+    def _conforms(rt: Runtime) -> RuntimeAPI:
+        return rt  # mypy checks that Runtime satisfies RuntimeAPI

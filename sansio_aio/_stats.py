@@ -46,8 +46,11 @@ class WorkerStats:
     drops: int
     #: Inputs for tasks that no longer exist.
     orphans: int
-    #: Tasks that ended by raising.
+    #: Tasks that ended by raising (their constructor included).
     failures: int
+    #: Task outputs that no driver of the runtime handles (dropped; the first ten are
+    #: logged with the driver to add).
+    unrouted: int
     #: Periodic ticks run.
     ticks: int
     #: ``time.monotonic()`` of the snapshot.

@@ -1,21 +1,68 @@
-"""The messages between the controller and the workers, and the core's outlet.
+"""The messages that cross between the controller and the workers, as types.
 
-Inbox messages (controller or another worker -> a worker) are tuples whose first item is
-an ``OP_*`` code; application-bound messages (a worker -> the controller) are tuples
-starting with an ``APP_*`` code, except task outputs, which travel as the
-``TaskOutput`` event itself. Everything is plain data, so a later process-based
-transport can pickle it. This module imports no asyncio.
+Theory of operation
+-------------------
+Everything that crosses a :class:`~sansio_aio._lane.Lane` is plain, picklable data, so
+that a process transport can carry the same messages as the in-process deques:
+
+* **to a worker** (from the controller, or from another worker): the commands below,
+  each a ``NamedTuple`` the worker core dispatches on by exact type. The one hot path,
+  an application message to a task, travels as a bare ``(ref, msg)`` tuple: building a
+  ``NamedTuple`` costs a Python-level ``__new__`` per message, a tuple display costs
+  nothing (``bench/controller_echo.py``), and ``type(item) is tuple`` tells it apart
+  from every command.
+* **to the controller** (from a worker): the reports below, again ``NamedTuple``\\ s, and
+  the task outputs, which travel as the public :class:`~sansio_aio.TaskOutput` event
+  itself, or as a plain ``list`` of them when a worker callback produced nothing else
+  (one lane item for a whole batch).
+
+Nothing here holds a closure, a future or a lock: results come back as reports that
+name the id the controller is waiting on (spawns, requests, calls). ``CallCmd.fn`` is a
+callable the application chose to run on the worker; across a process boundary it must
+be picklable (a module-level function), in threads any callable does.
+
+This module imports no asyncio.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+import enum
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ._events import TaskRef
 from ._task import TaskProtocol
 
-__all__ = ["HOST_KIND", "CoreSink", "HostFactory", "TaskFactory"]
+if TYPE_CHECKING:
+    from ._stats import WorkerStats
+
+__all__ = [
+    "HOST_KIND",
+    "BroadcastCmd",
+    "BusCmd",
+    "CallCmd",
+    "CallResult",
+    "CoreSink",
+    "DirectCmd",
+    "EndReport",
+    "ForceStopCmd",
+    "HostCmd",
+    "HostFactory",
+    "ReplyReport",
+    "RequestCmd",
+    "RequestFailed",
+    "ShutdownCmd",
+    "SpawnCmd",
+    "SpawnFailure",
+    "SpawnReport",
+    "SpawnRequest",
+    "SpawnedCmd",
+    "StartReport",
+    "StatsReport",
+    "StopReport",
+    "TaskFactory",
+    "Undelivered",
+]
 
 #: The kind name of each worker's host task (receives worker messages and broadcasts).
 HOST_KIND = "host"
@@ -23,39 +70,182 @@ HOST_KIND = "host"
 TaskFactory = Callable[[Any], TaskProtocol]
 HostFactory = Callable[[int], TaskProtocol]
 
-# Inbox operations (controller or another worker -> this worker).
-OP_EXT = 0  # (OP_EXT, ref, msg)
-OP_HOST = 1  # (OP_HOST, msg)
-OP_REQUEST = 2  # (OP_REQUEST, ref, request_id, msg)
-OP_SPAWN = 3  # (OP_SPAWN, spawn_id, kind, cfg, requester | None, tag)
-OP_BUS = 4  # (OP_BUS, channel, source, msg)
-OP_BCAST = 5  # (OP_BCAST, source_worker, msg)
-OP_DIRECT = 6  # (OP_DIRECT, target, source, msg)
-OP_SPAWNED = 7  # (OP_SPAWNED, requester, tag, ref | None, error | None)
-OP_SHUTDOWN = 8  # (OP_SHUTDOWN,)
-OP_FORCE_STOP = 9  # (OP_FORCE_STOP,)
-OP_CALL = 10  # (OP_CALL, fn): run fn(core) on the worker (introspection, tests)
 
-# Application-bound messages (this worker -> controller).
-# A task's ExtOut travels as the ``TaskOutput`` event itself (no tuple around it).
-APP_REPLY = 1  # (APP_REPLY, request_id, msg)
-APP_SPAWNED = 2  # (APP_SPAWNED, spawn_id, ref | None, error | None, worker)
-APP_SPAWN_REQ = 3  # (APP_SPAWN_REQ, kind, cfg, requester, tag)
-APP_ENDED = 4  # (APP_ENDED, ref, traceback | None)
-APP_REQ_FAILED = 5  # (APP_REQ_FAILED, request_id, message)
-APP_STOPPED = 6  # (APP_STOPPED, worker, [unfinished refs])
-APP_STARTED = 7  # (APP_STARTED, worker, error | None)
-APP_UNKNOWN = 8  # (APP_UNKNOWN, description): a message for a task that is gone
+class SpawnFailure(enum.Enum):
+    """Why a spawn did not happen (carried next to the human-readable message)."""
+
+    #: No factory is registered under the kind's name.
+    UNKNOWN_KIND = "unknown-kind"
+    #: The runtime is shutting down and takes no new task.
+    CLOSING = "closing"
+    #: The kind's factory raised.
+    CONSTRUCTOR_RAISED = "constructor-raised"
+
+
+# ----------------------------------------------------------------- to a worker
+
+
+class HostCmd(NamedTuple):
+    """An application message for the worker's host task."""
+
+    msg: Any
+
+
+class RequestCmd(NamedTuple):
+    """An application request to a task; answered by a :class:`ReplyReport`."""
+
+    ref: TaskRef
+    rid: int
+    msg: Any
+
+
+class SpawnCmd(NamedTuple):
+    """Create a task of ``kind`` from ``cfg``.
+
+    ``sid`` is the controller's id for the answer (``-1`` when a task asked for it);
+    ``requester`` and ``tag`` are the asking task and its tag (answered with a
+    ``Spawned`` input when ``tag`` is not ``None``).
+    """
+
+    sid: int
+    kind: str
+    cfg: Any
+    requester: TaskRef | None
+    tag: Hashable
+
+
+class SpawnedCmd(NamedTuple):
+    """Tell ``requester`` (on this worker) how its ``Spawn(tag=...)`` went."""
+
+    requester: TaskRef
+    tag: Hashable
+    ref: TaskRef | None
+    error: str | None
+
+
+class BusCmd(NamedTuple):
+    """A bus message for this worker's subscribers of ``channel``."""
+
+    channel: Hashable
+    source: TaskRef
+    msg: Any
+
+
+class BroadcastCmd(NamedTuple):
+    """A broadcast from worker ``source`` for this worker's host task."""
+
+    source: int
+    msg: Any
+
+
+class DirectCmd(NamedTuple):
+    """A task-to-task message for ``target`` (``SendTo``)."""
+
+    target: TaskRef
+    source: TaskRef
+    msg: Any
+
+
+class ShutdownCmd(NamedTuple):
+    """Begin a graceful stop: ``on_shutdown`` on every task, stop once all are empty."""
+
+
+class ForceStopCmd(NamedTuple):
+    """Stop now: drop every task (their resources are still released)."""
+
+
+class CallCmd(NamedTuple):
+    """Run ``fn(core)`` on the worker and answer with a :class:`CallResult`."""
+
+    cid: int
+    fn: Callable[[Any], Any]
+
+
+# ----------------------------------------------------------- to the controller
+
+
+class ReplyReport(NamedTuple):
+    """A task's ``Reply`` to request ``rid``."""
+
+    rid: int
+    msg: Any
+
+
+class RequestFailed(NamedTuple):
+    """Request ``rid`` reached no task (it had ended)."""
+
+    rid: int
+    message: str
+
+
+class SpawnReport(NamedTuple):
+    """The answer to ``SpawnCmd(sid, ...)``: ``ref``, or ``failure`` with ``error``."""
+
+    sid: int
+    ref: TaskRef | None
+    failure: SpawnFailure | None
+    error: str | None
+    worker: int
+
+
+class SpawnRequest(NamedTuple):
+    """Task ``requester`` emitted ``Spawn(kind, cfg, tag)``: the controller places it."""
+
+    kind: str
+    cfg: Any
+    requester: TaskRef
+    tag: Hashable
+
+
+class EndReport(NamedTuple):
+    """Task ``ref`` ended; ``traceback`` is set when it raised."""
+
+    ref: TaskRef
+    traceback: str | None
+
+
+class Undelivered(NamedTuple):
+    """A message arrived for a task that is gone (counted by the controller)."""
+
+    description: str
+
+
+class StartReport(NamedTuple):
+    """Worker ``worker`` is running (``error`` is None) or could not start."""
+
+    worker: int
+    error: str | None
+
+
+class StopReport(NamedTuple):
+    """Worker ``worker`` stopped; ``unfinished`` tasks were dropped by a forced stop."""
+
+    worker: int
+    unfinished: list[TaskRef]
+
+
+class StatsReport(NamedTuple):
+    """A fresh stats snapshot of one worker."""
+
+    snapshot: WorkerStats
+
+
+class CallResult(NamedTuple):
+    """The outcome of ``CallCmd(cid, fn)``: ``fn``'s value, or the exception it raised."""
+
+    cid: int
+    ok: bool
+    value: Any
 
 
 class CoreSink(Protocol):
     """Where a ``WorkerCore`` sends what leaves it. Implemented by the worker shell."""
 
-    def to_app(self, item: tuple[Any, ...]) -> None:
-        """Hand one message to the controller (never blocks, never drops)."""
+    def to_app(self, item: Any) -> None:
+        """Hand one report to the controller (never blocks, never drops)."""
 
-    def to_worker(self, worker: int, item: tuple[Any, ...], safe: bool) -> bool:
-        """Hand one message to another worker; False if refused (full and not safe)."""
+    def to_worker(self, worker: int, item: Any, safe: bool) -> bool:
+        """Hand one command to another worker; False if refused (full and not safe)."""
 
     def arm_deadline(self, when: float) -> None:
         """Make sure ``on_deadline`` runs at ``when`` (earlier than anything armed)."""
@@ -63,3 +253,6 @@ class CoreSink(Protocol):
     def stopped(self, unfinished: list[TaskRef]) -> None:
         """The worker is done: every task ended (or, on a forced stop, ``unfinished``
         were dropped). The shell reports it and stops the worker."""
+
+    def snapshot(self) -> None:
+        """Send a fresh stats snapshot to the controller now."""

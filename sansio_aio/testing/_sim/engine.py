@@ -23,12 +23,14 @@ one deterministic loop:
   settle. Awaiting a result that is not ready steps the clock to the next timer when
   the clock autojumps (the default); with a manual clock it waits for the test to
   advance it from another coroutine.
-* **the controller.** Placement is the controller's: least loaded by its own count,
-  ties round-robin, task-emitted spawns through the same balancer; events, replies,
-  spawn results and task ends are handled as ``Runtime._on_control`` handles them.
+* **the controller.** The real controller's rules, shared with ``Runtime``: placement
+  and routing by the :class:`~sansio_aio._ledger.Ledger` (least loaded by its own
+  count, ties round-robin, task-emitted spawns through the same balancer) and the
+  workers' reports handled by the :class:`~sansio_aio._dispatch.Dispatcher`, whose
+  decisions land in the trace. Every waiter is a synchronous ``Result``.
 
-The worker shell lives in ``simworker.py``, the controller's bookkeeping in
-``simcontrol.py``. Every task is wrapped (``watch.py``) so each input and output lands
+The worker shell is the real one (``_shell.WorkerShell``) with the fake clock as its
+scheduler (``worker.py``). Every task is wrapped (``_watch.py``) so each input and output lands
 in the trace with its simulated time; a protocol violation is raised at the next
 checkpoint when ``strict`` is on. Drivers get a context whose ``deliver`` feeds the core
 and whose ``loop`` does not exist: only simulated drivers (``SimNetwork``'s) make sense
@@ -39,32 +41,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
+from ..._api import RuntimeState
 from ..._bus import BusHub
 from ..._core import WorkerCore
+from ..._dispatch import Dispatcher, Result
 from ..._driver import DriverFactory
-from ..._errors import (
-    ConfigError,
-    QueueFull,
-    RuntimeClosed,
-    ShutdownTimeout,
-)
+from ..._errors import ConfigError, QueueFull, RuntimeClosed, ShutdownTimeout
 from ..._events import AppEvent, TaskRef
-from ..._ledger import check_runtime_args
+from ..._lane import Lane
+from ..._ledger import Ledger, check_runtime_args
+from ..._shell import ShellContext
 from ..._task import TaskProtocol
-from ..._wire import OP_FORCE_STOP, OP_SHUTDOWN, OP_SPAWN, HostFactory, TaskFactory
+from ..._wire import ForceStopCmd, HostFactory, ShutdownCmd, SpawnCmd, TaskFactory
 from .._clock import FakeClock
 from .._errors import ProtocolViolation, SimulationStalled
 from .._trace import Trace
 from .._watch import Watched, watch
-from .control import PENDING, SimController
 from .net import SimNetwork
-from .worker import SimDriverContext, SimWorker
+from .worker import SimWorker
 
 __all__ = ["SimEngine"]
+
+
+def _no_wake() -> None:
+    """The simulated controller polls the outbox when it settles: no wake-up needed."""
 
 
 class SimEngine:
@@ -113,17 +116,15 @@ class SimEngine:
         self._inbox_capacity = inbox_capacity
         self._hub = BusHub()
         self._workers: list[SimWorker] = []
-        self._outbox: deque[Any] = deque()
-        self._state = "new"
-        self._ctl = SimController(
-            workers,
-            set(self._kinds),
-            has_host=host is not None,
-            event_capacity=event_capacity,
-            clock=self.clock,
-            trace=self.trace,
-        )
-        self._events = self._ctl.events
+        # One outbox for every worker: the controller handles reports in the order the
+        # workers handed them over (single-threaded, so one lane is enough).
+        self._outbox = Lane(1 << 62, _no_wake)
+        self._state = RuntimeState.NEW
+        self._ledger = Ledger(workers, set(self._kinds), has_host=host is not None)
+        self._dispatch = Dispatcher(self._ledger, event_capacity, record=self._record_app)
+        self._events = self._dispatch.events
+        self._pending = self._dispatch.pending
+        self._ids = itertools.count(1)
         self._settling = False
         self._serial = itertools.count()
         #: Protocol violations seen so far (raised at the next checkpoint if strict).
@@ -140,19 +141,32 @@ class SimEngine:
         return self._n
 
     @property
+    def state(self) -> RuntimeState:
+        """Where the runtime is in its life cycle."""
+        return self._state
+
+    @property
     def running(self) -> bool:
         """True between start and shutdown."""
-        return self._state == "running"
+        return self._state is RuntimeState.RUNNING
 
     @property
     def now(self) -> float:
         """The simulated time."""
         return self.clock.now()
 
+    def _set_state(self, state: RuntimeState) -> None:
+        """The one place the life cycle moves (as ``Runtime._set_state``)."""
+        self._state = state
+        self._ledger.accepting = state is RuntimeState.RUNNING
+
+    def _record_app(self, kind: str, detail: Any) -> None:
+        self.trace.record(self.clock.now(), "app", kind, detail)
+
     def start_now(self) -> Self:
         """Start the simulated workers (synchronous form of :meth:`start`)."""
-        if self._state != "new":
-            raise RuntimeClosed(f"runtime already {self._state}; build a new SimRuntime")
+        if self._state is not RuntimeState.NEW:
+            raise RuntimeClosed(f"runtime already {self._state.value}; build a new SimRuntime")
         now = self.clock.now()
         self._t0 = now
         n = self._n
@@ -167,26 +181,30 @@ class SimEngine:
                     clock=self.clock,
                     outbox=self._outbox,
                     settle=self.settle,
+                    delivered=self._delivered,
                     t0=now,
                     tick=self._tick,
                 )
             )
-        self._ctl.workers = self._workers
+        for w, sw in enumerate(self._workers):
+            sw.set_peers([other.inbox[w] for other in self._workers])
+            self._ledger.lanes.append(sw.inbox[n])
+            self._dispatch.stopped[w] = Result()
         w = 0
         try:
             for w, sw in enumerate(self._workers):
-                sw.peers = self._workers
                 drivers = [factory() for factory in self._driver_factories]
-                ctx = SimDriverContext(w, self.clock, self._deliver)
+                ctx = ShellContext(sw)
                 for driver in drivers:
                     driver.start(ctx)
                     sw.drivers.append(driver)  # started: closed by close(), even on failure
-                sw.core = WorkerCore(w, kinds, self._hub, sw, workers=n, host=host, drivers=drivers)
+                sw.core = WorkerCore(
+                    w, kinds, self._hub, sw, n_workers=n, host=host, drivers=drivers
+                )
             self.trace.record(now, "rt", "start", f"workers={n} tick={self._tick}")
-            self._state = "running"
-            self._ctl.accepting = True
+            self._set_state(RuntimeState.RUNNING)
             for sw in self._workers:
-                w = sw.id
+                w = sw.worker_id
                 assert sw.core is not None
                 sw.core.start(now)
                 sw.start_ticks()
@@ -255,24 +273,22 @@ class SimEngine:
         now = self.clock.now()
         progressed = False
         for sw in self._workers:
-            progressed |= sw.drain_inbox(now)
-        if self._outbox:
+            progressed |= sw.pump(now)
+        q = self._outbox.q
+        if q:
             progressed = True
-            self._ctl.dispatch(self._outbox)
+            handle = self._dispatch.handle
+            while q:
+                handle(q.popleft())
         return progressed
 
-    def _deliver(self, wid: int, task: TaskRef, event: Any) -> bool:
-        sw = self._workers[wid]
-        if sw.core is None or sw.done:
-            return False
-        ok = sw.core.deliver(task, event, self.clock.now())
+    def _delivered(self) -> None:
         # As Worker.deliver: a driver delivering from inside ``handle`` (a core mid-drain,
         # e.g. a tick or deadline fired while the clock moved) had its input queued; the
         # running callback settles at its end. Settling now would run inboxes, the
         # controller and timers inside that drain (tasks re-entered, the depth reset).
-        if not any(w.core is not None and w.core._depth for w in self._workers):
+        if not any(w.core is not None and w.core.draining for w in self._workers):
             self.settle()
-        return ok
 
     # ------------------------------------------------------------------ moving time
 
@@ -319,26 +335,24 @@ class SimEngine:
     # ------------------------------------------------------------------ spawning
 
     def _check_running(self) -> None:
-        if self._state != "running":
+        if self._state is not RuntimeState.RUNNING:
             raise RuntimeClosed(
-                f"the runtime is {self._state}: use 'async with SimRuntime(...)' or start()"
+                f"the runtime is {self._state.value}: use 'async with SimRuntime(...)' or start()"
             )
 
     def spawn_now(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
         """Start a task at the current instant and return its reference (synchronous)."""
         self._check_running()
-        ctl = self._ctl
-        worker = ctl.place(kind, worker)
-        sid = next(ctl.ids)
-        ctl.results[sid] = PENDING
+        worker = self._ledger.place(kind, worker)
+        sid = next(self._ids)
+        fut = self._pending[sid] = Result()
         self.trace.record(self.clock.now(), "rt", "spawn", (kind, cfg, worker))
-        ctl.lane(worker).push_force((OP_SPAWN, sid, kind, cfg, None, None))
+        self._ledger.lanes[worker].push_force(SpawnCmd(sid, kind, cfg, None, None))
         self.settle()
-        result = ctl.results.pop(sid)
-        if isinstance(result, BaseException):
-            raise result
-        assert isinstance(result, TaskRef), "spawn did not complete at its instant"
-        return result
+        self._pending.pop(sid, None)
+        assert fut.done(), "spawn did not complete at its instant"
+        ref: TaskRef = fut.result()
+        return ref
 
     # ------------------------------------------------------------------ messages
 
@@ -348,7 +362,7 @@ class SimEngine:
         Raises :class:`QueueFull` if the worker's inbox lane is full, as the runtime does.
         """
         self._check_running()
-        lane, item = self._ctl.route(target, msg)
+        lane, item = self._ledger.route(target, msg)
         self.trace.record(self.clock.now(), "rt", "send", (target, msg))
         if not lane.push(item):
             raise QueueFull(f"inbox of the target worker is full ({lane.capacity} messages)")
@@ -357,7 +371,7 @@ class SimEngine:
     def send_force(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg`` even past the inbox bound."""
         self._check_running()
-        lane, item = self._ctl.route(target, msg)
+        lane, item = self._ledger.route(target, msg)
         self.trace.record(self.clock.now(), "rt", "send", (target, msg))
         lane.push_force(item)
         self.settle()
@@ -379,34 +393,36 @@ class SimEngine:
         self._events.clear()
         return out
 
-    # ------------------------------------------------------------------ stats
-
     # ------------------------------------------------------------------ shutdown
 
     def shutdown_now(self, timeout: float = 5.0) -> None:
         """The synchronous form of :meth:`shutdown`."""
-        if self._state in ("new", "closed"):
-            self._state = "closed"
+        if self._state in (RuntimeState.NEW, RuntimeState.CLOSED):
+            self._set_state(RuntimeState.CLOSED)
             return
-        self._state = "closing"
-        self._ctl.accepting = False
+        self._set_state(RuntimeState.CLOSING)
         self.trace.record(self.clock.now(), "rt", "shutdown")
-        n = self._n
-        stopped = self._ctl.stopped
-        for sw in self._workers:
-            sw.inbox[n].push_force((OP_SHUTDOWN,))
+        stopped = self._dispatch.stopped
+        for lane in self._ledger.lanes:
+            lane.push_force(ShutdownCmd())
+
+        def all_stopped() -> bool:
+            return all(result.done() for result in stopped.values())
+
         try:
-            self.run_until(lambda: len(stopped) == n, within=timeout)
+            self.run_until(all_stopped, within=timeout)
         except SimulationStalled:
             pass
         unfinished: list[TaskRef] = []
-        if len(stopped) < n:
-            for sw in self._workers:
-                if sw.id not in stopped:
-                    sw.inbox[n].push_force((OP_FORCE_STOP,))
+        if not all_stopped():
+            for w, result in stopped.items():
+                if not result.done():
+                    self._ledger.lanes[w].push_force(ForceStopCmd())
             self.settle()
-            for refs in stopped.values():
-                unfinished.extend(refs)
+            for result in stopped.values():
+                if result.done():
+                    assert isinstance(result, Result)
+                    unfinished.extend(result.result())
         self.close()
         if unfinished:
             names = ", ".join(str(r) for r in unfinished)
@@ -418,15 +434,15 @@ class SimEngine:
 
     def close(self) -> None:
         """Stop at once without a graceful shutdown: cancel timers, close the drivers."""
-        if self._state == "closed":
+        if self._state is RuntimeState.CLOSED:
             return
-        self._state = "closed"
-        self._ctl.accepting = False
+        self._set_state(RuntimeState.CLOSED)
         for sw in self._workers:
             sw.cancel_timers()
             sw.done = True
             for driver in sw.drivers:
                 driver.close()
+        self._dispatch.fail_all(RuntimeClosed("the runtime has shut down"))
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -434,6 +450,6 @@ class SimEngine:
 
     def __repr__(self) -> str:
         return (
-            f"<SimRuntime {self._state} workers={self._n} t={self.clock.now()!r} "
-            f"seed={self.seed} live={len(self._ctl.live)}>"
+            f"<SimRuntime {self._state.value} workers={self._n} t={self.clock.now()!r} "
+            f"seed={self.seed} live={len(self._ledger.live)}>"
         )

@@ -20,16 +20,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..._api import RuntimeState
 from ..._core import WorkerCore
-from ..._errors import RequestTimeout, RuntimeClosed, UnknownTarget
+from ..._dispatch import Result
+from ..._errors import RequestTimeout, RuntimeClosed
 from ..._events import AppEvent, TaskRef
 from ..._stats import RuntimeStats
-from ..._wire import OP_REQUEST
+from ..._wire import CallCmd, RequestCmd
 from .._errors import SimulationStalled
-from .control import PENDING
 from .engine import SimEngine
+
+if TYPE_CHECKING:
+    from ..._api import RuntimeAPI
 
 __all__ = ["SimRuntime"]
 
@@ -40,7 +44,8 @@ class SimRuntime(SimEngine):
     """Run tasks on simulated workers, a fake clock and a simulated network.
 
     The arguments ``kinds``, ``workers``, ``tick``, ``host``, ``inbox_capacity`` and
-    ``event_capacity`` mean what they mean for :class:`sansio_aio.Runtime`.
+    ``event_capacity`` mean what they mean for :class:`sansio_aio.Runtime`; both
+    runtimes satisfy :class:`sansio_aio.RuntimeAPI`.
 
     Args:
         drivers: driver factories; default: the simulated network's (UDP, TCP).
@@ -106,42 +111,42 @@ class SimRuntime(SimEngine):
         does not exist.
         """
         self._check_running()
-        ctl = self._ctl
-        lane = ctl.live_lane(task)
-        rid = next(ctl.ids)
-        ctl.results[rid] = PENDING
-        ctl.track(task, rid)
+        ledger = self._ledger
+        lane = ledger.live_lane(task)
+        rid = next(self._ids)
+        fut = self._pending[rid] = Result()
+        ledger.track(task, rid)
         self.trace.record(self.clock.now(), "rt", "request", (task, rid, msg))
-        lane.push_force((OP_REQUEST, task, rid, msg))
+        lane.push_force(RequestCmd(task, rid, msg))
         try:
-            done = await self._wait(
-                lambda: ctl.results.get(rid) is not PENDING, timeout, f"request to {task}"
-            )
-            if not done:
+            if not await self._wait(fut.done, timeout, f"request to {task}"):
                 raise RequestTimeout(f"{task} did not reply within {timeout} simulated s")
-            result = ctl.results.get(rid)
-            if isinstance(result, BaseException):
-                raise result
-            return result
+            return fut.result()
         finally:
-            ctl.results.pop(rid, None)
-            ctl.untrack(task, rid)
+            self._pending.pop(rid, None)
+            ledger.untrack(task, rid)
 
     async def run_on_worker(self, worker: int, fn: Callable[[WorkerCore], R]) -> R:
-        """Run ``fn(core)`` on worker ``worker`` (at once) and return its result."""
+        """Run ``fn(core)`` on worker ``worker`` (at the current instant); its result."""
         self._check_running()
-        if not 0 <= worker < self._n:
-            raise UnknownTarget(f"no worker {worker}; workers are 0..{self._n - 1}")
-        core = self._workers[worker].core
-        assert core is not None
-        return fn(core)
+        self._ledger.check_worker(worker)
+        cid = next(self._ids)
+        fut = self._pending[cid] = Result()
+        self._ledger.lanes[worker].push_force(CallCmd(cid, fn))
+        try:
+            if not await self._wait(fut.done, None, f"run_on_worker({worker})"):
+                raise SimulationStalled(f"worker {worker} did not run the call")
+            value: R = fut.result()
+            return value
+        finally:
+            self._pending.pop(cid, None)
 
     async def next_events(self) -> list[AppEvent]:
         """Wait (simulated time) for at least one event; return every pending one.
 
         Returns ``[]`` once the runtime has shut down and every event was read.
         """
-        if not self._events and self._state == "closed":
+        if not self._events and self._state is RuntimeState.CLOSED:
             return []
         await self._wait_event()
         return self.poll_events()
@@ -149,7 +154,7 @@ class SimRuntime(SimEngine):
     async def next_event(self) -> AppEvent:
         """Wait (simulated time) for the next event; raises :class:`RuntimeClosed` after
         shutdown, :class:`SimulationStalled` if no event can come."""
-        if not self._events and self._state == "closed":
+        if not self._events and self._state is RuntimeState.CLOSED:
             raise RuntimeClosed("the runtime has shut down and every event was read")
         await self._wait_event()
         return self._events.popleft()
@@ -163,20 +168,21 @@ class SimRuntime(SimEngine):
     async def events(self) -> AsyncIterator[AppEvent]:
         """Every event as an async iterator; ends after shutdown once drained."""
         while True:
-            if not self._events and self._state == "closed":
+            if not self._events and self._state is RuntimeState.CLOSED:
                 return
             yield await self.next_event()
 
-    async def stats(self) -> RuntimeStats:
-        """Worker snapshots built from the cores' counters (utilisation is 0: no real time)."""
+    async def stats(self, *, fresh: bool = False, timeout: float = 1.0) -> RuntimeStats:
+        """Worker snapshots built from the cores' counters, always fresh (``fresh`` and
+        ``timeout`` are accepted for :class:`sansio_aio.RuntimeAPI`; utilisation, busy
+        share and lag are 0: simulated time is not measured)."""
         self.settle()
         now = self.clock.now()
-        ctl = self._ctl
         return RuntimeStats(
-            workers=tuple(sw.snapshot(now) for sw in self._workers),
-            placed=tuple(ctl.load),
-            events_dropped=ctl.events_dropped,
-            events_pending=len(ctl.events),
+            workers=tuple(sw.build_stats(now) for sw in self._workers if sw.core is not None),
+            placed=tuple(self._ledger.load),
+            events_dropped=self._dispatch.events_dropped,
+            events_pending=len(self._events),
         )
 
     async def shutdown(self, timeout: float = 5.0) -> None:
@@ -187,3 +193,9 @@ class SimRuntime(SimEngine):
         ``timeout`` simulated seconds; they are dropped and the runtime stopped anyway.
         """
         self.shutdown_now(timeout)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(rt: SimRuntime) -> RuntimeAPI:
+        return rt  # mypy checks that SimRuntime satisfies RuntimeAPI
