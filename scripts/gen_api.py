@@ -147,6 +147,8 @@ class _Factory:
         self.factory = factory
 
     def __repr__(self) -> str:
+        if getattr(self.factory, "__name__", "") == "<lambda>":
+            return "<factory>"
         return f"{fmt_value(self.factory)}()"
 
 
@@ -217,7 +219,10 @@ def to_markdown(doc: str) -> str:
         section = _SECTION.match(line)
         if line.rstrip().endswith("::") or section:
             block, i = _indented_block(lines, i + 1)
-            if section:
+            if section and section.group(1) in ("Returns", "Yields"):
+                text = " ".join(line.strip() for line in block)
+                out.append(f"**{section.group(1)}:** {inline(text)}")
+            elif section:
                 out.append(f"**{section.group(1)}:**")
                 out.append("")
                 out.extend(_section_items(block))
@@ -287,9 +292,14 @@ def _module_tree(path: str) -> tuple[ast.Module, list[str]]:
     return ast.parse(source), source.splitlines()
 
 
+_TYPE_ALIAS: type | None = getattr(ast, "TypeAlias", None)  # Python >= 3.12
+
+
 def _assigned_name(stmt: ast.stmt, *, on_self: bool) -> str | None:
     """``name`` of ``name = ...`` / ``name: T = ...`` (``self.name`` if ``on_self``)."""
     target: ast.expr
+    if _TYPE_ALIAS is not None and isinstance(stmt, _TYPE_ALIAS) and not on_self:
+        return stmt.name.id  # type: ignore[attr-defined,no-any-return]  # `type X = ...`
     if isinstance(stmt, ast.AnnAssign):
         target = stmt.target
     elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
@@ -368,15 +378,8 @@ def assignment_source(module: types.ModuleType, name: str) -> str | None:
     tree, _ = _module_tree(path)
     source = Path(path).read_text()
     for stmt in tree.body:
-        targets = (
-            stmt.targets
-            if isinstance(stmt, ast.Assign)
-            else [stmt.target]
-            if isinstance(stmt, ast.AnnAssign)
-            else []
-        )
         value = getattr(stmt, "value", None)
-        if value is not None and any(isinstance(t, ast.Name) and t.id == name for t in targets):
+        if value is not None and _assigned_name(stmt, on_self=False) == name:
             return ast.get_source_segment(source, value)
     return None
 
@@ -562,9 +565,10 @@ def render_class(page: Page, namespace: str, name: str, cls: type) -> None:
         page.add("**Fields:**", "")
         page.add(*fields, "")
     if issubclass(cls, enum.Enum):
-        page.add("**Members:**", "")
+        page.add("**Values:**", "")
         page.add(*(f"* `{m.name} = {fmt_value(m.value)}`" for m in cls), "")
-    members = list(class_members(page, cls, {f.name for f in _field_names(cls)}))
+    skip = {f.name for f in _field_names(cls)} | set(getattr(cls, "__members__", ()))
+    members = list(class_members(page, cls, skip))
     if members:
         page.add("**Members:**", "")
         page.add(*members, "")
@@ -595,7 +599,7 @@ def class_fields(cls: type, comments: dict[str, str]) -> Iterator[str]:
             if f.default is not dataclasses.MISSING:
                 text += f" = {fmt_value(f.default)}"
             elif f.default_factory is not dataclasses.MISSING:
-                text += f" = {fmt_value(f.default_factory)}()"
+                text += f" = {_Factory(f.default_factory)!r}"
             yield _bullet(text, comments.get(f.name))
     elif issubclass(cls, tuple) and hasattr(cls, "_fields"):
         annotations = getattr(cls, "__annotations__", {})
@@ -615,12 +619,12 @@ def _bullet(code: str, doc: str | None) -> str:
 
 def class_members(page: Page, cls: type, fields: set[str]) -> Iterator[str]:
     """Public methods, properties and attributes, the class's own and those it inherits
-    from private bases (a public base documents its own)."""
+    from private bases up to its first public base (which documents its own)."""
     seen: set[str] = set(fields)
     for klass in cls.__mro__:
-        if not klass.__module__.startswith("sansio_aio"):
-            continue
         if klass is not cls and id(klass) in page.public:
+            break
+        if not klass.__module__.startswith("sansio_aio"):
             continue
         comments = class_comment_docs(klass)
         annotations = vars(klass).get("__annotations__", {})
@@ -634,7 +638,10 @@ def class_members(page: Page, cls: type, fields: set[str]) -> Iterator[str]:
         for name, doc in comments.items():  # documented instance attributes
             if name not in seen and not name.startswith("_"):
                 seen.add(name)
-                yield _member(f"attribute {name}", doc)
+                typed = (
+                    f"{name}: {fmt_annotation(annotations[name])}" if name in annotations else name
+                )
+                yield _member(f"attribute {typed}", doc)
 
 
 def member_line(
