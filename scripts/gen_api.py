@@ -567,24 +567,19 @@ def render_class(page: Page, namespace: str, name: str, cls: type) -> None:
     if issubclass(cls, enum.Enum):
         page.add("**Values:**", "")
         page.add(*(f"* `{m.name} = {fmt_value(m.value)}`" for m in cls), "")
-    skip = {f.name for f in _field_names(cls)} | set(getattr(cls, "__members__", ()))
+    skip = _field_names(cls) | set(getattr(cls, "__members__", ()))
     members = list(class_members(page, cls, skip))
     if members:
         page.add("**Members:**", "")
         page.add(*members, "")
 
 
-@dataclasses.dataclass
-class _FieldName:
-    name: str
-
-
-def _field_names(cls: type) -> list[_FieldName]:
+def _field_names(cls: type) -> set[str]:
     if dataclasses.is_dataclass(cls):
-        return [_FieldName(f.name) for f in dataclasses.fields(cls)]
+        return {f.name for f in dataclasses.fields(cls)}
     if issubclass(cls, tuple) and hasattr(cls, "_fields"):
-        return [_FieldName(f) for f in cls._fields]
-    return []
+        return set(cls._fields)
+    return set()
 
 
 def class_fields(cls: type, comments: dict[str, str]) -> Iterator[str]:
