@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,7 +21,6 @@ def gen_api() -> ModuleType:
     spec = importlib.util.spec_from_file_location("gen_api", ROOT / "scripts" / "gen_api.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_api", module)  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
