@@ -7,7 +7,7 @@ EXTRAS ?= dev,tun,webrtc
 NAME   ?=
 ARGS   ?=
 
-.PHONY: all run run-demo run-udp test bench lint clean venv
+.PHONY: all run run-demo run-udp test bench lint docs clean venv
 
 all: test
 
@@ -42,6 +42,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check sansio_aio
 	$(VENV)/bin/mypy
+
+# Regenerate docs/api.md from the docstrings (tests/test_api_docs.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) scripts/gen_api.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
