@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # the asyncio side, imported on first use (see __getattr__)
     from ._backends import available_backends
     from ._runtime import Runtime
 
+#: The package version.
 __version__ = "0.1.0"
 
 # Importing a task module must not import asyncio: the names below live in modules that

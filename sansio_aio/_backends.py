@@ -16,6 +16,7 @@ from ._errors import ConfigError
 
 __all__ = ["BACKENDS", "LoopFactory", "available_backends", "resolve_backend"]
 
+#: A zero-argument callable that builds a new event loop (one per worker thread).
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
@@ -59,7 +60,8 @@ def available_backends() -> list[str]:
 def resolve_backend(backend: str | LoopFactory | None) -> tuple[str, LoopFactory]:
     """Turn a backend name or loop factory into ``(name, factory)``; fail fast if unknown."""
     if backend is None:
-        backend = "uvloop" if "uvloop" in available_backends() else "epoll"
+        usable = available_backends()
+        backend = next(name for name in ("uvloop", "epoll", "asyncio") if name in usable)
     if callable(backend):
         return getattr(backend, "__name__", "custom"), backend
     factory = BACKENDS.get(backend)

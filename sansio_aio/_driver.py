@@ -83,4 +83,6 @@ class Driver(ABC):
         return {}
 
 
+#: What ``Runtime(drivers=[...])`` takes: a driver class, or any zero-argument callable
+#: that builds a driver (``functools.partial(UdpDriver, batch=128)``).
 DriverFactory = Callable[[], Driver]

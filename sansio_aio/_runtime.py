@@ -89,10 +89,12 @@ class Runtime:
         kinds: task kind name -> factory ``(cfg) -> task``. Spawns name a kind.
         workers: number of worker threads (>= 1).
         backend: ``"uvloop"``, ``"epoll"``, ``"poll"``, ``"select"``, ``"asyncio"``, or a
-            zero-argument callable returning an event loop. Default: uvloop if installed.
+            zero-argument callable returning an event loop. Default: ``"uvloop"`` if
+            installed, else ``"epoll"`` (Linux), else ``"asyncio"``.
         tick: period of ``on_tick`` in seconds.
         host: optional factory ``(worker_id) -> task`` for one host task per worker; it
-            receives messages sent to a worker id and bus broadcasts.
+            receives the messages sent to a worker id (as ``Ext``) and every
+            ``Broadcast`` a task emits (as ``BroadcastMessage``).
         drivers: I/O driver factories; every worker builds one instance of each.
         inbox_capacity: bound of each inbox lane (per producer) of each worker.
         event_capacity: bound of the application's event buffer; events past it are
@@ -118,8 +120,9 @@ class Runtime:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers)
         if not stats_interval > 0:
             raise ConfigError(f"stats_interval must be > 0 seconds, got {stats_interval!r}")
+        backend_name, self._loop_factory = resolve_backend(backend)
         #: The backend's name (``"uvloop"``, ``"epoll"``, ... or the factory's name).
-        self.backend_name, self._loop_factory = resolve_backend(backend)
+        self.backend_name = backend_name
         self._kinds = dict(kinds)
         self._n = workers
         self._tick = tick

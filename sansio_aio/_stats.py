@@ -19,6 +19,7 @@ class WorkerStats:
     controller when it hands the snapshot out) grows.
     """
 
+    #: The worker's id.
     worker: int
     #: Tasks hosted (the host task not included).
     tasks: int
@@ -30,7 +31,8 @@ class WorkerStats:
     runtime_busy: float
     #: How late the last periodic tick ran, in seconds.
     loop_lag: float
-    #: Largest tick lateness seen in the last window, in seconds.
+    #: Largest tick lateness seen in the last window, in seconds (every snapshot starts
+    #: a new window, so the figure resets).
     loop_lag_max: float
     #: Messages waiting in the worker's inbox now (all lanes).
     inbox_depth: int
@@ -40,7 +42,7 @@ class WorkerStats:
     wakeups: int
     #: Inputs fed to tasks since start.
     msgs_in: int
-    #: Outputs sent to the application since start.
+    #: ``ExtOut`` outputs sent to the application since start (replies not counted).
     msgs_out: int
     #: Bus messages and sends refused because a peer's inbox was full (non-safe sends).
     drops: int
@@ -57,7 +59,7 @@ class WorkerStats:
     last_seen: float
     #: Seconds since ``last_seen`` when this object was handed out.
     age: float = 0.0
-    #: Driver counters (name -> value), e.g. ``udp_send_dropped``.
+    #: Driver counters (name -> value), e.g. ``udp_tx_dropped``.
     drivers: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -66,6 +68,8 @@ class WorkerStats:
 class RuntimeStats:
     """Every worker's snapshot plus the controller's own counters."""
 
+    #: The latest snapshot of each worker, by worker id (a worker that has not sent
+    #: one yet is missing).
     workers: tuple[WorkerStats, ...]
     #: Tasks the controller placed per worker and not yet seen end (what spawn balances on).
     placed: tuple[int, ...]

@@ -1,4 +1,4 @@
-"""The interface for writing I/O drivers (the public namespace; see ``_driver``).
+"""The interface for writing I/O drivers.
 
 A driver lives on one worker's event loop, turns the task outputs it declares into I/O
 and feeds the results back as task inputs. ``sansio_aio.net`` holds the built-in ones.

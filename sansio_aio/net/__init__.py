@@ -1,4 +1,4 @@
-"""I/O drivers: UDP, TCP and TUN/TAP, each a :class:`~sansio_aio._driver.Driver`.
+"""I/O drivers: UDP, TCP and TUN/TAP, each a :class:`~sansio_aio.driver.Driver`.
 
 Give the drivers to the runtime (``Runtime(kinds, drivers=[UdpDriver, TcpDriver])``);
 tasks speak their vocabularies. Task modules should import the vocabularies from

@@ -91,7 +91,7 @@ READ_SIZE = 65536
 
 
 class TcpDriver(Driver):
-    """Performs the TCP outputs of the tasks of one worker (see the module docs).
+    """Performs the TCP outputs of the tasks of one worker (how: docs/net.md).
 
     Args:
         high: write-buffer high-water mark per connection (bytes): above it the task

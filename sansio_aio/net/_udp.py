@@ -87,7 +87,7 @@ class _Sock:
 
 
 class UdpDriver(Driver):
-    """Performs the UDP outputs of the tasks of one worker (see the module docs).
+    """Performs the UDP outputs of the tasks of one worker (how: docs/net.md).
 
     Args:
         batch: most datagrams read from one socket per readiness (fairness bound).

@@ -70,7 +70,8 @@ class TaskHarness:
         start: the initial time of a new clock.
         tick: the periodic tick in seconds (the runtime's default is 1.0); ``None``
             turns periodic ticks off (deadlines still fire).
-        strict: check the protocol (see the module docs) and raise on violations.
+        strict: check the protocol (the rules are in docs/testing.md) and raise on
+            violations.
         trace: a :class:`Trace` to record into, ``True`` for a new one, ``False`` for none.
         name: how the task is named in traces and errors (default: its class name).
         max_outputs: outputs allowed in one drain before ``pop_output`` is declared

@@ -108,7 +108,7 @@ def loop_factories() -> dict[str, Callable[[], Any]]:
     stdlib loop and on uvloop (when installed)::
 
         def pytest_asyncio_loop_factories(config, item):
-            return sansio_aio.testing._plugin.loop_factories()
+            return sansio_aio.testing.loop_factories()
     """
     import asyncio
 
@@ -330,7 +330,7 @@ def _thread_prefix(kwargs: dict[str, Any]) -> str:
 
 @_async_fixture
 async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[RuntimeAPI]:
-    """A started runtime (see the module docs); shut down and leak-checked at teardown."""
+    """A started runtime (configured as docs/testing.md says); stopped, leak-checked after."""
     _need_asyncio()
     kwargs = _spec(request)
     kinds = kwargs.pop("kinds", {})

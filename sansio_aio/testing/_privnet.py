@@ -62,7 +62,7 @@ def privnet_unavailable_reason() -> str | None:
 
 
 class PrivateNetwork:
-    """A fresh network namespace with ``lo`` and a veth pair (see the module doc)."""
+    """A fresh network namespace with ``lo`` and a veth pair (how: docs/whip_whep.md, "Testing")."""
 
     def __init__(self, addresses: Sequence[str] = ("10.99.0.1/24",)) -> None:
         self.addresses = tuple(addresses)
