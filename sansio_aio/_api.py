@@ -74,6 +74,7 @@ class RuntimeAPI(Protocol):
         """``start()``."""
         ...
 
+    # The Protocol restates the signature that ControllerBase.__aexit__ implements.
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,

@@ -14,7 +14,13 @@ from collections.abc import Callable
 
 from ._errors import ConfigError
 
-__all__ = ["BACKENDS", "LoopFactory", "available_backends", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "LoopFactory",
+    "available_backends",
+    "close_loop",
+    "resolve_backend",
+]
 
 #: A zero-argument callable that builds a new event loop (one per worker thread).
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -73,3 +79,17 @@ def resolve_backend(backend: str | LoopFactory | None) -> tuple[str, LoopFactory
     if backend == "uvloop" and "uvloop" not in available_backends():
         raise ConfigError("backend 'uvloop' needs the uvloop package: pip install uvloop")
     return backend, factory
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close a loop that stopped running: cancel its tasks and wait for them, finish its
+    async generators, then close it (closed even if a step fails, which propagates)."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()

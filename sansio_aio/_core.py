@@ -39,6 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._bus import BusHub, LocalSubscriptions
 from ._deadlines import DeadlineHeap
+
+# The core vocabulary: most of the names sansio_aio/__init__.py re-exports, in the same
+# order, so the two import lists share a run of lines.
 from ._events import (
     Broadcast,
     BroadcastMessage,

@@ -40,24 +40,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._api import RuntimeState
 from ._backends import LoopFactory, resolve_backend
 from ._bus import BusHub
+from ._control import ControllerBase
 from ._core import WorkerCore
-from ._dispatch import Dispatcher
 from ._driver import DriverFactory
 from ._errors import ConfigError, QueueFull, RequestTimeout, RuntimeClosed, ShutdownTimeout
 from ._events import AppEvent, TaskRef
 from ._lane import Lane
-from ._ledger import Ledger, check_runtime_args
+from ._ledger import check_runtime_args
 from ._stats import RuntimeStats, WorkerStats
 from ._wire import (
     CallCmd,
@@ -79,10 +77,8 @@ log = logging.getLogger("sansio_aio")
 
 R = TypeVar("R")
 
-_NOT_RUNNING: dict[TaskRef, Lane] = {}  # the hot path's route table outside RUNNING
 
-
-class Runtime:
+class Runtime(ControllerBase):
     """Runs Sans-I/O tasks on worker threads; use it as ``async with Runtime(...) as rt``.
 
     Args:
@@ -118,15 +114,13 @@ class Runtime:
         name: str = "sansio",
     ) -> None:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers)
+        super().__init__(kinds, workers=workers, host=host, event_capacity=event_capacity)
         if not stats_interval > 0:
             raise ConfigError(f"stats_interval must be > 0 seconds, got {stats_interval!r}")
         backend_name, self._loop_factory = resolve_backend(backend)
         #: The backend's name (``"uvloop"``, ``"epoll"``, ... or the factory's name).
         self.backend_name = backend_name
-        self._kinds = dict(kinds)
-        self._n = workers
         self._tick = tick
-        self._host = host
         self._drivers = tuple(drivers)
         self._inbox_capacity = inbox_capacity
         self._stats_interval = stats_interval
@@ -137,15 +131,8 @@ class Runtime:
         self._lanes: list[Lane] = []  # controller -> worker w
         self._outboxes: list[Lane] = []  # worker w -> controller
         self._hub = BusHub()
-        self._ledger = Ledger(workers, self._kinds, has_host=host is not None)
-        self._dispatch = Dispatcher(self._ledger, event_capacity)
-        self._events = self._dispatch.events
-        self._pending = self._dispatch.pending
         self._started: dict[int, asyncio.Future[None]] = {}
         self._stopped: dict[int, asyncio.Future[list[TaskRef]]] = {}
-        self._state = RuntimeState.NEW
-        self._live = _NOT_RUNNING  # live task -> the lane to its worker (hot path)
-        self._ids = itertools.count(1)
         self._event_waiter: asyncio.Future[None] | None = None
         self._pending_wakes: set[Callable[[], None]] = set()
         #: Futures resolved by a room notice (``await send``): failed at close, so
@@ -154,28 +141,6 @@ class Runtime:
         self._stopping: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def workers(self) -> int:
-        """Number of workers."""
-        return self._n
-
-    @property
-    def state(self) -> RuntimeState:
-        """Where the runtime is in its life cycle."""
-        return self._state
-
-    @property
-    def running(self) -> bool:
-        """True between a successful ``start`` and ``shutdown``."""
-        return self._state is RuntimeState.RUNNING
-
-    def _set_state(self, state: RuntimeState) -> None:
-        """The one place the life cycle moves; everything that depends on it follows."""
-        self._state = state
-        running = state is RuntimeState.RUNNING
-        self._ledger.accepting = running
-        self._live = self._ledger.live if running else _NOT_RUNNING
 
     async def start(self) -> Runtime:
         """Start the worker threads and wait until each one's loop runs."""
@@ -237,15 +202,7 @@ class Runtime:
         self._set_state(RuntimeState.RUNNING)
         return self
 
-    async def __aenter__(self) -> Runtime:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _leave(self, failed: bool) -> None:
         await self.shutdown()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
@@ -314,13 +271,6 @@ class Runtime:
             )
 
     # ------------------------------------------------------------------ spawning
-
-    def _check_running(self) -> None:
-        if self._state is not RuntimeState.RUNNING:
-            raise RuntimeClosed(
-                f"the runtime is {self._state.value}: "
-                "use 'async with Runtime(...)' or 'await start()'"
-            )
 
     async def spawn(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
         """Start a task of ``kind`` built with ``cfg``; return its reference.

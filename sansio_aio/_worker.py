@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._backends import LoopFactory
+from ._backends import LoopFactory, close_loop
 from ._bus import BusHub
 from ._core import WorkerCore, next_tick
 from ._driver import DriverFactory
@@ -169,16 +169,10 @@ class Worker(WorkerShell):
             except Exception:
                 log.exception("driver %r failed to close", driver)
         try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for t in pending:
-                t.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            close_loop(loop)
         except Exception:
             log.exception("worker %d: error while closing its loop", self.worker_id)
         finally:
-            loop.close()
             if self.core is not None:
                 self.flush_app()
             if not self._stop_reported:

@@ -37,6 +37,8 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from .._backends import close_loop
+
 __all__ = ["LoopThread", "PrivateNetwork", "privnet_unavailable_reason"]
 
 CLONE_NEWNET = 0x40000000
@@ -181,13 +183,7 @@ class LoopThread:
             try:
                 loop.run_forever()
             finally:
-                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-                for t in pending:
-                    t.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
+                close_loop(loop)
 
         self.thread = threading.Thread(target=main, name=name, daemon=True)
         self.thread.start()

@@ -46,13 +46,14 @@ from typing import Any, Self
 
 from ..._api import RuntimeState
 from ..._bus import BusHub
+from ..._control import ControllerBase
 from ..._core import WorkerCore
-from ..._dispatch import Dispatcher, Result
+from ..._dispatch import Result
 from ..._driver import DriverFactory
 from ..._errors import ConfigError, QueueFull, RuntimeClosed, ShutdownTimeout
 from ..._events import AppEvent, TaskRef
 from ..._lane import Lane
-from ..._ledger import Ledger, check_runtime_args
+from ..._ledger import check_runtime_args
 from ..._shell import ShellContext
 from ..._task import TaskProtocol
 from ..._wire import ForceStopCmd, HostFactory, ShutdownCmd, SpawnCmd, TaskFactory
@@ -70,7 +71,7 @@ def _no_wake() -> None:
     """The simulated controller polls the outbox when it settles: no wake-up needed."""
 
 
-class SimEngine:
+class SimEngine(ControllerBase):
     """The synchronous engine of :class:`~sansio_aio.testing.SimRuntime` (see its
     arguments there); use ``SimRuntime``, which adds the awaitable API."""
 
@@ -92,6 +93,13 @@ class SimEngine:
         max_time: float = 3600.0,
     ) -> None:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers or ())
+        super().__init__(
+            kinds,
+            workers=workers,
+            host=host,
+            event_capacity=event_capacity,
+            record=self._record_app,
+        )
         if net is None:
             tr = trace if isinstance(trace, Trace) else Trace(seed, enabled=bool(trace))
             net = SimNetwork(seed=seed, clock=clock, trace=tr)
@@ -108,10 +116,7 @@ class SimEngine:
             self.trace = net.trace
         self.strict = strict
         self.max_time = max_time
-        self._kinds = dict(kinds)
-        self._n = workers
         self._tick = tick
-        self._host = host
         self._driver_factories = tuple(drivers) if drivers is not None else tuple(net.drivers())
         self._inbox_capacity = inbox_capacity
         self._hub = BusHub()
@@ -119,12 +124,6 @@ class SimEngine:
         # One outbox for every worker: the controller handles reports in the order the
         # workers handed them over (single-threaded, so one lane is enough).
         self._outbox = Lane(1 << 62, _no_wake)
-        self._state = RuntimeState.NEW
-        self._ledger = Ledger(workers, set(self._kinds), has_host=host is not None)
-        self._dispatch = Dispatcher(self._ledger, event_capacity, record=self._record_app)
-        self._events = self._dispatch.events
-        self._pending = self._dispatch.pending
-        self._ids = itertools.count(1)
         self._settling = False
         self._serial = itertools.count()
         #: Protocol violations seen so far (raised at the next checkpoint if strict).
@@ -136,29 +135,9 @@ class SimEngine:
     # ------------------------------------------------------------------ lifecycle
 
     @property
-    def workers(self) -> int:
-        """Number of workers."""
-        return self._n
-
-    @property
-    def state(self) -> RuntimeState:
-        """Where the runtime is in its life cycle."""
-        return self._state
-
-    @property
-    def running(self) -> bool:
-        """True between start and shutdown."""
-        return self._state is RuntimeState.RUNNING
-
-    @property
     def now(self) -> float:
         """The simulated time."""
         return self.clock.now()
-
-    def _set_state(self, state: RuntimeState) -> None:
-        """The one place the life cycle moves (as ``Runtime._set_state``)."""
-        self._state = state
-        self._ledger.accepting = state is RuntimeState.RUNNING
 
     def _record_app(self, kind: str, detail: Any) -> None:
         self.trace.record(self.clock.now(), "app", kind, detail)
@@ -333,12 +312,6 @@ class SimEngine:
         return True
 
     # ------------------------------------------------------------------ spawning
-
-    def _check_running(self) -> None:
-        if self._state is not RuntimeState.RUNNING:
-            raise RuntimeClosed(
-                f"the runtime is {self._state.value}: use 'async with SimRuntime(...)' or start()"
-            )
 
     def spawn_now(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
         """Start a task at the current instant and return its reference (synchronous)."""

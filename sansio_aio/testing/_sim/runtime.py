@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..._api import RuntimeState
@@ -61,19 +60,11 @@ class SimRuntime(SimEngine):
         """Start the simulated workers."""
         return self.start_now()
 
-    async def __aenter__(self) -> SimRuntime:
-        return self.start_now()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.shutdown()
-        else:
+    async def _leave(self, failed: bool) -> None:
+        if failed:
             self.close()  # don't mask the test's own failure with a shutdown error
+        else:
+            await self.shutdown()
 
     async def _wait(self, predicate: Callable[[], bool], timeout: float | None, what: str) -> bool:
         """Wait in simulated time; True when ``predicate()`` holds, False on timeout."""

@@ -1,0 +1,112 @@
+"""The controller's state, shared by the real and the simulated runtime.
+
+Theory of operation
+-------------------
+:class:`ControllerBase` is what ``Runtime`` (worker threads, asyncio futures) and
+``testing.SimRuntime`` (simulated workers, synchronous results) have in common, so
+their rules cannot drift apart:
+
+* the :class:`~sansio_aio._ledger.Ledger` (placement, routing, requests per task) and
+  the :class:`~sansio_aio._dispatch.Dispatcher` (what the workers report), with the ids
+  that tie a waiter to its report;
+* the life cycle, one :class:`~sansio_aio.RuntimeState`, moved only by
+  :meth:`ControllerBase._set_state`, which derives the rest from it: the ledger takes
+  task-emitted spawns only while running, and the route table of the send hot path is
+  the ledger's only while running (an empty one otherwise, so a send outside
+  ``RUNNING`` falls to the checked path and gets :class:`~sansio_aio.RuntimeClosed`);
+* ``async with``: enter starts, exit shuts down (each runtime says what a failing body
+  does, :meth:`ControllerBase._leave`).
+
+This module imports no asyncio.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from ._api import RuntimeState
+from ._dispatch import Dispatcher
+from ._errors import RuntimeClosed
+from ._events import TaskRef
+from ._lane import Lane
+from ._ledger import Ledger
+from ._wire import HostFactory, TaskFactory
+
+__all__ = ["ControllerBase"]
+
+_NOT_RUNNING: dict[TaskRef, Lane] = {}  # the hot path's route table outside RUNNING
+
+
+class ControllerBase:
+    """The state both runtimes keep (see the module docs). Not a public class."""
+
+    def __init__(
+        self,
+        kinds: Mapping[str, TaskFactory],
+        *,
+        workers: int,
+        host: HostFactory | None,
+        event_capacity: int,
+        record: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        self._kinds = dict(kinds)
+        self._n = workers
+        self._host = host
+        self._ledger = Ledger(workers, set(self._kinds), has_host=host is not None)
+        self._dispatch = Dispatcher(self._ledger, event_capacity, record)
+        self._events = self._dispatch.events
+        self._pending = self._dispatch.pending
+        self._ids = itertools.count(1)
+        self._state = RuntimeState.NEW
+        self._live = _NOT_RUNNING  # live task -> the lane to its worker (the hot path)
+
+    @property
+    def workers(self) -> int:
+        """Number of workers."""
+        return self._n
+
+    @property
+    def state(self) -> RuntimeState:
+        """Where the runtime is in its life cycle."""
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        """True between a successful ``start`` and ``shutdown``."""
+        return self._state is RuntimeState.RUNNING
+
+    def _set_state(self, state: RuntimeState) -> None:
+        """The one place the life cycle moves; everything that depends on it follows."""
+        self._state = state
+        running = state is RuntimeState.RUNNING
+        self._ledger.accepting = running
+        self._live = self._ledger.live if running else _NOT_RUNNING
+
+    def _check_running(self) -> None:
+        if self._state is not RuntimeState.RUNNING:
+            raise RuntimeClosed(
+                f"the runtime is {self._state.value}: "
+                f"use 'async with {type(self).__name__}(...)' or 'await start()'"
+            )
+
+    async def start(self) -> Self:
+        """Start the workers; the runtime is ``RUNNING`` when this returns."""
+        raise NotImplementedError
+
+    async def _leave(self, failed: bool) -> None:
+        """Leave an ``async with`` block (``failed``: the block raised)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._leave(exc_type is not None)
