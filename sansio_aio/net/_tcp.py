@@ -76,7 +76,7 @@ from ._events import (
     TcpSend,
     TcpShutdown,
 )
-from ._tcp_conn import BufferedConn, Conn, Listener, errno_of
+from ._tcp_conn import BufferedConn, Conn, ConnHooks, Listener, errno_of
 
 __all__ = ["TcpDriver"]
 
@@ -150,7 +150,15 @@ class TcpDriver(Driver):
             TcpPauseReading: self._pause_reading,
             TcpResumeReading: self._resume_reading,
         }
-        self._rbuf = memoryview(bytearray(READ_SIZE))
+        self._hooks = ConnHooks(
+            self._made,
+            self._feed,
+            self._lost,
+            self._pause_writing,
+            self._resume_writing,
+            self._received,
+            memoryview(bytearray(READ_SIZE)),
+        )
         self._conn_class: type[Conn] = BufferedConn
         self._timed_feed: Callable[[], None] = self._feed_args
         self._args: tuple[TaskRef, Any] | None = None
@@ -237,6 +245,9 @@ class TcpDriver(Driver):
         }
 
     # ------------------------------------------------------------------ feeding
+
+    def _received(self, nbytes: int) -> None:
+        self.rx_bytes += nbytes
 
     def _feed(self, task: TaskRef, event: Any) -> None:
         """Deliver from a loop callback, counting the time as the worker's busy time."""
@@ -344,7 +355,7 @@ class TcpDriver(Driver):
                     loop.call_later(ACCEPT_BACKOFF, self._rearm, listener)
                     return
                 sock.setblocking(False)
-                conn = self._conn_class(self, listener.owner, listener)
+                conn = self._conn_class(self._hooks, listener.owner, listener)
                 self._track(conn, self._adopt(conn, sock), sock)
 
         return on_readable
@@ -416,7 +427,7 @@ class TcpDriver(Driver):
             msg = f"socket: {describe(exc)}"
             self._deliver(task, TcpConnected(-1, None, None, out.tag, msg, errno_of(exc)))
             return
-        conn = self._conn_class(self, task, None, next(self._ids), out.tag)
+        conn = self._conn_class(self._hooks, task, None, next(self._ids), out.tag)
         self._track(conn, self._dial(conn, sock, addr, local, float(out.timeout)), sock)
 
     async def _dial(

@@ -2,22 +2,22 @@
 
 A :class:`Conn` is the asyncio protocol of one connection; it turns transport callbacks
 (data, EOF, loss, write-buffer high/low water) into calls on its ``TcpDriver``, which
-owns the slots and feeds the tasks. See ``sansio_aio.net._tcp`` for the whole story.
+owns the slots and feeds the tasks. The driver hands each connection the callbacks it
+may call as :class:`ConnHooks` (bound methods), so this module needs nothing else of the
+driver. See ``sansio_aio.net._tcp`` for the whole story.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 from .._events import TaskRef
 from ._events import Address, TcpData, TcpEof
 
-if TYPE_CHECKING:
-    from ._tcp import TcpDriver
-
-__all__ = ["BufferedConn", "Conn", "Listener", "errno_of"]
+__all__ = ["BufferedConn", "Conn", "ConnHooks", "Listener", "errno_of"]
 
 
 def errno_of(exc: BaseException | None) -> int:
@@ -39,14 +39,32 @@ class Listener:
         self.open = True
 
 
+class ConnHooks(NamedTuple):
+    """What a connection calls on its driver (built once per driver)."""
+
+    #: The transport is up: ``made(conn)``.
+    made: Callable[[Conn], None]
+    #: Feed a task input from a loop callback: ``feed(task, event)``.
+    feed: Callable[[TaskRef, Any], None]
+    #: The connection is gone: ``lost(conn, exc)``.
+    lost: Callable[[Conn, Exception | None], None]
+    #: The transport's write buffer went above / below its water marks.
+    pause_writing: Callable[[Conn], None]
+    resume_writing: Callable[[Conn], None]
+    #: Count received bytes.
+    received: Callable[[int], None]
+    #: The driver's one reusable read buffer (``BufferedConn``).
+    read_buffer: memoryview
+
+
 class Conn(asyncio.Protocol):
     """The protocol of one connection: turns transport callbacks into task inputs."""
 
     __slots__ = (
         "closing",
-        "driver",
         "eof_got",
         "eof_sent",
+        "hooks",
         "linger",
         "listener",
         "open",
@@ -61,13 +79,13 @@ class Conn(asyncio.Protocol):
 
     def __init__(
         self,
-        driver: TcpDriver,
+        hooks: ConnHooks,
         owner: TaskRef,
         listener: Listener | None,
         slot: int = -1,
         tag: Any = None,
     ) -> None:
-        self.driver = driver
+        self.hooks = hooks
         self.owner = owner
         self.listener = listener
         self.slot = slot
@@ -85,29 +103,29 @@ class Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they have its methods
         self.transport = cast(asyncio.Transport, transport)
-        self.driver._made(self)
+        self.hooks.made(self)
 
     def data_received(self, data: bytes) -> None:
         if self.open and not self.closing:
-            self.driver.rx_bytes += len(data)
-            self.driver._feed(self.owner, TcpData(self.slot, data))
+            self.hooks.received(len(data))
+            self.hooks.feed(self.owner, TcpData(self.slot, data))
 
     def eof_received(self) -> bool:
         self.eof_got = True
         if self.open and not self.closing:
-            self.driver._feed(self.owner, TcpEof(self.slot))
+            self.hooks.feed(self.owner, TcpEof(self.slot))
         # keep the transport open while the task may still send (half-close); once both
         # sides have sent FIN, let it close (TcpClosed follows)
         return not self.eof_sent
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.driver._lost(self, exc)
+        self.hooks.lost(self, exc)
 
     def pause_writing(self) -> None:
-        self.driver._pause_writing(self)
+        self.hooks.pause_writing(self)
 
     def resume_writing(self) -> None:
-        self.driver._resume_writing(self)
+        self.hooks.resume_writing(self)
 
 
 class BufferedConn(Conn, asyncio.BufferedProtocol):
@@ -122,7 +140,7 @@ class BufferedConn(Conn, asyncio.BufferedProtocol):
     __slots__ = ()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.driver._rbuf
+        return self.hooks.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.driver._rbuf[:nbytes].tobytes())
+        self.data_received(self.hooks.read_buffer[:nbytes].tobytes())
