@@ -95,7 +95,9 @@ def find_leaks(
         if runtime_threads is not None:
             mine = t.name.startswith(runtime_threads)
             owner = (
-                f": {_RUNTIME} (a worker that did not stop)" if mine else ": started by the test"
+                f": {_RUNTIME} (a worker that did not stop)"
+                if mine
+                else ": started while the test body ran"
             )
         found.append(f"thread {t.name!r} (ident {t.ident}, daemon={t.daemon}) still alive{owner}")
     for fd, target in sorted(_fds().items()):
