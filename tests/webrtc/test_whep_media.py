@@ -16,9 +16,7 @@ import pytest
 
 from sansio_aio import webrtc as client
 from sansio_aio.testing import LoopThread
-from tests.test_webrtc_support import ServeFactory, netns, peers, serve
-
-__all__ = ["netns", "peers", "serve"]
+from tests.webrtc.support import ServeFactory
 
 FRAMES = 30
 TIMEOUT = 20.0
