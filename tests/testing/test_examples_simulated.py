@@ -1,6 +1,7 @@
 """The examples' task logic under the harness: no sockets, no threads, no real time.
 
-``tests/test_examples_core.py`` runs the examples as programs; here their task classes
+``tests/test_examples_core.py`` and ``tests/test_examples_net.py`` run the examples as
+programs; here their task classes
 are driven one by one with ``TaskHarness`` and together with ``SimRuntime``.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,8 +26,7 @@ from sansio_aio import (
     TaskRef,
 )
 from sansio_aio.testing import LinkConditions, SimRuntime, TaskHarness
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from tests.helpers import EXAMPLES
 
 
 def load(name: str) -> ModuleType:
