@@ -223,7 +223,7 @@ async def test_task_spawn_during_shutdown_is_refused(backend: str) -> None:
         await rt.spawn("spawner", worker=0)
     got = await rt.next_events()
     assert [type(e) for e in got] == [TaskOutput, TaskEnded]
-    assert got[0].msg == (None, "runtime closing")
+    assert got[0].msg == (None, "runtime closing")  # type: ignore[union-attr]
 
 
 # ------------------------------------------------- waiting for room at shutdown

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from sansio_aio import (
+    AppEvent,
     Runtime,
     TaskEnded,
     TaskFailedError,
@@ -25,7 +26,7 @@ from tests.tasks import (
 async def test_finite_task_ends_by_itself(backend: str) -> None:
     async with Runtime(KINDS, backend=backend) as rt:
         ref = await rt.spawn("finite", 3)
-        events = []
+        events: list[AppEvent] = []
         while len(events) < 4:
             events.append(await asyncio.wait_for(rt.next_event(), T))
         assert [e.msg for e in events[:3] if isinstance(e, TaskOutput)] == [0, 1, 2]

@@ -15,7 +15,7 @@ import functools
 import random
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -127,6 +127,7 @@ async def test_listen_accept_receive_send(backend: str) -> None:
         ref = await rt.spawn("probe", {"start": [TcpListen((LO, 0), tag="srv")]})
         lst = await msg(rt)
         assert isinstance(lst, TcpListening) and lst.ok and lst.tag == "srv"
+        assert lst.addr is not None, lst  # narrows the type
         assert lst.addr[0] == LO and lst.addr[1] > 0
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
@@ -237,6 +238,7 @@ async def test_close_listener_acks_and_frees_the_port(backend: str) -> None:
         lst = await listen(rt, ref)
         rt.send_nowait(ref, [TcpClose(lst.slot)])
         assert await msg(rt) == TcpClosed(lst.slot)
+        assert lst.addr is not None, lst  # narrows the type
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(*lst.addr)
         with socket.socket() as again:
@@ -264,6 +266,7 @@ async def test_connect_send_receive_close(backend: str) -> None:
             rt.send_nowait(ref, [TcpConnect(addr, tag="up")])
             con = await msg(rt)
             assert isinstance(con, TcpConnected) and con.ok, con
+            assert con.local is not None, con  # narrows the type
             assert con.tag == "up" and con.remote == addr and con.local[0] == LO
             rt.send_nowait(ref, [TcpSend(con.slot, b"shout")])
             assert await read_data(rt, con.slot, 5) == b"SHOUT"
@@ -336,11 +339,13 @@ async def test_ipv6_connect_and_accept_inside_one_task(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref, ("::1", 0))
+        assert lst.addr is not None, lst  # narrows the type
         assert lst.ok and lst.addr[0] == "::1"
         rt.send_nowait(ref, [TcpConnect(lst.addr[:2])])
         first, second = await msg(rt), await msg(rt)
         by_type = {type(first): first, type(second): second}
         con, acc = by_type[TcpConnected], by_type[TcpAccepted]
+        assert con.local is not None, con  # narrows the type
         assert con.ok and acc.remote[:2] == con.local[:2]
         rt.send_nowait(ref, [TcpSend(con.slot, b"over six")])
         assert await read_data(rt, acc.slot, 8) == b"over six"
@@ -353,6 +358,7 @@ async def test_peer_half_close_then_reply_then_close(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         writer.write(b"question")
@@ -369,6 +375,7 @@ async def test_task_half_close_keeps_reading(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         rt.send_nowait(ref, [TcpSend(acc.slot, b"last words"), TcpShutdown(acc.slot)])
@@ -387,6 +394,7 @@ async def test_peer_reset_arrives_as_closed_with_error(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         sock = socket.create_connection(lst.addr)
         acc = await msg(rt)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -410,7 +418,8 @@ async def test_send_after_the_peer_half_closed_still_works(backend: str) -> None
         writer.write_eof()
         data, eof = await inputs(rt, 2)
         assert isinstance(data, TcpData) and data.data == b"bye" and isinstance(eof, TcpEof)
-        rt.send_nowait(ref, [TcpSend(acc.slot, memoryview(b"still here")), TcpShutdown(acc.slot)])
+        # a bytes-like payload on purpose: TcpSend.data is typed bytes, any buffer works
+        rt.send_nowait(ref, [TcpSend(acc.slot, memoryview(b"still here")), TcpShutdown(acc.slot)])  # type: ignore[arg-type]
         assert await asyncio.wait_for(reader.read(), T) == b"still here"
         rt.send_nowait(ref, [TcpSend(acc.slot, b"after shutdown")])
         ev = (await inputs(rt, 1))[0]
@@ -433,6 +442,7 @@ async def test_backpressure_pauses_refuses_and_resumes(backend: str) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
         sock.setblocking(False)
+        assert lst.addr is not None, lst  # narrows the type
         await asyncio.get_running_loop().sock_connect(sock, lst.addr)
         reader, writer = await asyncio.open_connection(sock=sock)
         acc = await msg(rt)
@@ -468,6 +478,7 @@ async def test_task_can_pause_and_resume_reading(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         _, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         rt.send_nowait(ref, [TcpPauseReading(acc.slot)])
@@ -528,6 +539,7 @@ async def test_bad_slots_and_malformed_sends_are_error_values(backend: str) -> N
         ref = await rt.spawn("probe")
         other = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         rt.send_nowait(
@@ -558,6 +570,7 @@ async def test_an_ended_tasks_listeners_and_connections_are_closed(backend: str,
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         await msg(rt)  # TcpAccepted
         rt.send_nowait(ref, how)
@@ -596,7 +609,7 @@ async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend
                 assert isinstance(await asyncio.wait_for(rt.next_event(), T), TaskEnded)
                 for _ in range(3):  # let the cancellation run on the worker's loop
                     pending = await rt.run_on_worker(
-                        0, lambda core: len(core.drivers[0]._connecting)
+                        0, lambda core: len(cast(TcpDriver, core.drivers[0])._connecting)
                     )
                     if not pending:
                         break

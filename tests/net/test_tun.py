@@ -244,6 +244,7 @@ async def test_device_deleted_under_the_reader(need_tun: None, backend: str, bat
     async with Runtime({"puppet": Puppet}, backend=backend, drivers=[TunDriver]) as rt:
         ref = await rt.spawn("puppet")
         answer = await bound(rt, ref, TunBind("tun0", address="10.77.0.1", batch=batch))
+        assert answer.slot is not None, answer  # narrows the type
         assert len(tun_fds() - before) == 1
         await asyncio.to_thread(link_delete, "tun0")
         closed = await expect(rt, TunClosed)
@@ -280,6 +281,7 @@ async def test_queues_are_released_and_no_fd_is_left(need_tun: None, backend: st
         mask = "255.255.255.0"
         mq = TunBind("tun0", address="10.77.0.1", netmask=mask, multi_queue=True)
         slot_a = (await bound(rt, a, mq)).slot
+        assert slot_a is not None  # narrows the type
         await bound(rt, b, TunBind("tun0", multi_queue=True, mtu=None))
         await bound(rt, c, TunBind("tun1", address="10.77.1.1", netmask=mask))
         await bound(rt, d, TunBind("tun2", address="10.77.2.1", netmask=mask))
@@ -343,6 +345,7 @@ async def test_bad_binds_and_sends_are_error_values(need_tun: None, backend: str
             answer = await expect(rt, TunBound)
             assert answer.slot is None and text in str(answer.error), answer
         slot = good.slot
+        assert slot is not None, good  # narrows the type
         rt.send_nowait(ref, TunSend(slot, "not bytes"))  # type: ignore[arg-type]
         assert "bytes-like" in (await expect(rt, TunError)).error
         rt.send_nowait(ref, TunSend(slot, bytes(20)))  # not IPv4 or IPv6: the kernel refuses
@@ -395,6 +398,7 @@ async def test_tun_garbage_outputs_are_error_values(need_tun: None, backend: str
         answer = await expect(rt, TunBound)
         assert answer.slot is None and answer.error, answer
         good = await bound(rt, ref, TunBind("tunr0", address="10.78.0.1", up=True))
+        assert good.slot is not None, good  # narrows the type
         ping = ipv4_packet(17, bytes(8))
         rt.send_nowait(
             ref,

@@ -180,6 +180,7 @@ async def test_bind_ephemeral_port_and_receive(backend: str, sockets: Any) -> No
         bound = await msg(rt)
         assert isinstance(bound, UdpBound) and bound.ok, bound
         assert bound.tag == "t1" and bound.slot > 0
+        assert bound.addr is not None, bound  # narrows the type
         assert bound.addr[0] == LO and bound.addr[1] > 0
         client = sockets()
         client.sendto(b"hello", bound.addr)
@@ -219,6 +220,7 @@ async def test_ipv6_loopback(backend: str, sockets: Any) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref, ("::1", 0))
+        assert bound.addr is not None, bound  # narrows the type
         assert bound.ok and bound.addr[0] == "::1", bound
         client = sockets("::1", socket.AF_INET6)
         client.sendto(b"six", bound.addr[:2])
@@ -269,6 +271,7 @@ async def test_unbind_acks_and_a_stale_slot_is_an_error(backend: str, sockets: A
         rt.send_nowait(ref, [UdpUnbind(bound.slot)])
         assert await msg(rt) == UdpUnbound(bound.slot)
         # the port is free again: the socket is really closed
+        assert bound.addr is not None, bound  # narrows the type
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(bound.addr)
         target = sockets()
@@ -436,7 +439,7 @@ class FlakySocket(socket.socket):
 
     calls = 0
 
-    def sendto(self, data: Any, *args: Any) -> int:  # type: ignore[override]
+    def sendto(self, data: Any, *args: Any) -> int:
         FlakySocket.calls += 1
         if FlakySocket.calls % 3 == 0:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -508,6 +511,7 @@ async def test_flooded_socket_does_not_starve_others_or_ticks(backend: str, sock
         a = await bind(rt, ref, rcvbuf=1 << 20)
         b = await bind(rt, ref)
         rt.send_nowait(ref, ("count", a.slot, 2000))
+        assert a.addr is not None, a  # narrows the type
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -561,6 +565,7 @@ async def test_sockets_of_an_ended_task_are_closed(backend: str, how: str) -> No
         rt.send_nowait(ref, how)
         ended = await asyncio.wait_for(rt.next_event(), T)
         assert isinstance(ended, TaskEnded if how == "end" else TaskFailed)
+        assert bound.addr is not None, bound  # narrows the type
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(bound.addr)  # no reuse: succeeds only if the task's socket is closed
         assert (await driver_stats(rt))["udp_sockets"] == 0

@@ -62,7 +62,8 @@ async def test_benchmark_ext_in_flight_loop_on_the_simulated_runtime() -> None:
         in_flight, count = 50, 2000
         for i in range(in_flight):
             rt.send_nowait(refs[i % 2], i)
-        sent, back = in_flight, []
+        sent = in_flight
+        back: list[Any] = []
         while len(back) < count:
             for event in await rt.next_events():
                 assert isinstance(event, TaskOutput)
@@ -200,7 +201,7 @@ async def test_tcp_echo_example_over_a_lossy_network() -> None:
         for _ in range(5):
             cfg = {"dest": listening.addr, "messages": 20, "size": 3000}
             await rt.spawn("client", cfg, worker=1)
-        reports = []
+        reports: list[Any] = []
         while len(reports) < 5:
             event = await rt.next_event()
             if isinstance(event, TaskOutput) and isinstance(event.msg, dict):

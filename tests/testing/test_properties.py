@@ -54,7 +54,7 @@ def test_echo_answers_every_datagram_once_in_order(inputs: list[tuple[float, Any
 
 def expected_echoes(payloads: list[bytes], there: list[Fate], back: list[Fate]) -> Counter[bytes]:
     """What the client must receive, computed from the fates alone (latency 0)."""
-    arrivals = []  # (time, order, payload) at the echo server
+    arrivals: list[tuple[float, int, bytes]] = []  # (time, order, payload) at the echo server
     for i, payload in enumerate(payloads):
         fate = there[i] if i < len(there) else Fate()
         if not fate.lost:

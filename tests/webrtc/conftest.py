@@ -41,7 +41,7 @@ def serve(netns: PrivateNetwork) -> ServeFactory:
 
     @contextlib.asynccontextmanager
     async def start(backend: str = "uvloop", **overrides: Any) -> AsyncIterator[Served]:
-        base = {"port": 0, "workers": 2, "connect_timeout": 10.0}
+        base: dict[str, Any] = {"port": 0, "workers": 2, "connect_timeout": 10.0}
         base.update(overrides)
         config = replace(ServerConfig(), **base)
         # libuv opens a process-wide signal pipe with its first loop: not a leak.

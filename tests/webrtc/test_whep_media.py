@@ -115,7 +115,9 @@ async def test_publisher_is_consumed_without_viewers(
         room = s.server.rooms["solo"]
 
         async def consumed() -> bool:
-            stats = await rt.run_on_worker(room.worker, lambda core: core.drivers[0].stats())
+            stats: dict[str, int] = await rt.run_on_worker(
+                room.worker, lambda core: core.drivers[0].stats()
+            )
             return stats["webrtc_frames_in"] >= FRAMES
 
         assert await until(consumed, TIMEOUT), "the publisher's frames were not consumed"
