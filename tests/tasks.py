@@ -71,7 +71,7 @@ class Echo(Task):
 
 
 class Recorder(Task):
-    """Logs every call the runtime makes, to check the drain rule (C2)."""
+    """Logs every call the runtime makes, to check the drain rule."""
 
     def __init__(self, cfg: Any = None) -> None:
         super().__init__(cfg)

@@ -12,26 +12,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from sansio_aio import (
-    Ext,
-    ExtOut,
-    Publish,
-    Runtime,
-    Task,
-    TaskEnded,
-    TaskRef,
-    UnknownTarget,
-)
+from sansio_aio import Ext, ExtOut, Publish, Runtime, Task, TaskEnded, TaskRef, UnknownTarget
 from sansio_aio.driver import Driver, DriverContext
 from tests.drivers import SyncDriver
 from tests.helpers import collect, outputs, outs
-from tests.tasks import (
-    KINDS,
-    Instant,
-    Poker,
-    PubThenEnd,
-    TaggedSubscriber,
-)
+from tests.tasks import KINDS, Instant, Poker, PubThenEnd, TaggedSubscriber
 
 
 async def test_outputs_are_drained_after_every_input(backend: str) -> None:

@@ -26,11 +26,7 @@ from sansio_aio import (
 )
 from sansio_aio.driver import Driver, DriverContext
 from tests.helpers import T, collect, outputs
-from tests.tasks import (
-    KINDS,
-    Echo,
-    Silent,
-)
+from tests.tasks import KINDS, Echo, Silent
 
 
 async def test_a_failing_task_ends_alone(backend: str) -> None:

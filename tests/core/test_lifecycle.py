@@ -28,12 +28,7 @@ from sansio_aio import (
 )
 from tests.drivers import FailsOnWorker1, Recorded
 from tests.helpers import T
-from tests.tasks import (
-    KINDS,
-    Echo,
-    Host,
-    Silent,
-)
+from tests.tasks import KINDS, Echo, Host, Silent
 
 # ------------------------------------------------------- backends and arguments
 

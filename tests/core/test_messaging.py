@@ -24,11 +24,7 @@ from sansio_aio import (
     UnknownTarget,
 )
 from tests.helpers import T, collect, outputs, outs, until
-from tests.tasks import (
-    KINDS,
-    Echo,
-    Host,
-)
+from tests.tasks import KINDS, Echo, Host
 
 # ----------------------------------------------------------- messages, requests
 

@@ -9,18 +9,9 @@ import asyncio
 
 import pytest
 
-from sansio_aio import (
-    AppEvent,
-    Runtime,
-    TaskEnded,
-    TaskFailedError,
-    TaskOutput,
-    UnknownTarget,
-)
+from sansio_aio import AppEvent, Runtime, TaskEnded, TaskFailedError, TaskOutput, UnknownTarget
 from tests.helpers import T
-from tests.tasks import (
-    KINDS,
-)
+from tests.tasks import KINDS
 
 
 async def test_finite_task_ends_by_itself(backend: str) -> None:

@@ -12,17 +12,9 @@ from typing import Any
 
 import pytest
 
-from sansio_aio import (
-    Ext,
-    ExtOut,
-    Runtime,
-    Task,
-)
+from sansio_aio import Ext, ExtOut, Runtime, Task
 from tests.helpers import collect, outputs, outs
-from tests.tasks import (
-    KINDS,
-    Echo,
-)
+from tests.tasks import KINDS, Echo
 
 # ------------------------------------------------------------------------ ticks
 

@@ -8,16 +8,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from sansio_aio import (
-    Runtime,
-)
+from sansio_aio import Runtime
 from sansio_aio.lowlevel import WorkerCore
 from tests.helpers import T, outputs, until
-from tests.tasks import (
-    KINDS,
-    Echo,
-    Host,
-)
+from tests.tasks import KINDS, Echo, Host
 
 # --------------------------------------------------------------------- identity
 
