@@ -30,17 +30,19 @@ run-demo: $(STAMP)
 run-udp: $(STAMP)
 	$(PY) examples/udp_demo.py $(ARGS)
 
-# Every test. The browser test needs Chromium: installed here when missing and possible.
+# Every test, under coverage (branches too; the total is printed at the end). The browser
+# test needs Chromium: installed here when missing and possible.
 test: $(STAMP)
 	@bash scripts/ensure_chromium.sh
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m coverage run -m pytest $(ARGS)
+	@echo "coverage: $$($(PY) -m coverage report --format=total)% of sansio_aio (statements and branches)"
 
 bench: $(STAMP)
 	$(PY) -m bench $(NAME)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check sansio_aio
+	$(VENV)/bin/ruff format --check sansio_aio tests
 	$(VENV)/bin/mypy
 
 # Regenerate docs/api.md from the docstrings (tests/test_api_docs.py fails when it is stale).
@@ -48,4 +50,4 @@ docs: $(STAMP)
 	$(PY) scripts/gen_api.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

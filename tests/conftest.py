@@ -8,6 +8,9 @@ import pytest
 
 from sansio_aio import available_backends
 
+# Helper modules with asserts get pytest's assertion messages, as test modules do.
+pytest.register_assert_rewrite("tests.helpers", "tests.net.tun_helpers", "tests.webrtc.support")
+
 BACKENDS = available_backends()
 
 

@@ -1,4 +1,4 @@
-"""Small drivers shared by the review tests: start/close bookkeeping, a failing start,
+"""Small drivers shared by the tests: start/close bookkeeping, a failing start,
 and a driver that answers synchronously from ``handle``."""
 
 from __future__ import annotations

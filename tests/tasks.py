@@ -1,4 +1,8 @@
-"""Small tasks used by the runtime tests (pure: no I/O, no asyncio)."""
+"""Small tasks shared by the test modules (pure: no I/O, no asyncio).
+
+A task used by one module only stays in that module. ``KINDS`` registers the core
+runtime tests' tasks under their kind names.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from sansio_aio import (
     Task,
     Unsubscribe,
 )
+from tests.drivers import Poke, Poked
 
 
 class Echo(Task):
@@ -66,7 +71,7 @@ class Echo(Task):
 
 
 class Recorder(Task):
-    """Logs every call the runtime makes, to check the drain rule (C2)."""
+    """Logs every call the runtime makes, to check the drain rule."""
 
     def __init__(self, cfg: Any = None) -> None:
         super().__init__(cfg)
@@ -220,3 +225,104 @@ class BadDeadline(Task):
         if self.bad == "raise":
             raise RuntimeError("no idea when")
         return self.bad
+
+
+class TaggedSubscriber(Task):
+    """Subscribes to ``cfg`` once; reports bus messages as ``("bus", msg)`` and
+    application messages as ``("ext", msg)`` (to see their order)."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.emit(Subscribe(cfg))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is BusMessage:
+            self.emit(ExtOut(("bus", event.msg)))
+        elif type(event) is Ext:
+            self.emit(ExtOut(("ext", event.msg)))
+
+
+class PubThenEnd(Task):
+    """On ("end", ch): publish on ch, then end. On ("raise", ch): publish, then raise."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            what, ch = event.msg
+            self.emit(Publish(ch, what))
+            if what == "raise":
+                self._boom = True
+            else:
+                self.closing = True
+
+    def pop_output(self, now: float) -> Any | None:
+        out = super().pop_output(now)
+        if out is None and getattr(self, "_boom", False):
+            raise RuntimeError("boom after publishing")
+        return out
+
+
+class Poker(Task):
+    """On "go": a control message, an output, then a synchronous driver delivery
+    (``Poke``, answered with ``Poked`` by ``tests.drivers.SyncDriver``); echoes the rest."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            msg = event.msg
+            if msg == "go":
+                self.emit(Reply(-1, None))  # a control message: the buffer is "mixed"
+                self.emit(ExtOut("a"))
+                self.emit(Poke("b"))
+            else:
+                self.emit(ExtOut(msg))
+        elif type(event) is Poked:
+            self.emit(ExtOut(event.what))
+
+
+class Instant(Task):
+    """Emits one output from its constructor and is empty at once."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.emit(ExtOut("born"))
+        self.closing = True
+
+
+class Silent(Task):
+    """Never replies; a request ("end") ends it."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Request and event.msg == "end":
+            self.closing = True
+
+
+class OutputProbe(Task):
+    """Emits the outputs the test sends (a list); reports every other input as ExtOut.
+
+    ``"end"`` ends it; requests are answered with their own message."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if isinstance(event, Ext):
+            if event.msg == "end":
+                self.closing = True
+                return
+            for out in event.msg:
+                self.emit(out)
+        elif isinstance(event, Request):
+            self.emit(Reply(event.id, event.msg))
+        else:
+            self.emit(ExtOut(event))
+
+
+KINDS = {
+    "echo": Echo,
+    "recorder": Recorder,
+    "ticker": Ticker,
+    "sub": Subscriber,
+    "pub": Publisher,
+    "parent": Parent,
+    "graceful": Graceful,
+    "stuck": Stuck,
+    "finite": Finite,
+    "bad_deadline": BadDeadline,
+}
+"""The core runtime tests' registry of kinds."""

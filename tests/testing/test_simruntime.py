@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from sansio_aio import (
+    ConfigError,
     Ext,
     ExtOut,
     RequestTimeout,
     ShutdownTimeout,
+    Spawn,
+    Spawned,
     Task,
     TaskEnded,
     TaskFailed,
@@ -24,8 +27,9 @@ from sansio_aio import (
     UnknownTarget,
 )
 from sansio_aio.testing import FakeClock, ProtocolViolation, SimRuntime, SimulationStalled
-
-from .tasks import (
+from tests.drivers import FailsOnWorker1, Poke, Poked, Recorded, SyncDriver
+from tests.helpers import collect, outs
+from tests.tasks import (
     Echo,
     Finite,
     Graceful,
@@ -261,3 +265,75 @@ async def test_fixture_factory(sim_runtime: Callable[..., SimRuntime], sim_seed:
     ref = await rt.spawn("echo")
     rt.send_nowait(ref, Ext("wrapped"))
     assert (await rt.next_event()).msg == Ext("wrapped")  # type: ignore[union-attr]
+
+
+# ------------------------------------------------- re-entrancy from a timer (drain rule)
+
+
+class TickSpawner(Task):
+    """On its first tick: asks for a child, then pokes a synchronous driver."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.ticks = 0
+        self.busy = False
+
+    def on_tick(self, now: float) -> None:
+        self.ticks += 1
+        if self.ticks == 1 and self.cfg == "parent":
+            self.emit(Spawn("t", "child", tag="kid"))
+            self.emit(Poke("poked"))
+
+    def on_event(self, now: float, event: Any) -> None:
+        assert not self.busy, "re-entered while its outputs were drained"
+        if type(event) is Poked:
+            self.emit(ExtOut(event.what))
+        elif type(event) is Spawned:
+            self.emit(ExtOut(("spawned", event.tag, event.error)))
+
+    def pop_output(self, now: float) -> Any | None:
+        out = super().pop_output(now)
+        self.busy = out is not None  # until the runtime has seen the None
+        return out
+
+
+async def test_sync_delivery_from_a_timer_does_not_reenter_the_core() -> None:
+    """Bug: a timer fired while the clock moved (run_until, advance: outside settle)
+    ran the core (tick, deadline); a driver delivering synchronously from ``handle``
+    made SimEngine._deliver settle *inside* that drain: the controller placed the
+    task's Spawn at once and the nested handle_from fed the spawning task (Poked,
+    Spawned) while it was still being drained, and reset the core's depth to 0."""
+    kinds = {"t": TickSpawner}
+    async with SimRuntime(kinds, drivers=[SyncDriver]) as rt:
+        await rt.spawn("t", "parent")
+        got = await collect(rt, lambda g: len(outs(g)) >= 2)
+        assert outs(got) == ["poked", ("spawned", "kid", None)]
+    assert not rt.violations
+
+
+# -------------------------------------------------------------------- a failed start
+
+
+def failing_host(worker: int) -> Task:
+    if worker == 1:
+        raise OSError("no such host")
+    return Task()
+
+
+@pytest.mark.parametrize("how", ["driver", "host"])
+async def test_a_failed_start_under_the_simulator(how: str) -> None:
+    """Bug: SimRuntime let a driver's (or the host's) start error escape as is, with
+    the drivers that had started left open and the runtime still 'new'. The real
+    runtime raises ConfigError, closes every driver that started and ends closed."""
+    Recorded.log = []
+    if how == "driver":
+        rt = SimRuntime({}, workers=2, drivers=[Recorded, FailsOnWorker1])
+    else:
+        rt = SimRuntime({}, workers=2, host=failing_host, drivers=[Recorded])
+    with pytest.raises(ConfigError, match=f"no such {'device' if how == 'driver' else 'host'}"):
+        async with rt:
+            pytest.fail("the body must not run")
+    assert sorted(Recorded.log) == ["close", "close", "start 0", "start 1"]
+    assert not rt.running
+    await rt.shutdown()  # a no-op now
+    assert await rt.next_events() == []

@@ -14,11 +14,12 @@ from sansio_aio import ExtOut, Task, TaskOutput
 from sansio_aio.net import UdpBind, UdpBound, UdpPacket, UdpSend
 from sansio_aio.testing import Fate, LinkConditions, SimRuntime, TaskHarness
 from sansio_aio.testing import strategies as sst
+from tests.testing.tutorial import tutorial
 
-from .test_testing_tutorial import tutorial
 
+class UdpEchoOn7(Task):
+    """Binds 127.0.0.1:7 and echoes every datagram."""
 
-class Echo(Task):
     def __init__(self, cfg: Any = None) -> None:
         super().__init__(cfg)
         self.emit(UdpBind(("127.0.0.1", 7)))
@@ -44,7 +45,7 @@ class Client(Task):
 @settings(max_examples=50, deadline=None)
 @given(sst.timed(sst.udp_packets(), max_size=30))
 def test_echo_answers_every_datagram_once_in_order(inputs: list[tuple[float, Any]]) -> None:
-    h = TaskHarness(Echo)
+    h = TaskHarness(UdpEchoOn7)
     h.feed(UdpBound(1, ("127.0.0.1", 7)))
     h.take()
     for gap, packet in inputs:
@@ -53,7 +54,7 @@ def test_echo_answers_every_datagram_once_in_order(inputs: list[tuple[float, Any
 
 def expected_echoes(payloads: list[bytes], there: list[Fate], back: list[Fate]) -> Counter[bytes]:
     """What the client must receive, computed from the fates alone (latency 0)."""
-    arrivals = []  # (time, order, payload) at the echo server
+    arrivals: list[tuple[float, int, bytes]] = []  # (time, order, payload) at the echo server
     for i, payload in enumerate(payloads):
         fate = there[i] if i < len(there) else Fate()
         if not fate.lost:
@@ -76,7 +77,7 @@ def test_echo_over_scripted_loss_returns_exactly_the_survivors(
     payloads: list[bytes], there: list[Fate], back: list[Fate]
 ) -> None:
     async def scenario() -> Counter[bytes]:
-        async with SimRuntime({"echo": Echo, "client": Client}, workers=2) as rt:
+        async with SimRuntime({"echo": UdpEchoOn7, "client": Client}, workers=2) as rt:
             rt.net.script(("127.0.0.1", 9), ("127.0.0.1", 7), there)
             rt.net.script(("127.0.0.1", 7), ("127.0.0.1", 9), back)
             await rt.spawn("echo")

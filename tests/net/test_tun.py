@@ -1,4 +1,5 @@
-"""TUN/TAP driver (T1, T2, C13 for devices) and the TUN echo example, for real.
+"""TUN/TAP driver (devices, packets, a device deleted, cleanup) and the TUN echo example,
+for real.
 
 Every test that touches a device runs its whole body in a network namespace of its own
 (``@in_netns``: a thread that unshared, with its own event loop; the runtime's worker
@@ -14,8 +15,6 @@ fail instead, so CI can never pass by skipping them.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import importlib.util
 import os
 import random
@@ -23,23 +22,11 @@ import signal
 import socket
 import struct
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sansio_aio import (
-    Ext,
-    ExtOut,
-    Reply,
-    Request,
-    Runtime,
-    Task,
-    TaskEnded,
-    TaskFailed,
-    TaskOutput,
-    TaskRef,
-)
+from sansio_aio import Runtime, TaskEnded, TaskFailed
 from sansio_aio.net import (
     TunBind,
     TunBound,
@@ -51,19 +38,26 @@ from sansio_aio.net import (
     TunSend,
     TunSendMany,
     TunUnbind,
-    tun_unavailable_reason,
 )
-from sansio_aio.testing import (
-    in_netns,
-    link_delete,
-    link_names,
-    netns_unavailable_reason,
-    run_in_netns,
-    set_sysctl,
+from sansio_aio.testing import in_netns, link_delete, link_names, run_in_netns
+from tests.helpers import EXAMPLES, ROOT, T
+from tests.net.tun_helpers import (
+    Puppet,
+    bound,
+    checksum,
+    driver_counter,
+    expect,
+    expect_event,
+    ipv4_packet,
+    ping,
+    quiet_netns,
+    set_mtu,
+    tun_fds,
+    udp_checksum_ok,
+    udp_flows,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "tun_echo.py"
+EXAMPLE = EXAMPLES / "tun_echo.py"
 
 
 def _load_example() -> Any:
@@ -80,224 +74,7 @@ EchoConfig = example.EchoConfig
 EchoTask = example.EchoTask
 
 
-# ------------------------------------------------------------------ skip / fail probe
-
-
-def _probe() -> str | None:
-    """Why TUN tests cannot run here (the precise reason), or None."""
-    reason = tun_unavailable_reason() or netns_unavailable_reason()
-    if reason is not None:
-        return reason
-
-    def open_one() -> str | None:
-        import pytun
-
-        try:
-            pytun.TunTapDevice("probe0", pytun.IFF_TUN | pytun.IFF_NO_PI).close()
-        except OSError as exc:
-            if exc.errno == errno.EPERM:
-                return "TUNSETIFF failed (EPERM: needs CAP_NET_ADMIN)"
-            if exc.errno == errno.EACCES:
-                return "cannot open /dev/net/tun (EACCES)"
-            return f"cannot create a TUN device: {exc}"
-        return None
-
-    return run_in_netns(open_one)
-
-
-REASON = _probe()
-
-
-@pytest.fixture
-def need_tun() -> None:
-    """Skip (or, with CI=true, fail) when TUN devices in a private netns are impossible."""
-    if REASON is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"TUN tests must run in CI but cannot: {REASON}")
-        pytest.skip(REASON)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def quiet_netns() -> None:
-    """No IPv6 on devices made from now on in this namespace (no RS/MLD chatter)."""
-    set_sysctl("net/ipv6/conf/default/disable_ipv6", 1)
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of ``data``; 0 when verifying a valid one."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def udp_checksum_ok(ip: bytes) -> bool:
-    """Verify the UDP checksum of IPv4 packet ``ip`` (pseudo-header included)."""
-    ihl = (ip[0] & 0x0F) * 4
-    udp = ip[ihl:]
-    if udp[6:8] == b"\0\0":
-        return True  # no checksum
-    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(udp))
-    return checksum(pseudo + udp) == 0
-
-
-def tun_fds() -> set[int]:
-    """This process's fds open on /dev/net/tun."""
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == "/dev/net/tun":
-                out.add(int(name))
-        except OSError:
-            pass
-    return out
-
-
-def ping(remote: str, count: int) -> int:
-    """Send ``count`` ICMP echo requests; return how many replies were correct
-    (matching id/seq/payload, valid IPv4 header and ICMP checksums)."""
-    good = 0
-    ident = random.randrange(1 << 16)
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
-        raw.settimeout(3.0)
-        for seq in range(count):
-            payload = os.urandom(56)
-            csum = checksum(struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload)
-            raw.sendto(struct.pack("!BBHHH", 8, 0, csum, ident, seq) + payload, (remote, 0))
-            for _ in range(100):
-                pkt = raw.recv(65535)
-                ihl = (pkt[0] & 0x0F) * 4
-                icmp = pkt[ihl:]
-                if icmp[0] == 0 and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
-                    break
-            else:
-                continue
-            assert checksum(pkt[:ihl]) == 0, "bad IPv4 header checksum"
-            assert checksum(icmp) == 0, "bad ICMP checksum"
-            assert icmp[8:] == payload
-            assert socket.inet_ntoa(pkt[12:16]) == remote
-            good += 1
-    return good
-
-
-def udp_flows(local: str, remote: str, flows: int, per_flow: int) -> int:
-    """``flows`` UDP flows (a socket and a destination port each), ``per_flow`` datagrams
-    each. Returns the number of reflected datagrams that came back right: same payload,
-    from the address and port they were sent to, with a valid UDP checksum."""
-    socks = []
-    capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-    capture.settimeout(3.0)
-    good = 0
-    try:
-        for _ in range(flows):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(3.0)
-            s.bind((local, 0))
-            socks.append(s)
-        for k in range(per_flow):
-            for i, s in enumerate(socks):
-                s.sendto(f"flow {i} #{k}".encode(), (remote, 20000 + i))
-        for i, s in enumerate(socks):
-            for k in range(per_flow):
-                data, src = s.recvfrom(2048)
-                if data == f"flow {i} #{k}".encode() and src == (remote, 20000 + i):
-                    good += 1
-        for _ in range(flows * per_flow):  # the same datagrams, as the kernel got them
-            pkt = capture.recv(65535)
-            assert udp_checksum_ok(pkt), "bad UDP checksum"
-    finally:
-        capture.close()
-        for s in socks:
-            s.close()
-    return good
-
-
-class Puppet(Task):
-    """Emits what the test sends it (``Ext(output or [outputs])``), reports every other
-    input as ``ExtOut(input)``. ``Ext("end")`` makes it end; ``Ext("explode")`` makes it
-    raise on the next packet."""
-
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
-        self.explode = False
-
-    def on_event(self, now: float, event: Any) -> None:
-        if type(event) is Ext:
-            if event.msg == "end":
-                self.closing = True
-            elif event.msg == "explode":
-                self.explode = True
-            else:
-                for out in event.msg if isinstance(event.msg, list) else [event.msg]:
-                    self.emit(out)
-        elif type(event) is Request:
-            self.emit(Reply(event.id, "alive"))
-        else:
-            if self.explode and type(event) in (TunPacket, TunPackets):
-                raise RuntimeError("boom on a packet")
-            self.emit(ExtOut(event))
-
-
-async def expect(rt: Runtime, cls: type, timeout: float = 5.0) -> Any:
-    """The next application event, which must be a task output of type ``cls``."""
-    event = await asyncio.wait_for(rt.next_event(), timeout)
-    assert isinstance(event, TaskOutput), event
-    assert isinstance(event.msg, cls), event.msg
-    return event.msg
-
-
-async def expect_event(rt: Runtime, cls: type, timeout: float = 5.0) -> Any:
-    """The next application event, which must be of type ``cls``."""
-    event = await asyncio.wait_for(rt.next_event(), timeout)
-    assert isinstance(event, cls), event
-    return event
-
-
-async def bound(rt: Runtime, ref: TaskRef, bind: TunBind) -> TunBound:
-    """Make the puppet ``ref`` bind, and return the (successful) answer."""
-    rt.send_nowait(ref, bind)
-    answer: TunBound = await expect(rt, TunBound)
-    assert answer.error is None, answer.error
-    return answer
-
-
-async def driver_counter(rt: Runtime, worker: int, name: str) -> int:
-    """A TUN driver counter read on the worker's own thread."""
-
-    def read(core: Any) -> int:
-        (driver,) = [d for d in core.drivers if isinstance(d, TunDriver)]
-        return int(driver.stats()[name])
-
-    return await rt.run_on_worker(worker, read)
-
-
-def _set_mtu(name: str, mtu: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), 0x8922, struct.pack("16si20x", name.encode(), mtu))
-
-
 # ------------------------------------------------------------- echo logic (pure)
-
-
-def _ipv4(proto: int, payload: bytes, src: str = "10.77.0.1", dst: str = "10.77.0.2") -> bytes:
-    hdr = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(payload),
-        0x1234,
-        0x4000,
-        64,
-        proto,
-        0,
-        socket.inet_aton(src),
-        socket.inet_aton(dst),
-    )
-    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + payload
 
 
 def test_icmp_echo_reply_matches_a_full_checksum_recompute() -> None:
@@ -306,7 +83,7 @@ def test_icmp_echo_reply_matches_a_full_checksum_recompute() -> None:
         body = rng.randbytes(rng.randrange(0, 200))
         ident, seq = rng.randrange(1 << 16), rng.randrange(1 << 16)
         csum = checksum(struct.pack("!BBHHH", 8, 0, 0, ident, seq) + body)
-        request = _ipv4(1, struct.pack("!BBHHH", 8, 0, csum, ident, seq) + body)
+        request = ipv4_packet(1, struct.pack("!BBHHH", 8, 0, csum, ident, seq) + body)
         reply = bytes(example.echo_ipv4(request))
         assert reply[12:16] == request[16:20] and reply[16:20] == request[12:16]
         assert checksum(reply[:20]) == 0
@@ -326,7 +103,7 @@ def test_udp_reflection_swaps_addresses_and_ports_and_keeps_the_checksum_valid()
         udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
         pseudo = socket.inet_aton("10.77.0.1") + socket.inet_aton("10.77.0.2")
         csum = checksum(pseudo + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xFFFF
-        packet = _ipv4(17, udp[:6] + struct.pack("!H", csum) + data)
+        packet = ipv4_packet(17, udp[:6] + struct.pack("!H", csum) + data)
         reply = bytes(example.echo_ipv4(packet))
         assert udp_checksum_ok(reply) and checksum(reply[:20]) == 0
         assert struct.unpack("!HH", reply[20:24]) == (dport, sport)
@@ -337,11 +114,11 @@ def test_udp_reflection_swaps_addresses_and_ports_and_keeps_the_checksum_valid()
 def test_echo_ignores_what_it_should_not_answer() -> None:
     echo = example.echo_ipv4
     icmp_reply = struct.pack("!BBHHH", 0, 0, 0, 1, 1) + bytes(8)
-    assert echo(_ipv4(1, icmp_reply)) is None  # an echo reply is not answered
-    assert echo(_ipv4(6, bytes(20))) is None  # TCP
+    assert echo(ipv4_packet(1, icmp_reply)) is None  # an echo reply is not answered
+    assert echo(ipv4_packet(6, bytes(20))) is None  # TCP
     assert echo(b"\x60" + bytes(60)) is None  # IPv6
     assert echo(b"\x45\x00") is None  # too short
-    frag = bytearray(_ipv4(17, bytes(16)))
+    frag = bytearray(ipv4_packet(17, bytes(16)))
     frag[6] = 0x20  # MF
     assert echo(bytes(frag)) is None
 
@@ -364,7 +141,7 @@ def test_tap_echo_answers_arp_requests() -> None:
     assert reply[32:38] == peer and reply[38:42] == socket.inet_aton("10.78.0.1")
 
 
-# ------------------------------------------------------------------ the namespace helper
+# ---------------------------------------------------------- the namespace helper
 
 
 def test_run_in_netns_is_private_and_leaves_the_host_alone(need_tun: None) -> None:
@@ -386,7 +163,7 @@ def test_run_in_netns_is_private_and_leaves_the_host_alone(need_tun: None) -> No
         run_in_netns(fail)
 
 
-# ---------------------------------------------------------------------- T1: round trips
+# -------------------------------------------------------------- round trips
 
 
 ROUND_TRIP = [
@@ -456,7 +233,7 @@ async def test_tap_frames_arp_and_udp(need_tun: None, backend: str) -> None:
         assert frame[38:42] == socket.inet_aton("10.79.0.5")
 
 
-# ---------------------------------------------------------- T2: device deleted
+# ----------------------------------------------------------- device deleted
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["per-packet", "batch"])
@@ -467,6 +244,7 @@ async def test_device_deleted_under_the_reader(need_tun: None, backend: str, bat
     async with Runtime({"puppet": Puppet}, backend=backend, drivers=[TunDriver]) as rt:
         ref = await rt.spawn("puppet")
         answer = await bound(rt, ref, TunBind("tun0", address="10.77.0.1", batch=batch))
+        assert answer.slot is not None, answer  # narrows the type
         assert len(tun_fds() - before) == 1
         await asyncio.to_thread(link_delete, "tun0")
         closed = await expect(rt, TunClosed)
@@ -480,7 +258,7 @@ async def test_device_deleted_under_the_reader(need_tun: None, backend: str, bat
         await asyncio.sleep(0.3)
         assert await driver_counter(rt, 0, "tun_read_wakeups") == wakeups
         # the slot is gone; the worker and the task carry on
-        rt.send_nowait(ref, TunSend(answer.slot, _ipv4(17, bytes(8))))
+        rt.send_nowait(ref, TunSend(answer.slot, ipv4_packet(17, bytes(8))))
         error = await expect(rt, TunError)
         assert error.slot == answer.slot and "no such slot" in error.error
         again = await bound(rt, ref, TunBind("tun0"))
@@ -488,7 +266,7 @@ async def test_device_deleted_under_the_reader(need_tun: None, backend: str, bat
         assert await rt.request(ref, "ping") == "alive"
 
 
-# ------------------------------------------------------------------ C13: cleanup
+# -------------------------------------------------------------------- cleanup
 
 
 @in_netns
@@ -503,6 +281,7 @@ async def test_queues_are_released_and_no_fd_is_left(need_tun: None, backend: st
         mask = "255.255.255.0"
         mq = TunBind("tun0", address="10.77.0.1", netmask=mask, multi_queue=True)
         slot_a = (await bound(rt, a, mq)).slot
+        assert slot_a is not None  # narrows the type
         await bound(rt, b, TunBind("tun0", multi_queue=True, mtu=None))
         await bound(rt, c, TunBind("tun1", address="10.77.1.1", netmask=mask))
         await bound(rt, d, TunBind("tun2", address="10.77.2.1", netmask=mask))
@@ -538,7 +317,7 @@ def _send_udp(dst: str) -> None:
         s.sendto(b"x", (dst, 9))
 
 
-# ------------------------------------------------------------ bad input, whole packets
+# ------------------------------------------------ bad input, whole packets
 
 
 @in_netns
@@ -566,11 +345,12 @@ async def test_bad_binds_and_sends_are_error_values(need_tun: None, backend: str
             answer = await expect(rt, TunBound)
             assert answer.slot is None and text in str(answer.error), answer
         slot = good.slot
+        assert slot is not None, good  # narrows the type
         rt.send_nowait(ref, TunSend(slot, "not bytes"))  # type: ignore[arg-type]
         assert "bytes-like" in (await expect(rt, TunError)).error
         rt.send_nowait(ref, TunSend(slot, bytes(20)))  # not IPv4 or IPv6: the kernel refuses
         assert "EINVAL" in (await expect(rt, TunError)).error
-        rt.send_nowait(ref, TunSendMany(slot, [bytes(20), _ipv4(17, bytes(8)), 42]))  # type: ignore[list-item]
+        rt.send_nowait(ref, TunSendMany(slot, [bytes(20), ipv4_packet(17, bytes(8)), 42]))  # type: ignore[list-item]
         errors = [await expect(rt, TunError), await expect(rt, TunError)]
         assert "EINVAL" in errors[0].error and "bytes-like" in errors[1].error
         rt.send_nowait(ref, TunUnbind(12345))  # unknown slot: a no-op
@@ -591,7 +371,7 @@ async def test_packets_longer_than_the_read_size_are_reported_never_cut(
         bind = TunBind("tun0", address="10.77.0.1", mtu=1500, batch=batch)
         answer = await bound(rt, ref, bind)
         assert answer.mtu == 1500
-        _set_mtu("tun0", 9000)  # behind the driver's back
+        set_mtu("tun0", 9000)  # behind the driver's back
 
         def send_big() -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -607,6 +387,37 @@ async def test_packets_longer_than_the_read_size_are_reported_never_cut(
             data = (await expect(rt, TunPacket)).data
         assert len(data) == 20 + 8 + 4000 and data.endswith(b"a" * 4000)
         assert await driver_counter(rt, 0, "tun_rx_truncated") == 1
+
+
+@in_netns
+async def test_tun_garbage_outputs_are_error_values(need_tun: None, backend: str) -> None:
+    quiet_netns()
+    async with Runtime({"puppet": Puppet}, backend=backend, drivers=[TunDriver]) as rt:
+        ref = await rt.spawn("puppet")
+        rt.send_nowait(ref, TunBind("bad\0name"))  # embedded NUL
+        answer = await expect(rt, TunBound)
+        assert answer.slot is None and answer.error, answer
+        good = await bound(rt, ref, TunBind("tunr0", address="10.78.0.1", up=True))
+        assert good.slot is not None, good  # narrows the type
+        ping = ipv4_packet(17, bytes(8))
+        rt.send_nowait(
+            ref,
+            [
+                TunSend([good.slot], ping),  # type: ignore[arg-type]
+                TunSendMany({}, [ping]),  # type: ignore[arg-type]
+                TunUnbind([good.slot]),  # type: ignore[arg-type]
+                TunSendMany(good.slot, 42),  # type: ignore[arg-type]
+                TunSend(good.slot, memoryview(ping)),  # bytes-like: written
+            ],
+        )
+        errors = [await expect(rt, TunError) for _ in range(3)]
+        assert "no such slot" in errors[0].error and "no such slot" in errors[1].error
+        assert "sequence" in errors[2].error
+        assert await rt.request(ref, "still there?", timeout=T) == "alive"
+        assert await driver_counter(rt, 0, "tun_tx") == 1
+        assert await driver_counter(rt, 0, "tun_queues") == 1  # the bad unbind closed nothing
+        stats = await rt.stats()
+        assert stats.workers[0].failures == 0
 
 
 # ------------------------------------------------------------------ the example
@@ -653,7 +464,7 @@ async def test_example_serves_until_ctrl_c(need_tun: None) -> None:
     assert b"tun_echo: echoed 6 packets" in out, out
 
 
-# ---------------------------------------------------------------- events are plain data
+# -------------------------------------------------------- events are plain data
 
 
 def test_tun_events_are_slotted_and_have_defaults() -> None:

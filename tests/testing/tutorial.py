@@ -1,7 +1,7 @@
-"""Runs the tutorial of docs/testing.md: every ```python block, in order, as one module.
+"""The tutorial of docs/testing.md as a module: every ```python block, in order.
 
-The tutorial's ``test_*`` functions become tests of this module, so the documentation
-cannot drift from the code.
+Loaded once (``tutorial``): ``test_tutorial.py`` runs its ``test_*`` functions and
+``test_properties.py`` reuses its tasks.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import sys
 import types
-from pathlib import Path
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+from tests.helpers import ROOT
+
+DOC = ROOT / "docs" / "testing.md"
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -30,9 +31,3 @@ def load_tutorial() -> types.ModuleType:
 
 
 tutorial = load_tutorial()
-globals().update({k: v for k, v in vars(tutorial).items() if k.startswith("test_")})
-
-
-def test_the_tutorial_has_its_tests() -> None:
-    names = [k for k in vars(tutorial) if k.startswith("test_")]
-    assert len(names) >= 6, names

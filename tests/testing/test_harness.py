@@ -16,8 +16,7 @@ from sansio_aio.testing import (
     TaskCrashed,
     TaskHarness,
 )
-
-from .tasks import Echo, Graceful, Recorder, Ticker
+from tests.tasks import Echo, Graceful, Recorder, Ticker
 
 
 class Timer(Task):

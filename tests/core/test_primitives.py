@@ -1,4 +1,5 @@
-"""Task groups and lanes: the pure building blocks (C8, C12)."""
+"""The pure building blocks: task groups (slots and generations), the task base class,
+lanes and the bus hub."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from sansio_aio import Task, TaskProtocol
 from sansio_aio.lowlevel import BusHub, Lane, TaskGroup
 
 
-def test_c12_slots_reused_lowest_first() -> None:
+def test_task_group_reuses_the_lowest_free_slot() -> None:
     group: TaskGroup[str] = TaskGroup("k")
     assert [group.add(x) for x in "abc"] == [(0, 0), (1, 0), (2, 0)]
     assert group.remove(1) == "b"
@@ -21,7 +22,7 @@ def test_c12_slots_reused_lowest_first() -> None:
     assert [i for i, _, _ in group.items()] == [0, 1, 2]
 
 
-def test_c12_became_empty_fires_once_per_transition() -> None:
+def test_task_group_became_empty_fires_once_per_transition() -> None:
     group: TaskGroup[str] = TaskGroup("k")
     assert not group.pop_became_empty()  # never had tasks: no edge
     group.add("a")
@@ -49,7 +50,7 @@ def test_task_base_class_follows_the_protocol() -> None:
     assert task.is_empty()
 
 
-def test_c8_lane_wakes_once_per_empty_to_nonempty_transition() -> None:
+def test_lane_wakes_once_per_empty_to_nonempty_transition() -> None:
     wakes: list[int] = []
     lane = Lane(capacity=3, wake=lambda: wakes.append(1))
     assert lane.push("a")
@@ -64,7 +65,7 @@ def test_c8_lane_wakes_once_per_empty_to_nonempty_transition() -> None:
     assert len(wakes) == 2
 
 
-def test_c8_lane_room_callbacks() -> None:
+def test_lane_room_callbacks_fire_when_room_comes_back() -> None:
     lane = Lane(capacity=1, wake=lambda: None)
     assert not lane.on_room(lambda: None)  # room now: nothing registered
     lane.push("x")
@@ -75,7 +76,7 @@ def test_c8_lane_room_callbacks() -> None:
     assert fired.is_set()
 
 
-def test_c8_lane_under_two_threads_loses_nothing() -> None:
+def test_lane_under_two_threads_loses_nothing() -> None:
     """One producer thread, one consumer thread, a wake per transition: all arrive."""
     wake = threading.Event()
     lane = Lane(capacity=1 << 30, wake=wake.set)

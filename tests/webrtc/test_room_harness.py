@@ -23,7 +23,7 @@ from sansio_aio.webrtc import (
     RoomConfig,
     SessionEnded,
 )
-from tests.test_webrtc_room import ANSWER, offer
+from tests.webrtc.support import ANSWER, offer
 
 
 def open_session(h: TaskHarness, rid: int, sid: str, role: str) -> Created:

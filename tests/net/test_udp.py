@@ -1,4 +1,5 @@
-"""UDP driver (rows U1-U6, C13 for sockets) on real sockets on 127.0.0.1 / ::1.
+"""UDP driver on real sockets on 127.0.0.1 / ::1: bind, unbind, sends, batches, drops,
+floods, and the sockets of a task that ends.
 
 Every test runs on every backend. A ``Probe`` task is scripted by the test: it emits the
 outputs the test sends it and reports every input it gets back as an ``ExtOut``.
@@ -47,9 +48,7 @@ from sansio_aio.net import (
     UdpUnbind,
     UdpUnbound,
 )
-
-LO = "127.0.0.1"
-T = 5.0  # seconds any single awaited event may take
+from tests.helpers import LO, T, driver_stats, msg
 
 
 class Probe(Task):
@@ -120,13 +119,6 @@ class Probe(Task):
         return self.done or super().is_empty()
 
 
-async def msg(rt: Runtime, timeout: float = T) -> Any:
-    """The next task output's message (fails on anything else)."""
-    ev = await asyncio.wait_for(rt.next_event(), timeout)
-    assert isinstance(ev, TaskOutput), f"expected a task output, got {ev!r}"
-    return ev.msg
-
-
 async def recv(sock: socket.socket, timeout: float = T) -> tuple[bytes, Any]:
     """Receive one datagram on a test socket without blocking the test's loop."""
     loop = asyncio.get_running_loop()
@@ -168,11 +160,6 @@ async def bind(rt: Runtime, ref: Any, addr: Any = (LO, 0), **kw: Any) -> UdpBoun
     return bound
 
 
-async def driver_stats(rt: Runtime, worker: int = 0) -> dict[str, int]:
-    """The UDP driver's counters, read on the worker's own thread."""
-    return await rt.run_on_worker(worker, lambda core: dict(core.drivers[0].stats()))
-
-
 def have_ipv6() -> bool:
     if not socket.has_ipv6:
         return False
@@ -184,7 +171,7 @@ def have_ipv6() -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- U1
+# ---------------------------------------------------------------------- bind
 
 
 async def test_bind_ephemeral_port_and_receive(backend: str, sockets: Any) -> None:
@@ -193,6 +180,7 @@ async def test_bind_ephemeral_port_and_receive(backend: str, sockets: Any) -> No
         bound = await msg(rt)
         assert isinstance(bound, UdpBound) and bound.ok, bound
         assert bound.tag == "t1" and bound.slot > 0
+        assert bound.addr is not None, bound  # narrows the type
         assert bound.addr[0] == LO and bound.addr[1] > 0
         client = sockets()
         client.sendto(b"hello", bound.addr)
@@ -232,6 +220,7 @@ async def test_ipv6_loopback(backend: str, sockets: Any) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref, ("::1", 0))
+        assert bound.addr is not None, bound  # narrows the type
         assert bound.ok and bound.addr[0] == "::1", bound
         client = sockets("::1", socket.AF_INET6)
         client.sendto(b"six", bound.addr[:2])
@@ -272,7 +261,7 @@ async def test_bad_buffer_size_is_an_error_value(backend: str) -> None:
         assert not bad.ok and "rcvbuf" in (bad.error or "")
 
 
-# --------------------------------------------------------------------------- U2
+# ---------------------------------------------------------- unbind, ownership
 
 
 async def test_unbind_acks_and_a_stale_slot_is_an_error(backend: str, sockets: Any) -> None:
@@ -282,6 +271,7 @@ async def test_unbind_acks_and_a_stale_slot_is_an_error(backend: str, sockets: A
         rt.send_nowait(ref, [UdpUnbind(bound.slot)])
         assert await msg(rt) == UdpUnbound(bound.slot)
         # the port is free again: the socket is really closed
+        assert bound.addr is not None, bound  # narrows the type
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(bound.addr)
         target = sockets()
@@ -326,7 +316,7 @@ async def test_a_task_cannot_use_another_tasks_slot(backend: str, sockets: Any) 
         assert data == b"mine"
 
 
-# --------------------------------------------------------------------------- U3
+# ---------------------------------------------------------------------- sends
 
 
 async def test_send_one_many_and_pairs(backend: str, sockets: Any) -> None:
@@ -372,7 +362,7 @@ async def test_send_many_reports_each_bad_destination(backend: str, sockets: Any
         assert await recv(r1) == (b"q", s1.addr)
 
 
-# --------------------------------------------------------------------------- U4
+# ------------------------------------------------------ batches, whole datagrams
 
 
 async def test_batch_mode_receives_and_sends_whole_batches(backend: str, sockets: Any) -> None:
@@ -441,7 +431,7 @@ async def test_oversize_and_malformed_sends_are_error_values(backend: str, socke
         assert (await driver_stats(rt))["udp_tx_errors"] == 5
 
 
-# --------------------------------------------------------------------------- U5
+# ------------------------------------------------------- send drops are counted
 
 
 class FlakySocket(socket.socket):
@@ -449,7 +439,7 @@ class FlakySocket(socket.socket):
 
     calls = 0
 
-    def sendto(self, data: Any, *args: Any) -> int:  # type: ignore[override]
+    def sendto(self, data: Any, *args: Any) -> int:
         FlakySocket.calls += 1
         if FlakySocket.calls % 3 == 0:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -493,7 +483,7 @@ async def test_small_sndbuf_burst_is_fully_accounted(backend: str, sockets: Any)
         assert st["udp_tx_errors"] == 0
 
 
-# --------------------------------------------------------------------------- U6
+# ---------------------------------------------------------------------- floods
 
 FLOODER = r"""
 import socket, sys, time
@@ -521,6 +511,7 @@ async def test_flooded_socket_does_not_starve_others_or_ticks(backend: str, sock
         a = await bind(rt, ref, rcvbuf=1 << 20)
         b = await bind(rt, ref)
         rt.send_nowait(ref, ("count", a.slot, 2000))
+        assert a.addr is not None, a  # narrows the type
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -563,7 +554,7 @@ async def test_flooded_socket_does_not_starve_others_or_ticks(backend: str, sock
         assert max(gaps) < 5 * period, f"ticks stalled under the flood: {max(gaps):.3f} s"
 
 
-# --------------------------------------------------------------------------- C13
+# ------------------------------------------------------------ a task that ends
 
 
 @pytest.mark.parametrize("how", ["end", "raise"])
@@ -574,6 +565,7 @@ async def test_sockets_of_an_ended_task_are_closed(backend: str, how: str) -> No
         rt.send_nowait(ref, how)
         ended = await asyncio.wait_for(rt.next_event(), T)
         assert isinstance(ended, TaskEnded if how == "end" else TaskFailed)
+        assert bound.addr is not None, bound  # narrows the type
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(bound.addr)  # no reuse: succeeds only if the task's socket is closed
         assert (await driver_stats(rt))["udp_sockets"] == 0
@@ -584,8 +576,8 @@ async def test_sockets_of_an_ended_task_are_closed(backend: str, how: str) -> No
 BACKEND_NAMES = [b for b in ("uvloop", "epoll", "poll") if b in available_backends()]
 
 
-class Echo(Task):
-    """Binds the address in cfg and echoes every datagram."""
+class UdpEcho(Task):
+    """Binds the address in cfg (reporting its UdpBound) and echoes every datagram."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -606,7 +598,7 @@ def echo_addr(request: pytest.FixtureRequest) -> Iterator[Any]:
     stop = threading.Event()
 
     async def main() -> None:
-        async with Runtime({"echo": Echo}, drivers=[UdpDriver], backend=request.param) as rt:
+        async with Runtime({"echo": UdpEcho}, drivers=[UdpDriver], backend=request.param) as rt:
             await rt.spawn("echo", (LO, 0))
             ev = await asyncio.wait_for(rt.next_event(), T)
             found.append(ev.msg.addr)  # type: ignore[union-attr]

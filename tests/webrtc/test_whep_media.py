@@ -16,9 +16,7 @@ import pytest
 
 from sansio_aio import webrtc as client
 from sansio_aio.testing import LoopThread
-from tests.test_webrtc_support import ServeFactory, netns, peers, serve
-
-__all__ = ["netns", "peers", "serve"]
+from tests.webrtc.support import ServeFactory
 
 FRAMES = 30
 TIMEOUT = 20.0
@@ -117,7 +115,9 @@ async def test_publisher_is_consumed_without_viewers(
         room = s.server.rooms["solo"]
 
         async def consumed() -> bool:
-            stats = await rt.run_on_worker(room.worker, lambda core: core.drivers[0].stats())
+            stats: dict[str, int] = await rt.run_on_worker(
+                room.worker, lambda core: core.drivers[0].stats()
+            )
             return stats["webrtc_frames_in"] >= FRAMES
 
         assert await until(consumed, TIMEOUT), "the publisher's frames were not consumed"

@@ -30,9 +30,7 @@ import aiohttp
 import pytest
 
 from sansio_aio.testing import LoopThread, PrivateNetwork
-from tests.test_webrtc_support import ServeFactory, netns, peers, serve
-
-__all__ = ["netns", "peers", "serve"]
+from tests.webrtc.support import ServeFactory
 
 FRAMES = 30
 

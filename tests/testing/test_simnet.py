@@ -83,7 +83,7 @@ async def _pair(rt: SimRuntime) -> tuple[Any, Any, Any]:
 
 async def _replies(rt: SimRuntime, within: float = 5.0) -> list[tuple[float, UdpPacket]]:
     rt.advance(within)
-    return [e.msg for e in rt.poll_events() if isinstance(e, TaskOutput)]  # type: ignore[misc]
+    return [e.msg for e in rt.poll_events() if isinstance(e, TaskOutput)]
 
 
 async def test_latency_and_jitter_free_round_trip_is_exact() -> None:

@@ -37,31 +37,7 @@ from sansio_aio.webrtc import (
     check_offer,
 )
 from sansio_aio.webrtc._sdp import add_rtcp_mux_only, parse_fragment
-
-
-def offer(direction: str = "sendonly", kinds: tuple[str, ...] = ("video",)) -> str:
-    lines = ["v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0"]
-    for i, kind in enumerate(kinds):
-        lines += [
-            f"m={kind} 9 UDP/TLS/RTP/SAVPF 96",
-            "c=IN IP4 0.0.0.0",
-            f"a=mid:{i}",
-            f"a={direction}",
-            "a=rtcp-mux",
-            "a=ice-ufrag:abcd",
-            "a=ice-pwd:0123456789012345678901",
-            "a=candidate:1 1 udp 2130706431 10.99.0.2 5000 typ host",
-            "a=candidate:2 1 udp 2130706431 0a1b2c3d-0000.local 5001 typ host",
-        ]
-    return "\r\n".join(lines) + "\r\n"
-
-
-ANSWER = (
-    "v=0\r\no=- 2 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
-    "a=mid:0\r\na=recvonly\r\na=rtcp-mux\r\n"
-    "a=candidate:1 1 udp 2130706431 10.99.0.1 6000 typ host\r\n"
-    "a=candidate:2 1 udp 2130706431 192.168.7.7 6001 typ host\r\n"
-)
+from tests.webrtc.support import ANSWER, offer
 
 
 class Driven:

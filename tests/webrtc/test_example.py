@@ -11,11 +11,10 @@ import os
 import re
 import signal
 import sys
-from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 async def test_example_serves_pages_and_stops_cleanly() -> None:

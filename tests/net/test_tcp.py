@@ -1,22 +1,25 @@
-"""TCP driver (row N1, C13 for connections) on real sockets on 127.0.0.1 / ::1.
+"""TCP driver on real sockets on 127.0.0.1 / ::1: listen, accept, connect, half-close,
+backpressure, bad input, bounded closes, and the connections of a task that ends.
 
 Every test runs on every backend. ``Probe`` emits the outputs the test sends it and
 reports every input as an ``ExtOut``; with ``echo`` it echoes data and closes on EOF.
-Clients are asyncio streams on the test's own loop.
+The robustness cases use the plainer ``tests.tasks.OutputProbe`` (and ``inputs``, which
+fails on a task failure). Clients are asyncio streams (or sockets) on the test's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import random
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from sansio_aio import Ext, ExtOut, Reply, Request, Runtime, Task, TaskEnded, TaskFailed, TaskOutput
+from sansio_aio import Ext, ExtOut, Reply, Request, Runtime, Task, TaskEnded, TaskFailed
 from sansio_aio.net import (
     TcpAccepted,
     TcpClose,
@@ -36,9 +39,8 @@ from sansio_aio.net import (
     TcpSend,
     TcpShutdown,
 )
-
-LO = "127.0.0.1"
-T = 5.0
+from tests.helpers import LO, T, driver_stats, inputs, msg
+from tests.tasks import OutputProbe
 
 
 class Probe(Task):
@@ -83,12 +85,6 @@ def runtime(backend: str, **kw: Any) -> Runtime:
     return Runtime({"probe": Probe}, backend=backend, **kw)
 
 
-async def msg(rt: Runtime, timeout: float = T) -> Any:
-    ev = await asyncio.wait_for(rt.next_event(), timeout)
-    assert isinstance(ev, TaskOutput), f"expected a task output, got {ev!r}"
-    return ev.msg
-
-
 async def listen(rt: Runtime, ref: Any, addr: Any = (LO, 0), **kw: Any) -> TcpListening:
     rt.send_nowait(ref, [TcpListen(addr, **kw)])
     ev = await msg(rt)
@@ -105,10 +101,6 @@ async def read_data(rt: Runtime, slot: int, n: int) -> bytes:
         buf += ev.data
     assert len(buf) == n
     return buf
-
-
-async def driver_stats(rt: Runtime) -> dict[str, int]:
-    return await rt.run_on_worker(0, lambda core: dict(core.drivers[0].stats()))
 
 
 def free_port() -> int:
@@ -135,6 +127,7 @@ async def test_listen_accept_receive_send(backend: str) -> None:
         ref = await rt.spawn("probe", {"start": [TcpListen((LO, 0), tag="srv")]})
         lst = await msg(rt)
         assert isinstance(lst, TcpListening) and lst.ok and lst.tag == "srv"
+        assert lst.addr is not None, lst  # narrows the type
         assert lst.addr[0] == LO and lst.addr[1] > 0
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
@@ -217,12 +210,35 @@ async def test_bad_addresses_are_error_values(backend: str, addr: Any, needle: s
         assert not bad.ok and "backlog" in bad.error
 
 
+@pytest.mark.parametrize(
+    "listen",
+    [
+        TcpListen(("::1", 0, "flowinfo", 0)),  # TypeError in bind
+        TcpListen((LO, 0), backlog=1 << 70),  # OverflowError in listen
+    ],
+    ids=["bad-flowinfo", "huge-backlog"],
+)
+async def test_malformed_listen_fields_are_error_values(backend: str, listen: TcpListen) -> None:
+    """A TypeError/OverflowError from bind or listen used to escape ``except OSError``:
+    the task failed and the socket was left to the garbage collector."""
+    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[TcpDriver]) as rt:
+        ref = await rt.spawn("probe")
+        rt.send_nowait(ref, [listen, TcpListen((LO, 0))])
+        bad, good = await inputs(rt, 2)
+        assert isinstance(bad, TcpListening) and bad.slot == -1 and not bad.ok, bad
+        assert bad.errno == errno.EINVAL and "listen" in str(bad.error)
+        assert isinstance(good, TcpListening) and good.ok
+        stats = await driver_stats(rt)
+        assert stats["tcp_listeners"] == 1
+
+
 async def test_close_listener_acks_and_frees_the_port(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         rt.send_nowait(ref, [TcpClose(lst.slot)])
         assert await msg(rt) == TcpClosed(lst.slot)
+        assert lst.addr is not None, lst  # narrows the type
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(*lst.addr)
         with socket.socket() as again:
@@ -250,6 +266,7 @@ async def test_connect_send_receive_close(backend: str) -> None:
             rt.send_nowait(ref, [TcpConnect(addr, tag="up")])
             con = await msg(rt)
             assert isinstance(con, TcpConnected) and con.ok, con
+            assert con.local is not None, con  # narrows the type
             assert con.tag == "up" and con.remote == addr and con.local[0] == LO
             rt.send_nowait(ref, [TcpSend(con.slot, b"shout")])
             assert await read_data(rt, con.slot, 5) == b"SHOUT"
@@ -271,6 +288,22 @@ async def test_connect_refused_is_an_error_value(backend: str) -> None:
         assert isinstance(con, TcpConnected) and not con.ok and con.slot == -1
         assert con.errno == errno.ECONNREFUSED and con.tag == 7
         assert (await driver_stats(rt))["tcp_errors"] == 1
+
+
+async def test_many_connects_to_a_closed_port_each_fail_and_leave_nothing(backend: str) -> None:
+    with socket.socket() as s:
+        s.bind((LO, 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[TcpDriver]) as rt:
+            ref = await rt.spawn("probe")
+            n = 200
+            rt.send_nowait(ref, [TcpConnect((LO, port), tag=i) for i in range(n)])
+            got = await inputs(rt, n)
+            assert all(isinstance(e, TcpConnected) and e.slot == -1 for e in got)
+            assert {e.errno for e in got} == {errno.ECONNREFUSED}
+            assert sorted(e.tag for e in got) == list(range(n))
+            stats = await driver_stats(rt)
+            assert stats["tcp_conns"] == 0 and stats["tcp_errors"] == n
 
 
 async def test_connect_times_out_as_an_error_value(backend: str) -> None:
@@ -306,11 +339,13 @@ async def test_ipv6_connect_and_accept_inside_one_task(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref, ("::1", 0))
+        assert lst.addr is not None, lst  # narrows the type
         assert lst.ok and lst.addr[0] == "::1"
         rt.send_nowait(ref, [TcpConnect(lst.addr[:2])])
         first, second = await msg(rt), await msg(rt)
         by_type = {type(first): first, type(second): second}
         con, acc = by_type[TcpConnected], by_type[TcpAccepted]
+        assert con.local is not None, con  # narrows the type
         assert con.ok and acc.remote[:2] == con.local[:2]
         rt.send_nowait(ref, [TcpSend(con.slot, b"over six")])
         assert await read_data(rt, acc.slot, 8) == b"over six"
@@ -323,6 +358,7 @@ async def test_peer_half_close_then_reply_then_close(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         writer.write(b"question")
@@ -339,6 +375,7 @@ async def test_task_half_close_keeps_reading(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         rt.send_nowait(ref, [TcpSend(acc.slot, b"last words"), TcpShutdown(acc.slot)])
@@ -357,6 +394,7 @@ async def test_peer_reset_arrives_as_closed_with_error(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         sock = socket.create_connection(lst.addr)
         acc = await msg(rt)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -367,6 +405,28 @@ async def test_peer_reset_arrives_as_closed_with_error(backend: str) -> None:
         assert closed.error is None or closed.errno == errno.ECONNRESET, closed
         rt.send_nowait(ref, [TcpSend(acc.slot, b"gone")])
         assert isinstance(await msg(rt), TcpError)
+
+
+async def test_send_after_the_peer_half_closed_still_works(backend: str) -> None:
+    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[TcpDriver]) as rt:
+        ref = await rt.spawn("probe")
+        rt.send_nowait(ref, [TcpListen((LO, 0))])
+        (lst,) = await inputs(rt, 1)
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        (acc,) = await inputs(rt, 1)
+        writer.write(b"bye")
+        writer.write_eof()
+        data, eof = await inputs(rt, 2)
+        assert isinstance(data, TcpData) and data.data == b"bye" and isinstance(eof, TcpEof)
+        # a bytes-like payload on purpose: TcpSend.data is typed bytes, any buffer works
+        rt.send_nowait(ref, [TcpSend(acc.slot, memoryview(b"still here")), TcpShutdown(acc.slot)])  # type: ignore[arg-type]
+        assert await asyncio.wait_for(reader.read(), T) == b"still here"
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"after shutdown")])
+        ev = (await inputs(rt, 1))[0]
+        if isinstance(ev, TcpClosed):  # both FINs sent: it may close first
+            ev = (await inputs(rt, 1))[0]
+        assert isinstance(ev, TcpError) and ev.errno in (errno.EPIPE, errno.EBADF), ev
+        writer.close()
 
 
 # ------------------------------------------------------------------ backpressure
@@ -382,6 +442,7 @@ async def test_backpressure_pauses_refuses_and_resumes(backend: str) -> None:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
         sock.setblocking(False)
+        assert lst.addr is not None, lst  # narrows the type
         await asyncio.get_running_loop().sock_connect(sock, lst.addr)
         reader, writer = await asyncio.open_connection(sock=sock)
         acc = await msg(rt)
@@ -417,6 +478,7 @@ async def test_task_can_pause_and_resume_reading(backend: str) -> None:
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         _, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         rt.send_nowait(ref, [TcpPauseReading(acc.slot)])
@@ -431,6 +493,44 @@ async def test_task_can_pause_and_resume_reading(backend: str) -> None:
         writer.close()
 
 
+async def test_peer_reset_with_a_full_write_buffer_frees_it(backend: str) -> None:
+    """A client that never reads, then resets: the buffer stays bounded, then is freed."""
+    factory = functools.partial(TcpDriver, high=64 << 10, low=16 << 10, max_buffer=256 << 10)
+    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[factory]) as rt:
+        ref = await rt.spawn("probe")
+        rt.send_nowait(ref, [TcpListen((LO, 0))])
+        (lst,) = await inputs(rt, 1)
+        reader, writer = await asyncio.open_connection(*lst.addr)
+        (acc,) = await inputs(rt, 1)
+        n = 400  # 25 MiB: far more than the kernel buffers plus max_buffer
+        rt.send_nowait(ref, [TcpSend(acc.slot, bytes(64 << 10)) for _ in range(n)])
+        seen: list[Any] = []
+        for _ in range(n + 1):  # bounded: at most one input per send, plus TcpPaused
+            (ev,) = await inputs(rt, 1)
+            seen.append(type(ev))
+            if isinstance(ev, TcpError):
+                break
+        assert seen[0] is TcpPaused and seen[-1] is TcpError, seen
+        assert ev.errno == errno.ENOBUFS
+        stats = await driver_stats(rt)
+        assert 0 < stats["tcp_write_buffered"] <= 256 << 10
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # RST
+        for _ in range(n + 1):  # the rest of the refusals, then the close
+            (ev,) = await inputs(rt, 1)
+            if isinstance(ev, TcpClosed):
+                break
+            assert isinstance(ev, TcpError) and ev.errno == errno.ENOBUFS, ev
+        assert isinstance(ev, TcpClosed) and ev.slot == acc.slot and ev.error, ev
+        stats = await driver_stats(rt)
+        assert stats["tcp_conns"] == 0 and stats["tcp_write_buffered"] == 0
+        rt.send_nowait(ref, [TcpSend(acc.slot, b"late")])  # a send after the close
+        (late,) = await inputs(rt, 1)
+        assert isinstance(late, TcpError) and late.errno == errno.EBADF
+        del reader
+
+
 # ------------------------------------------------------------------ bad input, release
 
 
@@ -439,6 +539,7 @@ async def test_bad_slots_and_malformed_sends_are_error_values(backend: str) -> N
         ref = await rt.spawn("probe")
         other = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         acc = await msg(rt)
         rt.send_nowait(
@@ -469,6 +570,7 @@ async def test_an_ended_tasks_listeners_and_connections_are_closed(backend: str,
     async with runtime(backend) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
+        assert lst.addr is not None, lst  # narrows the type
         reader, writer = await asyncio.open_connection(*lst.addr)
         await msg(rt)  # TcpAccepted
         rt.send_nowait(ref, how)
@@ -507,7 +609,7 @@ async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend
                 assert isinstance(await asyncio.wait_for(rt.next_event(), T), TaskEnded)
                 for _ in range(3):  # let the cancellation run on the worker's loop
                     pending = await rt.run_on_worker(
-                        0, lambda core: len(core.drivers[0]._connecting)
+                        0, lambda core: len(cast(TcpDriver, core.drivers[0])._connecting)
                     )
                     if not pending:
                         break
@@ -516,3 +618,77 @@ async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend
         finally:
             for f in fillers:
                 f.close()
+
+
+# -------------------------------------------------- closing towards a peer that never reads
+
+
+def held_by_an_fd(local_port: int, remote_port: int) -> bool:
+    """Whether the IPv4 TCP connection ``local_port -> remote_port`` still has an open fd
+    (/proc/net/tcp shows inode 0 for a socket the process closed, kept by the kernel to
+    flush)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            if int(local.split(":")[1], 16) == local_port and (
+                int(remote.split(":")[1], 16) == remote_port
+            ):
+                return inode != 0
+    return False
+
+
+async def wait_fd_closed(local_port: int, remote_port: int, timeout: float = T) -> None:
+    """Wait (bounded) until the server closed its fd of the connection."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while held_by_an_fd(local_port, remote_port):
+        assert loop.time() < deadline, "the server still holds the connection"
+        await asyncio.sleep(0.02)  # a bounded poll of the kernel's table: nothing to await
+
+
+@pytest.mark.parametrize("how", ["close", "task-ends"])
+async def test_closing_towards_a_peer_that_never_reads_is_bounded_in_time(
+    backend: str, how: str
+) -> None:
+    """Before ``close_timeout``, a graceful close (``TcpClose``, or the task ending) of a
+    connection whose peer never reads waited for ever on the stdlib loops: no
+    ``TcpClosed``, and the buffer and the fd pinned after the task was gone."""
+    factory = functools.partial(
+        TcpDriver, high=64 << 10, low=16 << 10, max_buffer=256 << 10, close_timeout=0.3
+    )
+    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[factory]) as rt:
+        ref = await rt.spawn("probe")
+        rt.send_nowait(ref, [TcpListen((LO, 0))])
+        (lst,) = await inputs(rt, 1)
+        client = socket.create_connection(lst.addr)
+        try:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            (acc,) = await inputs(rt, 1)
+            n = 400
+            rt.send_nowait(ref, [TcpSend(acc.slot, bytes(64 << 10)) for _ in range(n)])
+            for _ in range(n + 1):  # until the buffer is full: the peer is stuck
+                (ev,) = await inputs(rt, 1)
+                if isinstance(ev, TcpError):
+                    break
+            assert isinstance(ev, TcpError) and ev.errno == errno.ENOBUFS, ev
+            if how == "close":
+                rt.send_nowait(ref, [TcpClose(acc.slot)])
+                for _ in range(n + 1):
+                    (ev,) = await inputs(rt, 1)
+                    if isinstance(ev, TcpClosed):
+                        break
+                assert isinstance(ev, TcpClosed) and ev.errno == errno.ETIMEDOUT, ev
+                assert "close_timeout" in str(ev.error)
+            else:
+                rt.send_nowait(ref, "end")
+                for _ in range(n + 1):
+                    end = await asyncio.wait_for(rt.next_event(), T)
+                    if isinstance(end, TaskEnded):
+                        break
+                assert isinstance(end, TaskEnded), end
+            await wait_fd_closed(lst.addr[1], client.getsockname()[1])
+            stats = await driver_stats(rt)
+            assert stats["tcp_conns"] == 0 and stats["tcp_write_buffered"] == 0
+        finally:
+            client.close()

@@ -10,8 +10,7 @@ import pytest
 
 from sansio_aio import ConfigError, Ext, ExtOut, Runtime, Task, TaskFailed, TaskRef
 from sansio_aio.driver import Driver, DriverContext
-
-T = 5.0
+from tests.helpers import T
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """The examples' task logic under the harness: no sockets, no threads, no real time.
 
-``tests/test_examples_core.py`` runs the examples as programs; here their task classes
+``tests/test_examples_core.py`` and ``tests/test_examples_net.py`` run the examples as
+programs; here their task classes
 are driven one by one with ``TaskHarness`` and together with ``SimRuntime``.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,8 +26,7 @@ from sansio_aio import (
     TaskRef,
 )
 from sansio_aio.testing import LinkConditions, SimRuntime, TaskHarness
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from tests.helpers import EXAMPLES
 
 
 def load(name: str) -> ModuleType:
@@ -63,7 +62,8 @@ async def test_benchmark_ext_in_flight_loop_on_the_simulated_runtime() -> None:
         in_flight, count = 50, 2000
         for i in range(in_flight):
             rt.send_nowait(refs[i % 2], i)
-        sent, back = in_flight, []
+        sent = in_flight
+        back: list[Any] = []
         while len(back) < count:
             for event in await rt.next_events():
                 assert isinstance(event, TaskOutput)
@@ -201,7 +201,7 @@ async def test_tcp_echo_example_over_a_lossy_network() -> None:
         for _ in range(5):
             cfg = {"dest": listening.addr, "messages": 20, "size": 3000}
             await rt.spawn("client", cfg, worker=1)
-        reports = []
+        reports: list[Any] = []
         while len(reports) < 5:
             event = await rt.next_event()
             if isinstance(event, TaskOutput) and isinstance(event.msg, dict):

@@ -1,0 +1,164 @@
+"""The drain rule: after every input a task's outputs are drained until ``pop_output``
+returns None, and what the drain queued for local tasks is fed before the next input.
+
+Tests whose docstring starts with "Bug:" failed before their fix: it is their
+regression note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+
+from sansio_aio import Ext, ExtOut, Publish, Runtime, Task, TaskEnded, TaskRef, UnknownTarget
+from sansio_aio.driver import Driver, DriverContext
+from tests.drivers import SyncDriver
+from tests.helpers import collect, outputs, outs
+from tests.tasks import KINDS, Instant, Poker, PubThenEnd, TaggedSubscriber
+
+
+async def test_outputs_are_drained_after_every_input(backend: str) -> None:
+    async with Runtime(KINDS, backend=backend, tick=10.0) as rt:
+        ref = await rt.spawn("recorder")
+        # the constructor's output is delivered at once, long before the 10 s tick
+        (hello,) = await outputs(rt, 1, timeout=2.0)
+        assert hello.msg == "hello from the constructor"
+        rt.send_nowait(ref, "x")
+        assert [o.msg for o in await outputs(rt, 2)] == [1, 2]
+        log = await rt.request(ref, "log")
+        assert log == ["pop", "None", "on_event", "pop", "pop", "None", "on_event"]
+        assert await rt.request(ref, "log") == ["pop", "None", "on_event"]
+
+
+# ----------------------------- a task that ends or fails right after publishing
+
+
+@pytest.mark.parametrize("what", ["end", "raise"])
+async def test_local_publish_of_a_task_that_ends_is_delivered_at_once(
+    backend: str, what: str
+) -> None:
+    """Bug: in WorkerCore.handle_from, a task that ended (or failed) right after an
+    application message left the inputs it queued for local tasks (publish, SendTo) in
+    the pending queue: they waited for some later input (the next tick, a minute here)
+    and were fed after later messages."""
+    kinds = {"pub": PubThenEnd, "sub": TaggedSubscriber}
+    async with Runtime(kinds, workers=1, backend=backend, tick=60.0) as rt:
+        sub = await rt.spawn("sub", "ch")
+        pub = await rt.spawn("pub")
+        # the subscription is in place once the spawn drained (same worker, FIFO)
+        rt.send_nowait(pub, (what, "ch"))
+        rt.send_nowait(sub, "after")
+        got = await collect(rt, lambda g: len(outs(g)) >= 2)
+        assert outs(got)[:2] == [("bus", what), ("ext", "after")]
+
+
+# -------------------------------------------------- synchronous driver delivery
+
+
+async def test_sync_driver_delivery_does_not_lose_later_outputs(backend: str) -> None:
+    """Bug: Worker.deliver flushed the app buffer while WorkerCore.handle_from was
+    running (a driver delivering from inside ``handle``); handle_from kept appending
+    the batch's later outputs to the list already handed to the controller, so they
+    were lost (or reordered)."""
+    async with Runtime({"p": Poker}, workers=1, backend=backend, drivers=[SyncDriver]) as rt:
+        ref = await rt.spawn("p")
+        for _ in range(3):
+            rt.send_nowait(ref, "go")  # one application callback: one worker batch
+            rt.send_nowait(ref, "c")
+            rt.send_nowait(ref, "d")
+            got = await collect(rt, lambda g: len(outs(g)) >= 4)
+            assert outs(got) == ["a", "b", "c", "d"]
+
+
+# ------------------------------------------------ a task that ends in its spawn
+
+
+async def test_task_that_ends_in_its_spawn_is_not_left_live(backend: str) -> None:
+    """Bug: a task that ended while its constructor's outputs were drained reported
+    APP_ENDED before APP_SPAWNED, so the controller put its ref back among the live
+    tasks forever: sends to it went through instead of raising UnknownTarget."""
+    async with Runtime({"i": Instant}, workers=1, backend=backend) as rt:
+        ref = await rt.spawn("i")
+        got = await collect(rt, lambda g: any(isinstance(e, TaskEnded) for e in g))
+        assert outs(got) == ["born"]
+        assert [e.task for e in got if isinstance(e, TaskEnded)] == [ref]
+        with pytest.raises(UnknownTarget):
+            rt.send_nowait(ref, "hello")
+        assert (await rt.stats()).placed == (0,)
+
+
+# --------------------------------------------------------------- feeder flushes
+
+
+@dataclass(frozen=True)
+class Feed:
+    n: int
+
+
+class Feeding(Driver):
+    """On ``Feed(n)``: later, feed the task ``n`` inputs through ``ctx.feeder``."""
+
+    output_types: ClassVar[tuple[type, ...]] = (Feed,)
+
+    def start(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+        self.feeds: dict[TaskRef, Any] = {}
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        feed = self.feeds.get(task)
+        if feed is None:  # built once per task, as a socket's reader would
+            feed = self.feeds[task] = self.ctx.feeder(task)
+
+        def run() -> None:
+            for i in range(output.n):
+                feed(("tick", i))
+            feed(("end", output.n))
+
+        self.ctx.loop.call_soon(run)
+
+    def release(self, task: TaskRef) -> None:
+        pass
+
+
+class FeedMe(Task):
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            msg = event.msg
+            if msg == "publish":
+                self.emit(Publish("elsewhere", 1))
+            else:
+                self.emit(Feed(msg))
+        elif type(event) is tuple and event[0] == "end":
+            self.emit(ExtOut(event))
+
+
+async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug: the feeder kept the worker's set of deferred wakes by identity, but the
+    flush replaced that set: once a callback had woken another worker, the feeder saw
+    a stale, non-empty set and flushed after every input (the per-packet path)."""
+    from sansio_aio._worker import Worker
+
+    calls = [0]
+    flush = Worker._flush_app
+
+    def counting(self: Worker) -> None:
+        calls[0] += 1
+        flush(self)
+
+    monkeypatch.setattr(Worker, "_flush_app", counting)
+    kinds = {"f": FeedMe, "sub": TaggedSubscriber}
+    async with Runtime(kinds, workers=2, backend=backend, drivers=[Feeding], tick=60) as rt:
+        await rt.spawn("sub", "elsewhere", worker=1)
+        ref = await rt.spawn("f", worker=0)
+        rt.send_nowait(ref, 1)  # the driver builds its feeder
+        await collect(rt, lambda g: ("end", 1) in outs(g))
+        rt.send_nowait(ref, "publish")  # wakes worker 1 from worker 0
+        await collect(rt, lambda g: ("bus", 1) in outs(g))
+        before = calls[0]
+        rt.send_nowait(ref, 1000)
+        await collect(rt, lambda g: ("end", 1000) in outs(g))
+        assert calls[0] - before < 20

@@ -1,0 +1,309 @@
+"""The runtime's lifecycle: start (and a failed start), backends, shutdown (graceful,
+timed out, concurrent, cancelled, with work in flight), and what is left after it.
+
+Tests whose docstring starts with "Bug:" failed before their fix: it is their
+regression note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from sansio_aio import (
+    ConfigError,
+    Ext,
+    ExtOut,
+    Runtime,
+    RuntimeClosed,
+    ShutdownTimeout,
+    Spawn,
+    Spawned,
+    Task,
+    TaskEnded,
+    TaskOutput,
+)
+from tests.drivers import FailsOnWorker1, Recorded
+from tests.helpers import T
+from tests.tasks import KINDS, Echo, Host, Silent
+
+# ------------------------------------------------------- backends and arguments
+
+
+async def test_a_custom_loop_factory_runs_the_workers() -> None:
+    made: list[asyncio.AbstractEventLoop] = []
+
+    def factory() -> asyncio.AbstractEventLoop:
+        loop = asyncio.SelectorEventLoop()
+        made.append(loop)
+        return loop
+
+    async with Runtime(KINDS, backend=factory) as rt:
+        ref = await rt.spawn("echo")
+        assert await rt.request(ref, ("double", 4)) == 8
+    assert len(made) == 1 and made[0].is_closed()
+
+
+def test_bad_arguments_fail_fast() -> None:
+    with pytest.raises(ConfigError, match="unknown backend"):
+        Runtime(KINDS, backend="kqueue-please")
+    with pytest.raises(ConfigError, match="workers"):
+        Runtime(KINDS, workers=0)
+    with pytest.raises(ConfigError, match="reserved"):
+        Runtime({"host": Echo})
+    with pytest.raises(ConfigError, match="callable"):
+        Runtime({"x": 3})  # type: ignore[dict-item]
+
+
+async def test_a_broken_backend_fails_start_clearly() -> None:
+    def broken() -> asyncio.AbstractEventLoop:
+        raise OSError("no loops today")
+
+    with pytest.raises(ConfigError, match="no loops today"):
+        async with Runtime(KINDS, backend=broken):
+            pass
+
+
+# --------------------------------------------------------------- a failed start
+
+
+async def test_failed_start_closes_started_drivers_and_stops_quickly(backend: str) -> None:
+    """Bugs: a worker whose second driver failed to start never closed the first one
+    (its sockets leaked); and the workers that did start were only force-stopped after
+    a 2 s grace period, since nobody asked them to shut down."""
+    Recorded.log = []
+    before = set(threading.enumerate())
+    rt = Runtime({}, workers=2, backend=backend, drivers=[Recorded, FailsOnWorker1])
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(ConfigError, match="no such device"):
+        async with rt:
+            pytest.fail("the body must not run")
+    assert loop.time() - t0 < 1.5
+    assert sorted(Recorded.log) == ["close", "close", "start 0", "start 1"]
+    assert not [t for t in set(threading.enumerate()) - before if "-worker-" in t.name]
+    assert not rt.running
+    await rt.shutdown()  # a no-op now
+    assert await rt.next_events() == []
+
+
+async def test_a_worker_thread_that_cannot_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: if a worker's thread could not be started (``can't start new thread``),
+    ``start`` raised with the other workers left running and the runtime "starting";
+    ``shutdown`` then failed joining the thread that never started."""
+    from sansio_aio._worker import Worker
+
+    real = Worker.start
+
+    def start(self: Worker) -> None:
+        if self.worker_id == 1:
+            raise RuntimeError("can't start new thread")
+        real(self)
+
+    monkeypatch.setattr(Worker, "start", start)
+    rt = Runtime({"echo": Echo}, workers=3)
+    with pytest.raises(ConfigError, match="can't start new thread"):
+        await asyncio.wait_for(rt.start(), T)
+    assert not rt.running
+    assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+    await asyncio.wait_for(rt.shutdown(), T)
+
+
+# ------------------------------------------------------------ graceful shutdown
+
+
+async def test_graceful_shutdown_delivers_the_drain(backend: str) -> None:
+    rt = Runtime(KINDS, workers=2, backend=backend, host=Host)
+    await rt.start()
+    refs = [await rt.spawn("graceful") for _ in range(4)]
+    await rt.shutdown(timeout=2)
+    assert not any(w.thread.is_alive() for w in rt._workers)
+    events = rt.poll_events()
+    byes = [e.task for e in events if isinstance(e, TaskOutput) and e.msg == "bye"]
+    assert sorted(byes, key=repr) == sorted(refs, key=repr)
+    assert await rt.next_events() == []  # the stream ends after shutdown
+
+
+async def test_shutdown_timeout_names_the_stuck_task(backend: str) -> None:
+    rt = Runtime(KINDS, backend=backend)
+    await rt.start()
+    stuck = await rt.spawn("stuck")
+    await rt.spawn("graceful")
+    with pytest.raises(ShutdownTimeout, match="unfinished tasks: stuck#0@w0") as info:
+        await rt.shutdown(timeout=0.3)
+    assert info.value.unfinished == [stuck]
+    assert not any(w.thread.is_alive() for w in rt._workers)
+
+
+# ------------------------------------------------------------------- edge cases
+
+
+async def test_shutdown_while_starting_wins(backend: str) -> None:
+    """Bug: a shutdown that ran while ``start`` was waiting for its workers was undone
+    when ``start`` resumed: the runtime said it was running with its workers gone."""
+    rt = Runtime({"echo": Echo}, workers=2, backend=backend)
+    starting = asyncio.create_task(rt.start())
+    await asyncio.sleep(0)  # start() is now waiting for the workers
+    await asyncio.wait_for(rt.shutdown(), T)
+    with pytest.raises(RuntimeClosed):
+        await asyncio.wait_for(starting, T)
+    assert not rt.running
+    with pytest.raises(RuntimeClosed):
+        await rt.spawn("echo")
+    assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+
+
+async def test_shutdown_twice_concurrently_and_after(backend: str) -> None:
+    rt = Runtime({"echo": Echo}, workers=2, backend=backend)
+    await rt.shutdown()  # before start: a no-op that closes it
+    with pytest.raises(RuntimeClosed):
+        await rt.start()
+    rt = await Runtime({"echo": Echo}, workers=2, backend=backend).start()
+    await rt.spawn("echo")
+    await asyncio.wait_for(asyncio.gather(rt.shutdown(), rt.shutdown()), T)
+    await rt.shutdown()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+    stats = await rt.stats(fresh=True)
+    assert len(stats.workers) == 2 and stats.placed == (0, 0)
+    assert [type(e) for e in await rt.next_events()] == [TaskEnded]
+    assert await rt.next_events() == []
+    assert [e async for e in rt.events()] == []
+    with pytest.raises(RuntimeClosed):
+        await rt.next_event()
+    with pytest.raises(RuntimeClosed):
+        await rt.run_on_worker(0, lambda core: None)
+
+
+async def test_waiting_consumer_wakes_at_shutdown(backend: str) -> None:
+    async with Runtime({"echo": Echo}, workers=1, backend=backend) as rt:
+        consumer = asyncio.create_task(rt.next_events())
+        await asyncio.sleep(0)
+    assert await asyncio.wait_for(consumer, T) == []
+
+
+# -------------------------------------------------------- in flight at shutdown
+
+
+async def test_spawn_and_run_on_worker_in_flight_at_shutdown(backend: str) -> None:
+    rt = await Runtime({"echo": Echo}, workers=2, backend=backend).start()
+    spawning = asyncio.create_task(rt.spawn("echo"))
+    calling = asyncio.create_task(rt.run_on_worker(1, lambda core: core.worker_id))
+    await asyncio.sleep(0)  # both are in their lanes, ahead of the shutdown
+    await rt.shutdown()
+    ref = await asyncio.wait_for(spawning, T)
+    assert await asyncio.wait_for(calling, T) == 1
+    assert [e.task for e in await rt.next_events()] == [ref]
+    with pytest.raises(RuntimeClosed):
+        await rt.spawn("echo")
+
+
+class Spawner(Task):
+    """Asks for a child spawn (tagged) on shutdown, and reports the answer."""
+
+    def on_shutdown(self, now: float) -> None:
+        self.emit(Spawn("echo", None, tag="child"))
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Spawned:
+            self.emit(ExtOut((event.ref, event.error)))
+            self.closing = True
+
+
+async def test_task_spawn_during_shutdown_is_refused(backend: str) -> None:
+    rt = Runtime({"echo": Echo, "spawner": Spawner}, workers=2, backend=backend)
+    async with rt:
+        await rt.spawn("spawner", worker=0)
+    got = await rt.next_events()
+    assert [type(e) for e in got] == [TaskOutput, TaskEnded]
+    assert got[0].msg == (None, "runtime closing")  # type: ignore[union-attr]
+
+
+# ------------------------------------------------- waiting for room at shutdown
+
+
+class Gate(Task):
+    """Blocks its worker on ``cfg`` (a threading.Event) for the message "block"."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext and event.msg == "block":
+            self.cfg[0].set()
+            self.cfg[1].wait(T)
+
+
+async def test_send_waiting_for_room_fails_at_shutdown(backend: str) -> None:
+    entered, release = threading.Event(), threading.Event()
+    rt = Runtime({"gate": Gate}, workers=1, backend=backend, inbox_capacity=2)
+    async with rt:
+        ref = await rt.spawn("gate", (entered, release))
+        rt.send_nowait(ref, "block")
+        assert await asyncio.to_thread(entered.wait, T)
+        rt.send_nowait(ref, 1)
+        rt.send_nowait(ref, 2)
+        waiting = asyncio.create_task(rt.send(ref, 3))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        release.set()
+        await asyncio.wait_for(waiting, T)  # room came back: the send went through
+        rt.send_nowait(ref, "block")
+        release.clear()
+        entered.clear()
+        assert await asyncio.to_thread(entered.wait, T)
+        rt.send_nowait(ref, 4)
+        rt.send_nowait(ref, 5)
+        waiting = asyncio.create_task(rt.send(ref, 6))
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(rt.shutdown())
+        await asyncio.sleep(0.01)
+        release.set()
+        with pytest.raises(RuntimeClosed):
+            await asyncio.wait_for(waiting, T)
+        await asyncio.wait_for(closing, T)
+
+
+# --------------------------------------------------------- a cancelled shutdown
+
+
+async def test_cancelled_shutdown_still_closes_the_runtime(backend: str) -> None:
+    """Bug: a shutdown cancelled midway (``wait_for`` or Ctrl-C during ``async with``'s
+    exit) left the runtime "closing" forever: a later shutdown returned at once without
+    joining threads or failing pending requests, and next_events() never returned."""
+    entered, release = threading.Event(), threading.Event()
+    rt = await Runtime({"gate": Gate, "s": Silent}, workers=2, backend=backend).start()
+    gate = await rt.spawn("gate", (entered, release), worker=0)
+    silent = await rt.spawn("s", worker=1)
+    rt.send_nowait(gate, "block")
+    assert await asyncio.to_thread(entered.wait, T)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(rt.shutdown(), 0.05)
+    release.set()
+    await asyncio.wait_for(rt.shutdown(), T)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+    got = await asyncio.wait_for(rt.next_events(), T)
+    assert sorted(e.task for e in got) == sorted([gate, silent])
+    assert await asyncio.wait_for(rt.next_events(), T) == []
+
+
+# ----------------------------------------------------------- fds after shutdown
+
+
+def _fds() -> set[str]:
+    import os
+
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
+async def test_no_fds_left_after_shutdown_or_failed_start(backend: str) -> None:
+    async with Runtime({}, workers=1, backend=backend):  # warm up lazy imports
+        pass
+    before = _fds()
+    for _ in range(3):
+        async with Runtime({"echo": Echo}, workers=3, backend=backend) as rt:
+            await rt.spawn("echo")
+        with pytest.raises(ConfigError):
+            async with Runtime({}, workers=2, backend=backend, drivers=[FailsOnWorker1]):
+                pass
+    assert _fds() - before == set()
