@@ -3,7 +3,7 @@
 #
 # * Already there (chromium / chromium-browser on PATH, or $CHROMIUM): nothing to do.
 # * Missing, running as root with apt-get: install Debian's `chromium` package.
-# * Otherwise: say why and exit 0; tests/test_webrtc_browser.py then skips with the
+# * Otherwise: say why and exit 0; tests/webrtc/test_browser.py then skips with the
 #   reason (and fails when CI=true).
 #
 # Called by `make test` before pytest. Idempotent and quick when Chromium is present.

@@ -154,11 +154,12 @@ async def test_an_output_no_driver_handles_names_the_driver_to_add(
 @pytest.mark.sansio_runtime(kinds=KINDS)
 @pytest.mark.parametrize("runtime", RUNTIMES, indirect=True)
 async def test_the_life_cycle_is_one_state(runtime: RuntimeAPI) -> None:
-    assert runtime.state is RuntimeState.RUNNING and runtime.running
+    seen = [(runtime.state, runtime.running)]
     with pytest.raises(RuntimeClosed, match="already running"):
         await runtime.start()
     await runtime.shutdown()
-    assert runtime.state is RuntimeState.CLOSED and not runtime.running
+    seen.append((runtime.state, runtime.running))
+    assert seen == [(RuntimeState.RUNNING, True), (RuntimeState.CLOSED, False)]
     with pytest.raises(RuntimeClosed, match="the runtime is closed"):
         await runtime.spawn("calc")
     with pytest.raises(RuntimeClosed):

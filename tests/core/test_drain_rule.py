@@ -143,13 +143,13 @@ async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
     from sansio_aio._worker import Worker
 
     calls = [0]
-    flush = Worker._flush_app
+    flush = Worker.flush_app
 
     def counting(self: Worker) -> None:
         calls[0] += 1
         flush(self)
 
-    monkeypatch.setattr(Worker, "_flush_app", counting)
+    monkeypatch.setattr(Worker, "flush_app", counting)
     kinds = {"f": FeedMe, "sub": TaggedSubscriber}
     async with Runtime(kinds, workers=2, backend=backend, drivers=[Feeding], tick=60) as rt:
         await rt.spawn("sub", "elsewhere", worker=1)

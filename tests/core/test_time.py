@@ -112,7 +112,7 @@ async def test_sliding_deadlines_do_not_grow_the_heap(backend: str) -> None:
             await asyncio.sleep(0)
         rt.send_nowait(ref, "last")
         await collect(rt, lambda g: outs(g) == ["done"])
-        size = await rt.run_on_worker(0, lambda core: len(core._heap))
+        size = await rt.run_on_worker(0, lambda core: core.pending_deadlines)
         assert size < 100
 
 

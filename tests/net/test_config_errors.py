@@ -4,7 +4,7 @@ the real and the simulated drivers alike; so is the default backend's choice."""
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +18,7 @@ from sansio_aio.testing import SimNetwork
     ("factory", "match"),
     [
         (functools.partial(UdpDriver, batch=0), "batch must be an int >= 1"),
-        (functools.partial(UdpDriver, batch="64"), "batch must be an int >= 1"),
+        (functools.partial(UdpDriver, batch=cast(Any, "64")), "batch must be an int >= 1"),
         (functools.partial(TunDriver, batch=0), "batch must be an int >= 1"),
         (functools.partial(TcpDriver, high=10, low=20), "need 0 <= low <= high <= max_buffer"),
         (functools.partial(TcpDriver, close_timeout=0), "close_timeout must be > 0"),
