@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 """The repository's root (``examples/``, ``docs/``, ``README.md`` live there)."""
 EXAMPLES = ROOT / "examples"
 
+PYTESTER_INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+asyncio_default_test_loop_scope = function
+filterwarnings = error
+"""
+"""The ini of the inner pytest runs of plugin tests (``pytester.makeini``)."""
+
 
 def outs(events: list[Any]) -> list[Any]:
     """The messages of the task outputs among ``events``, in order."""

@@ -10,17 +10,20 @@ fails on a task failure). Clients are asyncio streams (or sockets) on the test's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import random
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 
 from sansio_aio import Ext, ExtOut, Reply, Request, Runtime, Task, TaskEnded, TaskFailed
 from sansio_aio.net import (
+    Address,
     TcpAccepted,
     TcpClose,
     TcpClosed,
@@ -306,9 +309,10 @@ async def test_many_connects_to_a_closed_port_each_fail_and_leave_nothing(backen
             assert stats["tcp_conns"] == 0 and stats["tcp_errors"] == n
 
 
-async def test_connect_times_out_as_an_error_value(backend: str) -> None:
-    # A listener that never accepts, with its accept queue full: further SYNs are
-    # dropped, so a connect can only time out (all on loopback).
+@contextlib.contextmanager
+def full_listener() -> Iterator[Address]:
+    """The address of a loopback listener that never accepts and whose accept queue is
+    full: the kernel drops further SYNs, so a connect to it can only hang."""
     with socket.socket() as full:
         full.bind((LO, 0))
         full.listen(0)
@@ -322,15 +326,22 @@ async def test_connect_times_out_as_an_error_value(backend: str) -> None:
                 except BlockingIOError:
                     pass
                 fillers.append(f)
-            async with runtime(backend) as rt:
-                ref = await rt.spawn("probe")
-                rt.send_nowait(ref, [TcpConnect(full.getsockname(), timeout=0.3)])
-                con = await msg(rt)
-                assert isinstance(con, TcpConnected) and not con.ok
-                assert con.errno == errno.ETIMEDOUT and "timed out" in (con.error or "")
+            yield full.getsockname()
         finally:
             for f in fillers:
                 f.close()
+
+
+async def test_connect_times_out_as_an_error_value(backend: str) -> None:
+    # A listener that never accepts, with its accept queue full: further SYNs are
+    # dropped, so a connect can only time out (all on loopback).
+    with full_listener() as addr:
+        async with runtime(backend) as rt:
+            ref = await rt.spawn("probe")
+            rt.send_nowait(ref, [TcpConnect(addr, timeout=0.3)])
+            con = await msg(rt)
+            assert isinstance(con, TcpConnected) and not con.ok
+            assert con.errno == errno.ETIMEDOUT and "timed out" in (con.error or "")
 
 
 async def test_ipv6_connect_and_accept_inside_one_task(backend: str) -> None:
@@ -589,35 +600,20 @@ async def test_an_ended_tasks_listeners_and_connections_are_closed(backend: str,
 async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend: str) -> None:
     # A connect that can only hang (the listener's accept queue is full): the task ends
     # meanwhile; the attempt is cancelled, its socket closed, nothing reaches anybody.
-    with socket.socket() as full:
-        full.bind((LO, 0))
-        full.listen(0)
-        fillers = []
-        try:
-            for _ in range(4):
-                f = socket.socket()
-                f.setblocking(False)
-                try:
-                    f.connect(full.getsockname())
-                except BlockingIOError:
-                    pass
-                fillers.append(f)
-            async with runtime(backend) as rt:
-                ref = await rt.spawn("probe")
-                rt.send_nowait(ref, [TcpConnect(full.getsockname(), timeout=30)])
-                rt.send_nowait(ref, "end")
-                assert isinstance(await asyncio.wait_for(rt.next_event(), T), TaskEnded)
-                for _ in range(3):  # let the cancellation run on the worker's loop
-                    pending = await rt.run_on_worker(
-                        0, lambda core: len(cast(TcpDriver, core.drivers[0])._connecting)
-                    )
-                    if not pending:
-                        break
-                assert pending == 0
-                assert (await driver_stats(rt))["tcp_errors"] == 0
-        finally:
-            for f in fillers:
-                f.close()
+    with full_listener() as addr:
+        async with runtime(backend) as rt:
+            ref = await rt.spawn("probe")
+            rt.send_nowait(ref, [TcpConnect(addr, timeout=30)])
+            rt.send_nowait(ref, "end")
+            assert isinstance(await asyncio.wait_for(rt.next_event(), T), TaskEnded)
+            for _ in range(3):  # let the cancellation run on the worker's loop
+                pending = await rt.run_on_worker(
+                    0, lambda core: len(cast(TcpDriver, core.drivers[0])._connecting)
+                )
+                if not pending:
+                    break
+            assert pending == 0
+            assert (await driver_stats(rt))["tcp_errors"] == 0
 
 
 # -------------------------------------------------- closing towards a peer that never reads

@@ -11,16 +11,10 @@ import threading
 import pytest
 
 from sansio_aio.testing import ResourceSnapshot, find_leaks
+from tests.helpers import PYTESTER_INI
 
 pytest_plugins = ["pytester"]
 
-INI = """
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = function
-asyncio_default_test_loop_scope = function
-filterwarnings = error
-"""
 
 TESTS = """
 import socket
@@ -54,7 +48,7 @@ async def test_runtime_leaks(runtime):
 
 
 def test_the_leak_report_names_the_body_or_the_runtime(pytester: pytest.Pytester) -> None:
-    pytester.makeini(INI)
+    pytester.makeini(PYTESTER_INI)
     pytester.makepyfile(test_leaks=TESTS)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-W", "ignore::ResourceWarning"

@@ -19,16 +19,10 @@ from sansio_aio.testing import (
     TaskHarness,
     find_leaks,
 )
+from tests.helpers import PYTESTER_INI
 
 pytest_plugins = ["pytester"]
 
-INI = """
-[pytest]
-asyncio_mode = auto
-asyncio_default_fixture_loop_scope = function
-asyncio_default_test_loop_scope = function
-filterwarnings = error
-"""
 
 SIM_TESTS = """
 from sansio_aio import Ext, ExtOut, Task, TaskOutput
@@ -59,7 +53,7 @@ def _seen(stdout: str) -> int:
 
 
 def test_failing_test_prints_its_seed_and_replay_command(pytester: pytest.Pytester) -> None:
-    pytester.makeini(INI)
+    pytester.makeini(PYTESTER_INI)
     pytester.makepyfile(test_sim=SIM_TESTS)
     trace_dir = pytester.path / "traces"
     result = pytester.runpytest_subprocess(
@@ -112,7 +106,7 @@ async def test_factory(runtime_factory):
 
 
 def test_runtime_fixture_backends_sim_and_leak_check(pytester: pytest.Pytester) -> None:
-    pytester.makeini(INI)
+    pytester.makeini(PYTESTER_INI)
     pytester.makepyfile(test_leaky=LEAKY)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-W", "ignore::ResourceWarning"
@@ -157,7 +151,7 @@ async def test_on_each_app_loop(runtime):
 
 def test_works_with_pytest_asyncio_loop_factories(pytester: pytest.Pytester) -> None:
     pytest.importorskip("uvloop", reason="uvloop is not installed")
-    pytester.makeini(INI)
+    pytester.makeini(PYTESTER_INI)
     pytester.makeconftest(LOOPS)
     pytester.makepyfile(test_loops=LOOP_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-v")

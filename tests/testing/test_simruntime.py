@@ -30,29 +30,10 @@ from sansio_aio.testing import FakeClock, ProtocolViolation, SimRuntime, Simulat
 from tests.drivers import FailsOnWorker1, Poke, Poked, Recorded, SyncDriver
 from tests.helpers import collect, outs
 from tests.tasks import (
-    Echo,
-    Finite,
-    Graceful,
+    KINDS,
     Host,
-    Parent,
-    Publisher,
     Recorder,
-    Stuck,
-    Subscriber,
-    Ticker,
 )
-
-KINDS: dict[str, Callable[[Any], Any]] = {
-    "echo": Echo,
-    "recorder": Recorder,
-    "ticker": Ticker,
-    "sub": Subscriber,
-    "pub": Publisher,
-    "parent": Parent,
-    "graceful": Graceful,
-    "stuck": Stuck,
-    "finite": Finite,
-}
 
 
 async def outputs(rt: SimRuntime, n: int) -> list[TaskOutput]:
