@@ -606,11 +606,13 @@ async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend
             rt.send_nowait(ref, [TcpConnect(addr, timeout=30)])
             rt.send_nowait(ref, "end")
             assert isinstance(await asyncio.wait_for(rt.next_event(), T), TaskEnded)
-            for _ in range(3):  # let the cancellation run on the worker's loop
+            # the cancellation runs on the worker's loop: ask until it did (bounded)
+            deadline = asyncio.get_running_loop().time() + T
+            while True:
                 pending = await rt.run_on_worker(
                     0, lambda core: len(cast(TcpDriver, core.drivers[0])._connecting)
                 )
-                if not pending:
+                if not pending or asyncio.get_running_loop().time() > deadline:
                     break
             assert pending == 0
             assert (await driver_stats(rt))["tcp_errors"] == 0
