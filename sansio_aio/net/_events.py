@@ -30,6 +30,7 @@ from typing import Any, final
 
 __all__ = [
     "MAX_UDP_PAYLOAD",
+    "TCP_OUTPUTS",
     "Address",
     "TcpAccepted",
     "TcpClose",
@@ -420,3 +421,16 @@ class TcpError:
     op: str
     error: str
     errno: int = 0
+
+
+#: Every TCP output, in the order the drivers dispatch them: the real driver and the
+#: simulated one (``testing``) handle exactly these.
+TCP_OUTPUTS: tuple[type, ...] = (
+    TcpListen,
+    TcpConnect,
+    TcpSend,
+    TcpShutdown,
+    TcpClose,
+    TcpPauseReading,
+    TcpResumeReading,
+)

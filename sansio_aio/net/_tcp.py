@@ -60,6 +60,7 @@ from .._errors import ConfigError
 from .._events import TaskRef
 from ._addr import check_address, check_buffer_limits, describe, lookup_slot
 from ._events import (
+    TCP_OUTPUTS,
     Address,
     TcpAccepted,
     TcpClose,
@@ -111,15 +112,7 @@ class TcpDriver(Driver):
     (bytes waiting in write buffers now).
     """
 
-    output_types: ClassVar[tuple[type, ...]] = (
-        TcpListen,
-        TcpConnect,
-        TcpSend,
-        TcpShutdown,
-        TcpClose,
-        TcpPauseReading,
-        TcpResumeReading,
-    )
+    output_types: ClassVar[tuple[type, ...]] = TCP_OUTPUTS
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ from ..._driver import Driver, DriverContext
 from ..._events import TaskRef
 from ...net._addr import check_buffer_limits
 from ...net._events import (
+    TCP_OUTPUTS,
     Address,
     TcpAccepted,
     TcpClose,
@@ -79,15 +80,7 @@ class SimTcpDriver(Driver):
     in bytes of data sent and not yet arrived.
     """
 
-    output_types: ClassVar[tuple[type, ...]] = (
-        TcpListen,
-        TcpConnect,
-        TcpSend,
-        TcpShutdown,
-        TcpClose,
-        TcpPauseReading,
-        TcpResumeReading,
-    )
+    output_types: ClassVar[tuple[type, ...]] = TCP_OUTPUTS
 
     def __init__(
         self,

@@ -208,6 +208,8 @@ class SimUdpDriver(Driver):
             self._close(s)
             self._deliver(task, UdpUnbound(output.slot))
 
+    # release/close/stats mirror UdpDriver's on purpose: the same per-task socket table
+    # and the same counter names, so a test reads the simulated driver like the real one.
     def release(self, task: TaskRef) -> None:
         """Close every socket ``task`` still holds."""
         socks = self._by_task.pop(task, None)
