@@ -8,13 +8,13 @@ Tasks are pure, so they can be driven deterministically:
   protocol (an output after ``None``, an exception, a deadline in the past).
 * :class:`SimNetwork` is a seeded lossy network (latency, jitter, loss, duplication,
   reordering, bandwidth, MTU, partitions) behind simulated UDP and TCP drivers that speak
-  the real ``sansio_aio.net._events`` vocabulary.
+  the real ``sansio_aio.net`` vocabulary.
 * :class:`SimRuntime` runs the real worker cores, bus and controller rules in one thread
   on the fake clock and the simulated network, with the API of :class:`sansio_aio.Runtime`.
 * :class:`Trace` records every input, output and packet fate; the same seed gives the
   same trace, byte for byte.
 
-The pytest plugin (``sansio_aio.testing._plugin``, loaded automatically) adds fixtures
+The pytest plugin (registered as ``sansio_aio``, loaded automatically) adds fixtures
 for all of this and a ``runtime`` fixture for the real runtime. Hypothesis strategies
 live in ``sansio_aio.testing.strategies`` (imported on demand: hypothesis is optional).
 See ``docs/testing.md``.

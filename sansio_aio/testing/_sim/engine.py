@@ -30,8 +30,8 @@ one deterministic loop:
   decisions land in the trace. Every waiter is a synchronous ``Result``.
 
 The worker shell is the real one (``_shell.WorkerShell``) with the fake clock as its
-scheduler (``worker.py``). Every task is wrapped (``_watch.py``) so each input and output lands
-in the trace with its simulated time; a protocol violation is raised at the next
+scheduler (``worker.py``). Every task is wrapped (``_watch.py``) so each input and output
+lands in the trace with its simulated time; a protocol violation is raised at the next
 checkpoint when ``strict`` is on. Drivers get a context whose ``deliver`` feeds the core
 and whose ``loop`` does not exist: only simulated drivers (``SimNetwork``'s) make sense
 here. The only asyncio used is the futures of the manual-clock wait.
