@@ -267,7 +267,8 @@ def test_scripts_export_nothing() -> None:
 
 
 def test_task_side_imports_no_asyncio() -> None:
-    """Tasks, their vocabularies and the pure worker core load without an event loop."""
+    """Tasks, their vocabularies, the pure worker core and shell, the controller's rules and
+    the simulated network load without an event loop (each says so in its docstring)."""
     code = (
         "import sys\n"
         "import sansio_aio, sansio_aio.net, sansio_aio.webrtc, sansio_aio.testing\n"
@@ -275,6 +276,10 @@ def test_task_side_imports_no_asyncio() -> None:
         "import sansio_aio.net._events, sansio_aio.net._tun_events, sansio_aio.net._addr\n"
         "import sansio_aio._core, sansio_aio._ledger, sansio_aio._wire, sansio_aio._stats\n"
         "import sansio_aio.webrtc._room, sansio_aio.webrtc._sdp, sansio_aio.webrtc._config\n"
+        "import sansio_aio._shell, sansio_aio._dispatch, sansio_aio._control, sansio_aio._api\n"
+        "import sansio_aio._deadlines, sansio_aio.testing._harness, sansio_aio.testing._watch\n"
+        "import sansio_aio.testing._clock, sansio_aio.testing._trace, sansio_aio.testing._leaks\n"
+        "from sansio_aio.testing._sim import addr, net, streams, tcp, udp, worker\n"
         "print(sorted(m for m in ('asyncio', 'aiortc', 'aiohttp') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
