@@ -2,10 +2,15 @@
 
 Inputs are what the runtime feeds a task through ``on_event``; outputs are what the
 task hands back from ``pop_output``. I/O drivers define their own vocabularies next to
-this one (``sansio_aio.net._events``). This module imports no asyncio.
+this one (``sansio_aio.net``, ``sansio_aio.webrtc``), which is why ``on_event`` and
+``pop_output`` are typed ``Any`` rather than a closed union. This module imports no
+asyncio.
 
 Events are small slotted dataclasses, cheap to build on the per-message path. Treat
 them as immutable and don't subclass them: the worker routes outputs by exact type.
+They are not ``frozen``: a frozen dataclass sets its fields through
+``object.__setattr__``, which doubles the cost of building one (84 ns → 165 ns here,
+twice per message on the echo path).
 """
 
 from __future__ import annotations
