@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._bus import BusHub, LocalSubscriptions
 from ._deadlines import DeadlineHeap
+from ._errors import ConfigError
 
 # The core vocabulary: most of the names sansio_aio/__init__.py re-exports, in the same
 # order, so the two import lists share a run of lines.
@@ -219,7 +220,9 @@ class WorkerCore:
         for driver in self.drivers:
             for typ in driver.output_types:
                 if typ in self._routes:
-                    raise ValueError(f"two handlers for output type {typ.__name__}")
+                    raise ConfigError(
+                        f"two handlers for output type {typ.__name__}: pass one driver for it"
+                    )
                 self._routes[typ] = driver.handle
         self._ops: dict[type, Callable[[Any], None]] = {
             HostCmd: self._op_host,
