@@ -32,6 +32,7 @@ from ._errors import (
     TaskFailedError,
     UnknownKind,
     UnknownTarget,
+    WorkerDied,
 )
 from ._events import (
     AppEvent,
@@ -53,6 +54,7 @@ from ._events import (
     TaskOutput,
     TaskRef,
     Unsubscribe,
+    WorkerExited,
 )
 from ._stats import RuntimeStats, WorkerStats
 from ._task import Task, TaskProtocol
@@ -122,6 +124,8 @@ __all__ = [
     "UnknownKind",
     "UnknownTarget",
     "Unsubscribe",
+    "WorkerDied",
+    "WorkerExited",
     "WorkerStats",
     "__version__",
     "available_backends",

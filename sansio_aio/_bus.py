@@ -62,6 +62,20 @@ class BusHub:
                 del routes[channel]
             self._routes = routes
 
+    def drop_worker(self, worker: int) -> None:
+        """Forget every route to ``worker`` (it is gone)."""
+        with self._lock:
+            routes: dict[Hashable, tuple[int, ...]] = {}
+            for channel, workers in self._routes.items():
+                rest = tuple(w for w in workers if w != worker)
+                if rest:
+                    routes[channel] = rest
+            self._routes = routes
+
+    def routes(self) -> dict[Hashable, tuple[int, ...]]:
+        """A copy of the whole table (channel -> workers)."""
+        return dict(self._routes)
+
     def workers(self, channel: Hashable) -> tuple[int, ...]:
         """Workers that currently have a subscriber for ``channel`` (lock-free read)."""
         return self._routes.get(channel, _NONE)

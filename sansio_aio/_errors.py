@@ -19,6 +19,7 @@ __all__ = [
     "TaskFailedError",
     "UnknownKind",
     "UnknownTarget",
+    "WorkerDied",
 ]
 
 
@@ -81,3 +82,11 @@ class ShutdownTimeout(SansioAioError, TimeoutError):
         super().__init__(message)
         self.unfinished = list(unfinished)
         self.stuck_workers = list(stuck_workers)
+
+
+class WorkerDied(SansioAioError):
+    """The worker process that was to answer (a spawn, a call) died first.
+
+    Requests to its tasks fail with :class:`TaskFailedError`, whose traceback names the
+    death, as for any task that fails.
+    """

@@ -39,6 +39,7 @@ __all__ = [
     "TaskOutput",
     "TaskRef",
     "Unsubscribe",
+    "WorkerExited",
 ]
 
 
@@ -241,6 +242,22 @@ class TaskFailed:
         return lines[-1] if lines else ""
 
 
+@final
+@dataclass(slots=True)
+class WorkerExited:
+    """Worker ``worker``'s process ended unexpectedly (``Runtime(mode="process")``).
+
+    ``reason`` says how (the signal, or the exit code). Every task it hosted ended with
+    ``TaskFailed`` (each comes before this event), the requests, spawns and calls waiting
+    on it failed. ``restarting``: a replacement worker (with a new host task) is being
+    started under the same id (``Runtime(restart="on-failure")``).
+    """
+
+    worker: int
+    reason: str
+    restarting: bool
+
+
 #: What the application receives from ``Runtime.next_event``/``events()``: a task's
-#: output, or the news that a task ended or failed.
-AppEvent = TaskOutput | TaskEnded | TaskFailed
+#: output, the news that a task ended or failed, or that a worker process died.
+AppEvent = TaskOutput | TaskEnded | TaskFailed | WorkerExited

@@ -78,6 +78,7 @@ class Ledger:
 
     __slots__ = (
         "accepting",
+        "down",
         "has_host",
         "kinds",
         "lanes",
@@ -101,20 +102,26 @@ class Ledger:
         #: Every live task, mapped to the lane of its worker.
         self.live: dict[TaskRef, Lane] = {}
         self.req_by_task: dict[TaskRef, set[int]] = {}
+        #: Workers whose process died (and is not back yet): nothing is placed there.
+        self.down: set[int] = set()
 
     # ------------------------------------------------------------------ placement
 
     def pick(self) -> int:
-        """The least-loaded worker; ties round-robin."""
+        """The least-loaded worker that is up; ties round-robin."""
         load = self.load
-        best = min(load)
+        down = self.down
+        up = [load[w] for w in range(self.n) if w not in down]
+        if not up:
+            raise UnknownTarget("every worker is down")
+        best = min(up)
         n = self.n
         for i in range(n):
             w = (self.rr + i) % n
-            if load[w] == best:
+            if load[w] == best and w not in down:
                 self.rr = (w + 1) % n
                 return w
-        return 0  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def check_worker(self, worker: int) -> None:
         """Raise unless ``worker`` is a worker id (:class:`UnknownTarget` if out of range)."""
@@ -125,6 +132,8 @@ class Ledger:
             )
         if not 0 <= worker < self.n:
             raise UnknownTarget(f"no worker {worker}; workers are 0..{self.n - 1}")
+        if worker in self.down:
+            raise UnknownTarget(f"worker {worker} is down (its process died)")
 
     def place(self, kind: str, worker: int | None) -> int:
         """Choose (or check) the worker for a spawn of ``kind`` and count it there."""
@@ -161,8 +170,11 @@ class Ledger:
 
         Returns the error (also sent to the requester if it gave a ``tag``), or None.
         """
-        if not self.accepting or kind not in self.kinds:
-            error = f"unknown task kind {kind!r}" if kind not in self.kinds else "runtime closing"
+        if not self.accepting or kind not in self.kinds or len(self.down) == self.n:
+            if kind not in self.kinds:
+                error = f"unknown task kind {kind!r}"
+            else:
+                error = "runtime closing" if not self.accepting else "every worker is down"
             if tag is not None and 0 <= requester.worker < self.n:
                 self.lanes[requester.worker].push_force(SpawnedCmd(requester, tag, None, error))
             return error

@@ -41,10 +41,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._api import RuntimeState
 from ._backends import LoopFactory, resolve_backend
@@ -52,15 +53,28 @@ from ._bus import BusHub
 from ._control import ControllerBase
 from ._core import WorkerCore
 from ._driver import DriverFactory
-from ._errors import ConfigError, QueueFull, RequestTimeout, RuntimeClosed, ShutdownTimeout
-from ._events import AppEvent, TaskRef
+from ._errors import (
+    ConfigError,
+    QueueFull,
+    RequestTimeout,
+    RuntimeClosed,
+    ShutdownTimeout,
+    WorkerDied,
+)
+from ._events import AppEvent, TaskRef, WorkerExited
 from ._lane import Lane
 from ._ledger import check_runtime_args
+from ._process import WorkerProcess, check_picklable
+from ._procworker import WorkerSpec
 from ._stats import RuntimeStats, WorkerStats
 from ._wire import (
+    HOST_KIND,
     CallCmd,
+    EndReport,
     ForceStopCmd,
     HostFactory,
+    HubCmd,
+    HubUpdate,
     RequestCmd,
     ShutdownCmd,
     SpawnCmd,
@@ -76,6 +90,33 @@ __all__ = ["Runtime"]
 log = logging.getLogger("sansio_aio")
 
 R = TypeVar("R")
+
+
+class WorkerHandle(Protocol):
+    """What the controller holds for a worker: a thread (``Worker``) or a process."""
+
+    worker_id: int
+
+    def start(self) -> None:
+        """Start the worker (it reports ``StartReport`` when it runs)."""
+
+    def is_alive(self) -> bool:
+        """True while the thread or process runs."""
+        ...
+
+    async def wait_exit(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the worker to end."""
+
+    def kill(self) -> bool:
+        """End the worker now if that is possible (a process); False for a thread."""
+        ...
+
+    def close(self) -> None:
+        """Release what the controller holds for the worker (after it ended)."""
+
+    def inbox_depth(self) -> int:
+        """Messages waiting for the worker."""
+        ...
 
 
 class Runtime(ControllerBase):
@@ -96,8 +137,19 @@ class Runtime(ControllerBase):
         event_capacity: bound of the application's event buffer; events past it are
             dropped and counted in ``stats().events_dropped``.
         stats_interval: how often each worker refreshes its stats snapshot, in seconds.
-        name: prefix of the worker thread names.
+        name: prefix of the worker thread (or process) names.
+        mode: ``"thread"`` (the default: every worker a thread of this process) or
+            ``"process"`` (every worker a process of its own, so workers use every core;
+            task kinds, configs, drivers and messages must then be picklable).
+        restart: ``"never"`` (the default) or ``"on-failure"``: in process mode, a worker
+            whose process dies is replaced (with back-off) under the same id.
     """
+
+    def __new__(cls, *args: Any, mode: str = "thread", **kwargs: Any) -> Runtime:
+        # process mode checks what crosses to a worker: the same API, another class
+        if mode == "process" and cls is Runtime:
+            cls = _ProcessRuntime
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -112,8 +164,16 @@ class Runtime(ControllerBase):
         event_capacity: int = 1 << 20,
         stats_interval: float = 0.5,
         name: str = "sansio",
+        mode: str = "thread",
+        restart: str = "never",
     ) -> None:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers)
+        if mode not in ("thread", "process"):
+            raise ConfigError(f"mode must be 'thread' or 'process', got {mode!r}")
+        if restart not in ("never", "on-failure"):
+            raise ConfigError(f"restart must be 'never' or 'on-failure', got {restart!r}")
+        if restart != "never" and mode != "process":
+            raise ConfigError("restart='on-failure' needs mode='process' (threads do not die)")
         super().__init__(kinds, workers=workers, host=host, event_capacity=event_capacity)
         if not stats_interval > 0:
             raise ConfigError(f"stats_interval must be > 0 seconds, got {stats_interval!r}")
@@ -125,9 +185,18 @@ class Runtime(ControllerBase):
         self._inbox_capacity = inbox_capacity
         self._stats_interval = stats_interval
         self._name = name
+        #: ``"thread"`` or ``"process"``.
+        self.mode = mode
+        self._restart = restart
+        self._backend = backend
+        if mode == "process":
+            _check_process_args(self._kinds, host, self._drivers, backend)
+        self._restarts = [0] * workers
+        self._relay_drops = 0
+        self._waiting_on: dict[int, int] = {}  # spawn/call id -> the worker that answers
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._workers: list[Worker] = []
+        self._workers: list[WorkerHandle] = []
         self._lanes: list[Lane] = []  # controller -> worker w
         self._outboxes: list[Lane] = []  # worker w -> controller
         self._hub = BusHub()
@@ -151,31 +220,12 @@ class Runtime(ControllerBase):
         self._loop = loop
         n = self._n
         for w in range(n):
-            self._workers.append(
-                Worker(
-                    w,
-                    n_workers=n,
-                    kinds=self._kinds,
-                    host=self._host,
-                    hub=self._hub,
-                    loop_factory=self._loop_factory,
-                    drivers=self._drivers,
-                    tick=self._tick,
-                    stats_interval=self._stats_interval,
-                    inbox_capacity=self._inbox_capacity,
-                    name=self._name,
-                )
-            )
-        for w, worker in enumerate(self._workers):
-            worker.outbox = Lane(1 << 62, self._wake)
-            self._outboxes.append(worker.outbox)
-            lane = worker.inbox[n]
-            lane.wake = functools.partial(self._defer_wake, worker.wake)
-            self._lanes.append(lane)
-            self._ledger.lanes.append(lane)
-            worker.set_peers([other.inbox[w] for other in self._workers])
             self._started[w] = self._dispatch.started[w] = loop.create_future()
             self._stopped[w] = self._dispatch.stopped[w] = loop.create_future()
+        if self.mode == "process":
+            self._wire_processes(loop)
+        else:
+            self._wire_threads()
         errors = []
         for worker in self._workers:
             try:
@@ -201,6 +251,60 @@ class Runtime(ControllerBase):
             raise ConfigError("runtime failed to start: " + "; ".join(errors))
         self._set_state(RuntimeState.RUNNING)
         return self
+
+    def _wire_threads(self) -> None:
+        n = self._n
+        threads = [
+            Worker(
+                w,
+                n_workers=n,
+                kinds=self._kinds,
+                host=self._host,
+                hub=self._hub,
+                loop_factory=self._loop_factory,
+                drivers=self._drivers,
+                tick=self._tick,
+                stats_interval=self._stats_interval,
+                inbox_capacity=self._inbox_capacity,
+                name=self._name,
+            )
+            for w in range(n)
+        ]
+        for w, worker in enumerate(threads):
+            worker.outbox = Lane(1 << 62, self._wake)
+            self._outboxes.append(worker.outbox)
+            lane = worker.inbox[n]
+            lane.wake = functools.partial(self._defer_wake, worker.wake)
+            self._lanes.append(lane)
+            self._ledger.lanes.append(lane)
+            worker.set_peers([other.inbox[w] for other in threads])
+            self._workers.append(worker)
+
+    def _wire_processes(self, loop: asyncio.AbstractEventLoop) -> None:
+        for w in range(self._n):
+            proc = self._new_process(w, loop)
+            self._workers.append(proc)
+            self._outboxes.append(proc.outbox)
+            self._lanes.append(proc.inbox_lane)
+            self._ledger.lanes.append(proc.inbox_lane)
+
+    def _new_process(self, w: int, loop: asyncio.AbstractEventLoop) -> WorkerProcess:
+        spec = WorkerSpec(
+            worker_id=w,
+            n_workers=self._n,
+            kinds=self._kinds,
+            host=self._host,
+            backend=self._backend if self._backend is not None else self.backend_name,
+            drivers=self._drivers,
+            tick=self._tick,
+            stats_interval=self._stats_interval,
+            inbox_capacity=self._inbox_capacity,
+            name=self._name,
+            routes=self._hub.routes(),
+        )
+        proc = WorkerProcess(spec, self._inbox_capacity, loop, self)
+        proc.inbox_lane.wake = functools.partial(self._defer_wake, proc.inbox_lane.flush)
+        return proc
 
     async def _leave(self, failed: bool) -> None:
         await self.shutdown()
@@ -247,13 +351,17 @@ class Runtime(ControllerBase):
                 unfinished.extend(fut.result())
             else:
                 stuck.append(w)
-        joins = [
-            asyncio.to_thread(worker.join, 2.0) for worker in self._workers if worker.is_alive()
-        ]
-        if joins:
-            await asyncio.gather(*joins)
+        running = [worker for worker in self._workers if worker.is_alive()]
+        if running:
+            await asyncio.gather(*(worker.wait_exit(2.0) for worker in running))
+        killed = [worker for worker in self._workers if worker.is_alive() and worker.kill()]
+        if killed:  # a worker process that would not stop (blocked): it is killed
+            await asyncio.gather(*(worker.wait_exit(2.0) for worker in killed))
         stuck = sorted(set(stuck) | {w.worker_id for w in self._workers if w.is_alive()})
+        how = " (killed)" if killed else ""
         self._on_outbox()  # collect what arrived last
+        for worker in self._workers:
+            worker.close()
         self._set_state(RuntimeState.CLOSED)
         closed = RuntimeClosed("the runtime has shut down")
         self._dispatch.fail_all(closed)
@@ -265,7 +373,7 @@ class Runtime(ControllerBase):
             names = ", ".join(str(r) for r in unfinished) or "none"
             raise ShutdownTimeout(
                 f"shutdown timed out; unfinished tasks: {names}"
-                + (f"; workers that would not stop: {stuck}" if stuck else ""),
+                + (f"; workers that would not stop{how}: {stuck}" if stuck else ""),
                 unfinished,
                 stuck,
             )
@@ -284,8 +392,12 @@ class Runtime(ControllerBase):
         sid = next(self._ids)
         fut: asyncio.Future[TaskRef] = self._loop.create_future()
         self._pending[sid] = fut
+        self._waiting_on[sid] = worker
         self._lanes[worker].push_force(SpawnCmd(sid, kind, cfg, None, None))
-        return await fut
+        try:
+            return await fut
+        finally:
+            self._waiting_on.pop(sid, None)
 
     # ------------------------------------------------------------------ messages
 
@@ -380,11 +492,13 @@ class Runtime(ControllerBase):
         cid = next(self._ids)
         fut: asyncio.Future[R] = self._loop.create_future()
         self._pending[cid] = fut
+        self._waiting_on[cid] = worker
         self._lanes[worker].push_force(CallCmd(cid, fn))
         try:
             return await fut
         finally:
             self._pending.pop(cid, None)
+            self._waiting_on.pop(cid, None)
 
     # ------------------------------------------------------------------ events
 
@@ -467,6 +581,8 @@ class Runtime(ControllerBase):
             placed=tuple(self._ledger.load),
             events_dropped=self._dispatch.events_dropped,
             events_pending=len(self._events),
+            restarts=tuple(self._restarts),
+            relay_drops=self._relay_drops,
         )
 
     # ------------------------------------------------------------------ outbox
@@ -517,6 +633,117 @@ class Runtime(ControllerBase):
         if again and self._loop is not None:
             self._loop.call_soon(self._on_outbox)
 
+    # ------------------------------------------------------------------ worker processes
+
+    def relay(self, dest: int, item: Any, safe: bool) -> None:
+        """ProcessHooks: a worker's command for worker ``dest`` (bus, spawn answers)."""
+        if dest in self._ledger.down or not 0 <= dest < self._n:
+            self._relay_drops += 1
+            return
+        lane = self._lanes[dest]
+        if safe:
+            lane.push_force(item)
+        elif not lane.push(item):
+            self._relay_drops += 1
+
+    def hub_update(self, update: HubUpdate) -> None:
+        """ProcessHooks: a worker's bus routes changed; tell every other worker."""
+        if update.add:
+            self._hub.register(update.channel, update.worker)
+        else:
+            self._hub.unregister(update.channel, update.worker)
+        cmd = HubCmd(update.channel, update.worker, update.add)
+        for w, lane in enumerate(self._lanes):
+            if w != update.worker and w not in self._ledger.down:
+                lane.push_force(cmd)
+
+    def reports_arrived(self) -> None:
+        """ProcessHooks: a worker process's reports are in its outbox."""
+        self._on_outbox()
+
+    def worker_exited(self, worker: int, exitcode: int | None) -> None:
+        """ProcessHooks: worker ``worker``'s process ended (normally, or it died)."""
+        stopped = self._stopped.get(worker)
+        if stopped is not None and stopped.done() and not stopped.cancelled():
+            return  # it reported its stop: a normal end
+        if self._state in (RuntimeState.CLOSING, RuntimeState.CLOSED):
+            if stopped is not None and not stopped.done():
+                stopped.set_result([])  # died while stopping: nothing left to wait for
+            self._on_outbox()
+            return
+        reason = _exit_reason(worker, exitcode)
+        log.warning("%s", reason)
+        self._worker_lost(worker, reason)
+
+    def _worker_lost(self, w: int, reason: str) -> None:
+        """A worker process died: end its tasks, fail what waited on it, drop its routes."""
+        ledger = self._ledger
+        restarting = self._restart == "on-failure" and self._state is RuntimeState.RUNNING
+        ledger.down.add(w)
+        self._on_outbox()  # what it reported before it died comes first
+        tb = f"sansio_aio.WorkerDied: {reason}"
+        refs = [ref for ref in ledger.live if ref.worker == w]
+        if self._host is not None:
+            refs.append(TaskRef(w, HOST_KIND, 0, 0))
+        got_event = False
+        for ref in refs:
+            got_event |= self._dispatch.handle(EndReport(ref, tb))
+        ledger.load[w] = 0
+        died = WorkerDied(reason)
+        for key, on in list(self._waiting_on.items()):
+            if on == w:
+                fut = self._pending.pop(key, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(died)
+        started = self._started.get(w)
+        if started is not None and not started.done():
+            started.set_exception(died)
+        self._hub.drop_worker(w)
+        drop = HubCmd(None, w, False)
+        for v, lane in enumerate(self._lanes):
+            if v != w and v not in ledger.down:
+                lane.push_force(drop)
+        old = self._workers[w]
+        old.close()
+        got_event |= self._dispatch.push_event(WorkerExited(w, reason, restarting))
+        if got_event:
+            self._wake_events()
+        if restarting:
+            self._restarts[w] += 1
+            delay = min(5.0, 0.1 * 2 ** (self._restarts[w] - 1))
+            assert self._loop is not None
+            self._loop.call_later(delay, self._restart_worker, w)
+        else:
+            stopped = self._stopped.get(w)
+            if stopped is not None and not stopped.done():
+                stopped.set_result([])
+
+    def _restart_worker(self, w: int) -> None:
+        """Start a replacement process for worker ``w`` (it rejoins once it reports)."""
+        if self._state is not RuntimeState.RUNNING:
+            stopped = self._stopped.get(w)
+            if stopped is not None and not stopped.done():
+                stopped.set_result([])
+            return
+        assert self._loop is not None
+        proc = self._new_process(w, self._loop)
+        self._workers[w] = proc
+        self._outboxes[w] = proc.outbox
+        self._lanes[w] = proc.inbox_lane
+        self._ledger.lanes[w] = proc.inbox_lane
+        started = self._started[w] = self._dispatch.started[w] = self._loop.create_future()
+        started.add_done_callback(functools.partial(self._restarted, w))
+        try:
+            proc.start()
+        except Exception as exc:
+            self._worker_lost(w, f"worker {w} could not be restarted: {exc!r}")
+
+    def _restarted(self, w: int, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # its death was handled (and maybe another restart scheduled)
+        self._ledger.down.discard(w)
+        log.info("worker %d restarted (%d restarts)", w, self._restarts[w])
+
 
 def _worker_of(target: TaskRef | int) -> int:
     """The worker id a send target lives on."""
@@ -543,3 +770,75 @@ if TYPE_CHECKING:
 
     def _conforms(rt: Runtime) -> RuntimeAPI:
         return rt  # mypy checks that Runtime satisfies RuntimeAPI
+
+
+def _exit_reason(worker: int, exitcode: int | None) -> str:
+    """Why worker ``worker``'s process ended, in words."""
+    if exitcode is None:
+        return f"worker {worker} died"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker {worker} died: killed by {name}"
+    return f"worker {worker} died: its process exited with code {exitcode}"
+
+
+def _check_process_args(
+    kinds: Mapping[str, TaskFactory],
+    host: HostFactory | None,
+    drivers: Sequence[DriverFactory],
+    backend: str | LoopFactory | None,
+) -> None:
+    fix = "define it at module level (not inside a function, not a lambda)"
+    for kind, factory in kinds.items():
+        check_picklable(f"task kind {kind!r} ({factory!r})", factory, fix)
+    if host is not None:
+        check_picklable(f"the host factory {host!r}", host, fix)
+    for driver in drivers:
+        check_picklable(f"the driver factory {driver!r}", driver, fix)
+    if backend is not None and not isinstance(backend, str):
+        check_picklable(f"the loop factory {backend!r}", backend, fix)
+
+
+class _ProcessRuntime(Runtime):
+    """``Runtime(mode="process")``: what crosses to a worker is checked for pickling first,
+    so an unpicklable config or message is a ConfigError at the call, not a lost batch.
+    Plain messages (str, bytes, numbers, None) are not checked."""
+
+    async def spawn(self, kind: str, cfg: Any = None, *, worker: int | None = None) -> TaskRef:
+        _check_message("the spawn's cfg", cfg)
+        return await super().spawn(kind, cfg, worker=worker)
+
+    def send_nowait(self, target: TaskRef | int, msg: Any) -> None:
+        _check_message("a message", msg)
+        super().send_nowait(target, msg)
+
+    def send_force(self, target: TaskRef | int, msg: Any) -> None:
+        _check_message("a message", msg)
+        super().send_force(target, msg)
+
+    async def send(self, target: TaskRef | int, msg: Any) -> None:
+        _check_message("a message", msg)
+        await super().send(target, msg)
+
+    async def request(self, task: TaskRef, msg: Any, *, timeout: float | None = 5.0) -> Any:
+        _check_message("a request", msg)
+        return await super().request(task, msg, timeout=timeout)
+
+    async def run_on_worker(self, worker: int, fn: Callable[[WorkerCore], R]) -> R:
+        check_picklable(
+            f"run_on_worker's function {fn!r}",
+            fn,
+            "pass a module-level function (or a functools.partial of one), not a lambda",
+        )
+        return await super().run_on_worker(worker, fn)
+
+
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _check_message(what: str, msg: Any) -> None:
+    if type(msg) not in _PLAIN:
+        check_picklable(what, msg, "send plain data (no lambdas, sockets, locks or loops)")

@@ -77,3 +77,9 @@ class RuntimeStats:
     events_dropped: int
     #: Application events waiting to be read.
     events_pending: int
+    #: Per worker, how many times its process was restarted (process mode).
+    restarts: tuple[int, ...] = ()
+    #: ``safe=False`` bus sends between worker processes that the controller dropped
+    #: because the receiving worker's inbox was full (process mode; in thread mode the
+    #: sending worker counts them in ``WorkerStats.drops``).
+    relay_drops: int = 0

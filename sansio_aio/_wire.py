@@ -43,11 +43,15 @@ __all__ = [
     "CallCmd",
     "CallResult",
     "CoreSink",
+    "Credit",
     "DirectCmd",
     "EndReport",
     "ForceStopCmd",
     "HostCmd",
     "HostFactory",
+    "HubCmd",
+    "HubUpdate",
+    "Relay",
     "ReplyReport",
     "RequestCmd",
     "RequestFailed",
@@ -236,6 +240,42 @@ class CallResult(NamedTuple):
     cid: int
     ok: bool
     value: Any
+
+
+# ------------------------------------------------- between processes (process mode)
+
+
+class Relay(NamedTuple):
+    """A command for another worker, sent through the controller (process mode)."""
+
+    dest: int
+    item: Any
+    safe: bool
+
+
+class HubUpdate(NamedTuple):
+    """``worker`` gained (``add``) or lost its first/last subscriber of ``channel``."""
+
+    channel: Hashable
+    worker: int
+    add: bool
+
+
+class HubCmd(NamedTuple):
+    """Apply a route change to this worker's copy of the bus routes.
+
+    ``channel`` ``None`` with ``add`` false drops every route of ``worker`` (it died).
+    """
+
+    channel: Hashable
+    worker: int
+    add: bool
+
+
+class Credit(NamedTuple):
+    """The sender handled ``n`` more of the items the controller sent it."""
+
+    n: int
 
 
 class CoreSink(Protocol):

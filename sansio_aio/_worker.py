@@ -103,6 +103,17 @@ class Worker(WorkerShell):
         """True while the thread runs."""
         return self.thread.is_alive()
 
+    async def wait_exit(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for the thread to end (off the loop)."""
+        await asyncio.to_thread(self.thread.join, timeout)
+
+    def kill(self) -> bool:
+        """A thread cannot be killed: False."""
+        return False
+
+    def close(self) -> None:
+        """Nothing to release: the thread's loop closed itself."""
+
     def wake(self) -> None:
         """Called by a producer (any thread) when one of our lanes went non-empty."""
         loop = self.loop
@@ -114,16 +125,15 @@ class Worker(WorkerShell):
             pass  # loop closed: the worker has stopped
 
     def _main(self) -> None:
-        assert self.outbox is not None
-        outbox = self.outbox
         try:
             loop = self._loop_factory()
         except Exception as exc:
-            outbox.push_force(StartReport(self.worker_id, f"backend failed: {exc!r}"))
+            self._report_start(StartReport(self.worker_id, f"backend failed: {exc!r}"))
             return
         asyncio.set_event_loop(loop)
         try:
             self.loop = loop
+            self._loop_ready(loop)
             ctx = ShellContext(self)
             drivers = [factory() for factory in self._driver_factories]
             for driver in drivers:
@@ -149,10 +159,10 @@ class Worker(WorkerShell):
             loop.call_soon(self._on_wake)
             self.to_app(StatsReport(self.take_snapshot(now)))
             self.flush_app()
-            outbox.push_force(StartReport(self.worker_id, None))
+            self._report_start(StartReport(self.worker_id, None))
         except Exception as exc:
             log.exception("worker %d failed to start", self.worker_id)
-            outbox.push_force(StartReport(self.worker_id, f"worker start failed: {exc!r}"))
+            self._report_start(StartReport(self.worker_id, f"worker start failed: {exc!r}"))
             self._close(loop)  # the drivers that did start, their loop tasks, the loop
             return
         try:
@@ -161,6 +171,14 @@ class Worker(WorkerShell):
             log.exception("worker %d loop crashed", self.worker_id)
         finally:
             self._close(loop)
+
+    def _loop_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The worker's loop exists (a hook: the process worker registers its socket)."""
+
+    def _report_start(self, report: StartReport) -> None:
+        """Tell the controller the worker runs, or why it could not start."""
+        assert self.outbox is not None
+        self.outbox.push_force(report)
 
     def _close(self, loop: asyncio.AbstractEventLoop) -> None:
         for driver in self.drivers:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         set_txqueuelen,
         unshare_net,
     )
-    from ._plugin import SIM_BACKEND, loop_factories
+    from ._plugin import PROCESS_MODE, SIM_BACKEND, loop_factories
     from ._privnet import LoopThread, PrivateNetwork, privnet_unavailable_reason
     from ._sim.net import Fate, LinkConditions, NetStats, Partition, SimNetwork
     from ._sim.runtime import SimRuntime
@@ -86,11 +86,13 @@ _EXPORTS = {
     "LoopThread": "_privnet",
     "PrivateNetwork": "_privnet",
     "privnet_unavailable_reason": "_privnet",
+    "PROCESS_MODE": "_plugin",
     "SIM_BACKEND": "_plugin",
     "loop_factories": "_plugin",
 }
 
 __all__ = [
+    "PROCESS_MODE",
     "SIM_BACKEND",
     "FakeClock",
     "Fate",

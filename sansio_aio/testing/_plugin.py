@@ -65,10 +65,12 @@ except ImportError:  # pragma: no cover - exercised only without pytest-asyncio
     _async_fixture = pytest.fixture
     _HAVE_ASYNCIO_PLUGIN = False
 
-__all__ = ["SIM_BACKEND", "loop_factories"]
+__all__ = ["PROCESS_MODE", "SIM_BACKEND", "loop_factories"]
 
 #: The backend name that makes the ``runtime`` fixture build a SimRuntime.
 SIM_BACKEND = "sim"
+#: The parameter that makes the ``runtime`` fixture run its workers as processes.
+PROCESS_MODE = "process"
 
 _SEED_KEY = pytest.StashKey[int]()
 _TRACES_KEY = pytest.StashKey[list["Trace"]]()
@@ -250,7 +252,9 @@ def _spec(request: pytest.FixtureRequest) -> dict[str, Any]:
             raise pytest.UsageError("sansio_runtime takes keyword arguments only")
         kwargs.update(mark.kwargs)
     param = getattr(request, "param", None)
-    if isinstance(param, str):
+    if param == PROCESS_MODE:
+        kwargs["mode"] = "process"
+    elif isinstance(param, str):
         kwargs["backend"] = param
     elif isinstance(param, dict):
         kwargs.update(param)
@@ -274,6 +278,17 @@ def _check_backend(name: Any) -> None:
 
 
 _warmed = False
+
+
+def _warm_up_processes() -> None:
+    """Start multiprocessing's resource tracker before the leak snapshot.
+
+    The ``spawn`` start method starts it (a helper process, and a pipe to it) the first
+    time a child is started, and keeps it for the life of this process: not a leak.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
 
 
 def _warm_up_backends() -> None:
@@ -356,6 +371,8 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[RuntimeAPI]:
     from ._leaks import ResourceSnapshot
 
     _warm_up_backends()
+    if kwargs.get("mode") == "process":
+        _warm_up_processes()
     before = ResourceSnapshot.take()
     rt = Runtime(kinds, **kwargs)
     await rt.start()
@@ -375,6 +392,7 @@ async def runtime_factory(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     from ._leaks import ResourceSnapshot
 
     _warm_up_backends()
+    _warm_up_processes()
     before = ResourceSnapshot.take()
     made: list[Runtime] = []
     prefixes: set[str] = set()

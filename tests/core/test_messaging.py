@@ -246,7 +246,7 @@ async def test_a_failing_room_callback_does_not_strand_the_batch(backend: str) -
     over and the other lanes were not drained until some later callback."""
     async with Runtime({"echo": Echo}, workers=1, backend=backend, tick=60) as rt:
         ref = await rt.spawn("echo")
-        lane = rt._workers[0].inbox[1]  # the controller's lane into worker 0
+        lane = rt._lanes[0]  # the controller's lane into worker 0
 
         def broken() -> None:
             raise RuntimeError("Event loop is closed")
