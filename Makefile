@@ -34,7 +34,9 @@ run-udp: $(STAMP)
 # test needs Chromium: installed here when missing and possible.
 test: $(STAMP)
 	@bash scripts/ensure_chromium.sh
+	@rm -f .coverage .coverage.*
 	$(PY) -m coverage run -m pytest $(ARGS)
+	@$(PY) -m coverage combine -q
 	@echo "coverage: $$($(PY) -m coverage report --format=total)% of sansio_aio (statements and branches)"
 
 bench: $(STAMP)

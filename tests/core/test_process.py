@@ -73,6 +73,9 @@ class Node(Task):
                 os._exit(3)
             elif msg == "segfault":
                 ctypes.string_at(0)
+            elif msg == "unpicklable":
+                self.emit(ExtOut(threading.Lock()))
+                self.emit(ExtOut("after"))
             else:
                 self.emit(ExtOut((os.getpid(), msg)))
         elif t is BusMessage:
@@ -332,3 +335,73 @@ async def test_shutdown_reaps_every_child() -> None:
     assert not any(p.name.startswith("sansio-worker") for p in _children())
     events = rt.poll_events()
     assert all(isinstance(e, TaskEnded) for e in events)
+
+
+@pytest.mark.sansio_runtime(kinds=KINDS, workers=1)
+@pytest.mark.parametrize("runtime", PROC, indirect=True)
+async def test_an_output_that_cannot_cross_is_dropped_alone(
+    runtime: RuntimeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    ref = await runtime.spawn("node")
+    runtime.send_nowait(ref, "unpicklable")
+    runtime.send_nowait(ref, "next")
+    got = await outputs(runtime, 2)
+    assert got[0] == "after" and got[1][1] == "next"
+
+
+CHILDREN_OF_A_KILLED_PARENT = """
+import asyncio, multiprocessing, sys
+from sansio_aio import Runtime
+from tests.core.test_process import KINDS
+
+async def main():
+    async with Runtime(KINDS, workers=2, mode="process"):
+        print(" ".join(str(p.pid) for p in multiprocessing.active_children()
+                       if p.name.startswith("sansio-worker")), flush=True)
+        await asyncio.sleep(60)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_worker_processes_die_with_their_parent(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    script = tmp_path / "parent.py"
+    script.write_text(CHILDREN_OF_A_KILLED_PARENT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2, line
+        parent.kill()
+        parent.wait(T)
+        deadline = time.monotonic() + T
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if _exists(p)]
+            time.sleep(0.02)  # polling interval of a bounded wait for the kernel
+        assert alive == [], "worker processes outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(T)
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie waits for init to reap it: it is dead
