@@ -15,7 +15,11 @@ their rules cannot drift apart:
   the ledger's only while running (an empty one otherwise, so a send outside
   ``RUNNING`` falls to the checked path and gets :class:`~sansio_aio.RuntimeClosed`);
 * ``async with``: enter starts, exit shuts down (each runtime says what a failing body
-  does, :meth:`ControllerBase._leave`).
+  does, :meth:`ControllerBase._leave`);
+* what a lost worker means to the application (:meth:`ControllerBase._fail_worker`):
+  its tasks end with ``TaskFailed`` naming the cause, what waited on it fails, nothing is
+  placed there, and a ``WorkerExited`` event follows. The real runtime calls it when a
+  worker process dies; the simulated one when a test kills a worker.
 
 This module imports no asyncio.
 """
@@ -29,11 +33,11 @@ from typing import Any, Self
 
 from ._api import RuntimeState
 from ._dispatch import Dispatcher
-from ._errors import RuntimeClosed
-from ._events import TaskRef
+from ._errors import RuntimeClosed, WorkerDied
+from ._events import TaskRef, WorkerExited
 from ._lane import Lane
 from ._ledger import Ledger
-from ._wire import HostFactory, TaskFactory
+from ._wire import HOST_KIND, EndReport, HostFactory, TaskFactory
 
 __all__ = ["ControllerBase"]
 
@@ -62,6 +66,8 @@ class ControllerBase:
         self._ids = itertools.count(1)
         self._state = RuntimeState.NEW
         self._live = _NOT_RUNNING  # live task -> the lane to its worker (the hot path)
+        #: Spawn and call ids -> the worker that answers them (failed if it dies).
+        self._waiting_on: dict[int, int] = {}
 
     @property
     def workers(self) -> int:
@@ -84,6 +90,31 @@ class ControllerBase:
         running = state is RuntimeState.RUNNING
         self._ledger.accepting = running
         self._live = self._ledger.live if running else _NOT_RUNNING
+
+    def _fail_worker(self, w: int, reason: str, restarting: bool) -> bool:
+        """Worker ``w`` is lost: end its tasks, fail what waited on it, tell the application.
+
+        Returns True if events were added for the application (wake its readers).
+        """
+        ledger = self._ledger
+        ledger.down.add(w)
+        tb = f"sansio_aio.WorkerDied: {reason}"
+        refs = [ref for ref in ledger.live if ref.worker == w]
+        if self._host is not None:
+            refs.append(TaskRef(w, HOST_KIND, 0, 0))
+        got_event = False
+        for ref in refs:
+            got_event |= self._dispatch.handle(EndReport(ref, tb))
+        ledger.load[w] = 0
+        died = WorkerDied(reason)
+        for key, on in list(self._waiting_on.items()):
+            if on == w:
+                del self._waiting_on[key]
+                fut = self._pending.pop(key, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(died)
+        got_event |= self._dispatch.push_event(WorkerExited(w, reason, restarting))
+        return got_event
 
     def _check_running(self) -> None:
         if self._state is not RuntimeState.RUNNING:

@@ -61,16 +61,14 @@ from ._errors import (
     ShutdownTimeout,
     WorkerDied,
 )
-from ._events import AppEvent, TaskRef, WorkerExited
+from ._events import AppEvent, TaskRef
 from ._lane import Lane
 from ._ledger import check_runtime_args
 from ._process import WorkerProcess, check_picklable
 from ._procworker import WorkerSpec
 from ._stats import RuntimeStats, WorkerStats
 from ._wire import (
-    HOST_KIND,
     CallCmd,
-    EndReport,
     ForceStopCmd,
     HostFactory,
     HubCmd,
@@ -193,7 +191,6 @@ class Runtime(ControllerBase):
             _check_process_args(self._kinds, host, self._drivers, backend)
         self._restarts = [0] * workers
         self._relay_drops = 0
-        self._waiting_on: dict[int, int] = {}  # spawn/call id -> the worker that answers
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[WorkerHandle] = []
@@ -676,36 +673,20 @@ class Runtime(ControllerBase):
         self._worker_lost(worker, reason)
 
     def _worker_lost(self, w: int, reason: str) -> None:
-        """A worker process died: end its tasks, fail what waited on it, drop its routes."""
-        ledger = self._ledger
+        """A worker process died: what the application sees (``_fail_worker``), then drop
+        its routes everywhere, and restart it or let shutdown stop waiting for it."""
         restarting = self._restart == "on-failure" and self._state is RuntimeState.RUNNING
-        ledger.down.add(w)
         self._on_outbox()  # what it reported before it died comes first
-        tb = f"sansio_aio.WorkerDied: {reason}"
-        refs = [ref for ref in ledger.live if ref.worker == w]
-        if self._host is not None:
-            refs.append(TaskRef(w, HOST_KIND, 0, 0))
-        got_event = False
-        for ref in refs:
-            got_event |= self._dispatch.handle(EndReport(ref, tb))
-        ledger.load[w] = 0
-        died = WorkerDied(reason)
-        for key, on in list(self._waiting_on.items()):
-            if on == w:
-                fut = self._pending.pop(key, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(died)
+        got_event = self._fail_worker(w, reason, restarting)
         started = self._started.get(w)
         if started is not None and not started.done():
-            started.set_exception(died)
+            started.set_exception(WorkerDied(reason))
         self._hub.drop_worker(w)
         drop = HubCmd(None, w, False)
         for v, lane in enumerate(self._lanes):
-            if v != w and v not in ledger.down:
+            if v != w and v not in self._ledger.down:
                 lane.push_force(drop)
-        old = self._workers[w]
-        old.close()
-        got_event |= self._dispatch.push_event(WorkerExited(w, reason, restarting))
+        self._workers[w].close()
         if got_event:
             self._wake_events()
         if restarting:
