@@ -300,7 +300,10 @@ class ProcLane(Lane):
         self.in_flight -= n
         self.capacity += n
         if len(self.q) < self.capacity:
-            self.notify_room()
+            try:
+                self.notify_room()
+            except Exception:  # a waiter's failure must not cost the frame it came in
+                log.exception("ipc: a room callback failed")
 
     def depth(self) -> int:
         """Items waiting here or in flight to the consumer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,18 @@ BACKENDS = available_backends()
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"sansio_aio backends: {', '.join(BACKENDS)}; CI={os.environ.get('CI', '')}"
+
+
+@pytest.fixture(params=["uvloop", "epoll", "poll", "process"])
+def variant(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Every way to run workers: threads on each backend, and processes (uvloop, or the
+    default backend). Tests use it as ``Runtime(kinds, **variant)``."""
+    name: str = request.param
+    if name == "process":
+        return {"mode": "process"}
+    if name not in BACKENDS:
+        pytest.skip(f"backend {name} is not available on this machine")
+    return {"backend": name}
 
 
 @pytest.fixture(params=["uvloop", "epoll", "poll"])

@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sansio_aio import Runtime, TaskFailed, TaskOutput
+from sansio_aio.lowlevel import WorkerCore
 
 if TYPE_CHECKING:
     from sansio_aio.testing import SimRuntime
+
+Variant = dict[str, Any]
+"""How a test's runtime runs its workers: ``{"backend": name}`` or ``{"mode": "process"}``
+(the ``variant`` fixture); pass it as ``Runtime(kinds, **variant)``."""
 
 T = 5.0
 """A generous timeout (seconds) for any single wait: a test that hits it has failed."""
@@ -102,4 +107,9 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = T) ->
 
 async def driver_stats(rt: Runtime, worker: int = 0) -> dict[str, int]:
     """The counters of the worker's first driver, read on the worker's own thread."""
-    return await rt.run_on_worker(worker, lambda core: dict(core.drivers[0].stats()))
+    return await rt.run_on_worker(worker, first_driver_stats)
+
+
+def first_driver_stats(core: WorkerCore) -> dict[str, int]:
+    """Run on a worker: its first driver's counters (module level: crosses processes)."""
+    return dict(core.drivers[0].stats())

@@ -15,12 +15,12 @@ import pytest
 from sansio_aio import Ext, ExtOut, Publish, Runtime, Task, TaskEnded, TaskRef, UnknownTarget
 from sansio_aio.driver import Driver, DriverContext
 from tests.drivers import SyncDriver
-from tests.helpers import collect, outputs, outs
+from tests.helpers import Variant, collect, outputs, outs
 from tests.tasks import KINDS, Instant, Poker, PubThenEnd, TaggedSubscriber
 
 
-async def test_outputs_are_drained_after_every_input(backend: str) -> None:
-    async with Runtime(KINDS, backend=backend, tick=10.0) as rt:
+async def test_outputs_are_drained_after_every_input(variant: Variant) -> None:
+    async with Runtime(KINDS, **variant, tick=10.0) as rt:
         ref = await rt.spawn("recorder")
         # the constructor's output is delivered at once, long before the 10 s tick
         (hello,) = await outputs(rt, 1, timeout=2.0)
@@ -37,14 +37,14 @@ async def test_outputs_are_drained_after_every_input(backend: str) -> None:
 
 @pytest.mark.parametrize("what", ["end", "raise"])
 async def test_local_publish_of_a_task_that_ends_is_delivered_at_once(
-    backend: str, what: str
+    variant: Variant, what: str
 ) -> None:
     """Bug: in WorkerCore.handle_from, a task that ended (or failed) right after an
     application message left the inputs it queued for local tasks (publish, SendTo) in
     the pending queue: they waited for some later input (the next tick, a minute here)
     and were fed after later messages."""
     kinds = {"pub": PubThenEnd, "sub": TaggedSubscriber}
-    async with Runtime(kinds, workers=1, backend=backend, tick=60.0) as rt:
+    async with Runtime(kinds, workers=1, **variant, tick=60.0) as rt:
         sub = await rt.spawn("sub", "ch")
         pub = await rt.spawn("pub")
         # the subscription is in place once the spawn drained (same worker, FIFO)
@@ -57,12 +57,12 @@ async def test_local_publish_of_a_task_that_ends_is_delivered_at_once(
 # -------------------------------------------------- synchronous driver delivery
 
 
-async def test_sync_driver_delivery_does_not_lose_later_outputs(backend: str) -> None:
+async def test_sync_driver_delivery_does_not_lose_later_outputs(variant: Variant) -> None:
     """Bug: Worker.deliver flushed the app buffer while WorkerCore.handle_from was
     running (a driver delivering from inside ``handle``); handle_from kept appending
     the batch's later outputs to the list already handed to the controller, so they
     were lost (or reordered)."""
-    async with Runtime({"p": Poker}, workers=1, backend=backend, drivers=[SyncDriver]) as rt:
+    async with Runtime({"p": Poker}, workers=1, **variant, drivers=[SyncDriver]) as rt:
         ref = await rt.spawn("p")
         for _ in range(3):
             rt.send_nowait(ref, "go")  # one application callback: one worker batch
@@ -75,11 +75,11 @@ async def test_sync_driver_delivery_does_not_lose_later_outputs(backend: str) ->
 # ------------------------------------------------ a task that ends in its spawn
 
 
-async def test_task_that_ends_in_its_spawn_is_not_left_live(backend: str) -> None:
+async def test_task_that_ends_in_its_spawn_is_not_left_live(variant: Variant) -> None:
     """Bug: a task that ended while its constructor's outputs were drained reported
     APP_ENDED before APP_SPAWNED, so the controller put its ref back among the live
     tasks forever: sends to it went through instead of raising UnknownTarget."""
-    async with Runtime({"i": Instant}, workers=1, backend=backend) as rt:
+    async with Runtime({"i": Instant}, workers=1, **variant) as rt:
         ref = await rt.spawn("i")
         got = await collect(rt, lambda g: any(isinstance(e, TaskEnded) for e in g))
         assert outs(got) == ["born"]
@@ -135,7 +135,7 @@ class FeedMe(Task):
 
 
 async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
-    backend: str, monkeypatch: pytest.MonkeyPatch
+    variant: Variant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bug: the feeder kept the worker's set of deferred wakes by identity, but the
     flush replaced that set: once a callback had woken another worker, the feeder saw
@@ -151,7 +151,7 @@ async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
 
     monkeypatch.setattr(Worker, "flush_app", counting)
     kinds = {"f": FeedMe, "sub": TaggedSubscriber}
-    async with Runtime(kinds, workers=2, backend=backend, drivers=[Feeding], tick=60) as rt:
+    async with Runtime(kinds, workers=2, **variant, drivers=[Feeding], tick=60) as rt:
         await rt.spawn("sub", "elsewhere", worker=1)
         ref = await rt.spawn("f", worker=0)
         rt.send_nowait(ref, 1)  # the driver builds its feeder

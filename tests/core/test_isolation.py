@@ -1,7 +1,8 @@
 """Isolation: a task that raises (from any method), a broken deadline or a raising driver
 fails that task alone; requests to it fail instead of hanging.
 
-Every test runs on every backend.
+Every test runs on every backend; those that make sense across processes also run
+with worker processes (the ``variant`` fixture).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from sansio_aio import (
     UnknownTarget,
 )
 from sansio_aio.driver import Driver, DriverContext
-from tests.helpers import T, collect, outputs
+from tests.helpers import T, Variant, collect, outputs
 from tests.tasks import KINDS, Echo, Silent
 
 
-async def test_a_failing_task_ends_alone(backend: str) -> None:
-    async with Runtime(KINDS, backend=backend) as rt:
+async def test_a_failing_task_ends_alone(variant: Variant) -> None:
+    async with Runtime(KINDS, **variant) as rt:
         bad, good = await rt.spawn("echo"), await rt.spawn("echo")
         assert bad.worker == good.worker
         rt.send_nowait(bad, ("raise", "magic packet"))
@@ -46,8 +47,8 @@ async def test_a_failing_task_ends_alone(backend: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["raise", "soon", float("nan")])
-async def test_a_broken_next_deadline_fails_only_that_task(backend: str, bad: Any) -> None:
-    async with Runtime(KINDS, backend=backend) as rt:
+async def test_a_broken_next_deadline_fails_only_that_task(variant: Variant, bad: Any) -> None:
+    async with Runtime(KINDS, **variant) as rt:
         broken, good = await rt.spawn("bad_deadline"), await rt.spawn("echo")
         rt.send_nowait(broken, bad)
         event = await asyncio.wait_for(rt.next_event(), T)
@@ -98,8 +99,8 @@ class Faulty(Task):
 
 
 @pytest.mark.parametrize("method", ["pop_output", "is_empty", "next_deadline"])
-async def test_a_task_raising_fails_alone_after_its_outputs(backend: str, method: str) -> None:
-    async with Runtime({"f": Faulty, "echo": Echo}, workers=1, backend=backend) as rt:
+async def test_a_task_raising_fails_alone_after_its_outputs(variant: Variant, method: str) -> None:
+    async with Runtime({"f": Faulty, "echo": Echo}, workers=1, **variant) as rt:
         bad = await rt.spawn("f", method)
         good = await rt.spawn("echo")
         rt.send_nowait(bad, "out")
@@ -111,8 +112,8 @@ async def test_a_task_raising_fails_alone_after_its_outputs(backend: str, method
             rt.send_nowait(bad, "gone")
 
 
-async def test_constructor_and_on_shutdown_raising(backend: str) -> None:
-    rt = Runtime({"f": Faulty}, workers=1, backend=backend)
+async def test_constructor_and_on_shutdown_raising(variant: Variant) -> None:
+    rt = Runtime({"f": Faulty}, workers=1, **variant)
     async with rt:
         with pytest.raises(TaskFailedError, match="init"):
             await rt.spawn("f", "init")
@@ -124,8 +125,8 @@ async def test_constructor_and_on_shutdown_raising(backend: str) -> None:
     assert got[0].task == ref and "on_shutdown" in got[0].traceback  # type: ignore[union-attr]
 
 
-async def test_requests_to_tasks_that_end_or_are_stale(backend: str) -> None:
-    async with Runtime({"s": Silent}, workers=2, backend=backend) as rt:
+async def test_requests_to_tasks_that_end_or_are_stale(variant: Variant) -> None:
+    async with Runtime({"s": Silent}, workers=2, **variant) as rt:
         a = await rt.spawn("s")
         waiting = asyncio.create_task(rt.request(a, "ignored", timeout=None))
         await asyncio.sleep(0)
@@ -179,8 +180,8 @@ class Booms(Task):
                 self.emit(ExtOut(event.msg))
 
 
-async def test_driver_raising_in_handle_release_close(backend: str) -> None:
-    rt = Runtime({"b": Booms}, workers=1, backend=backend, drivers=[Raising])
+async def test_driver_raising_in_handle_release_close(variant: Variant) -> None:
+    rt = Runtime({"b": Booms}, workers=1, **variant, drivers=[Raising])
     async with rt:
         a = await rt.spawn("b")
         b = await rt.spawn("b")

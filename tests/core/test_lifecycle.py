@@ -27,8 +27,9 @@ from sansio_aio import (
     TaskOutput,
     WorkerExited,
 )
+from sansio_aio.lowlevel import WorkerCore
 from tests.drivers import FailsOnWorker1, Recorded
-from tests.helpers import T
+from tests.helpers import T, Variant
 from tests.tasks import KINDS, Echo, Host, Silent
 
 # ------------------------------------------------------- backends and arguments
@@ -71,7 +72,9 @@ async def test_a_broken_backend_fails_start_clearly() -> None:
 # --------------------------------------------------------------- a failed start
 
 
-async def test_failed_start_closes_started_drivers_and_stops_quickly(backend: str) -> None:
+async def test_failed_start_closes_started_drivers_and_stops_quickly(
+    backend: str,
+) -> None:
     """Bugs: a worker whose second driver failed to start never closed the first one
     (its sockets leaked); and the workers that did start were only force-stopped after
     a 2 s grace period, since nobody asked them to shut down."""
@@ -116,8 +119,8 @@ async def test_a_worker_thread_that_cannot_start(monkeypatch: pytest.MonkeyPatch
 # ------------------------------------------------------------ graceful shutdown
 
 
-async def test_graceful_shutdown_delivers_the_drain(backend: str) -> None:
-    rt = Runtime(KINDS, workers=2, backend=backend, host=Host)
+async def test_graceful_shutdown_delivers_the_drain(variant: Variant) -> None:
+    rt = Runtime(KINDS, workers=2, **variant, host=Host)
     await rt.start()
     refs = [await rt.spawn("graceful") for _ in range(4)]
     await rt.shutdown(timeout=2)
@@ -128,8 +131,8 @@ async def test_graceful_shutdown_delivers_the_drain(backend: str) -> None:
     assert await rt.next_events() == []  # the stream ends after shutdown
 
 
-async def test_shutdown_timeout_names_the_stuck_task(backend: str) -> None:
-    rt = Runtime(KINDS, backend=backend)
+async def test_shutdown_timeout_names_the_stuck_task(variant: Variant) -> None:
+    rt = Runtime(KINDS, **variant)
     await rt.start()
     stuck = await rt.spawn("stuck")
     await rt.spawn("graceful")
@@ -142,10 +145,10 @@ async def test_shutdown_timeout_names_the_stuck_task(backend: str) -> None:
 # ------------------------------------------------------------------- edge cases
 
 
-async def test_shutdown_while_starting_wins(backend: str) -> None:
+async def test_shutdown_while_starting_wins(variant: Variant) -> None:
     """Bug: a shutdown that ran while ``start`` was waiting for its workers was undone
     when ``start`` resumed: the runtime said it was running with its workers gone."""
-    rt = Runtime({"echo": Echo}, workers=2, backend=backend)
+    rt = Runtime({"echo": Echo}, workers=2, **variant)
     starting = asyncio.create_task(rt.start())
     await asyncio.sleep(0)  # start() is now waiting for the workers
     await asyncio.wait_for(rt.shutdown(), T)
@@ -157,12 +160,12 @@ async def test_shutdown_while_starting_wins(backend: str) -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
 
 
-async def test_shutdown_twice_concurrently_and_after(backend: str) -> None:
-    rt = Runtime({"echo": Echo}, workers=2, backend=backend)
+async def test_shutdown_twice_concurrently_and_after(variant: Variant) -> None:
+    rt = Runtime({"echo": Echo}, workers=2, **variant)
     await rt.shutdown()  # before start: a no-op that closes it
     with pytest.raises(RuntimeClosed):
         await rt.start()
-    rt = await Runtime({"echo": Echo}, workers=2, backend=backend).start()
+    rt = await Runtime({"echo": Echo}, workers=2, **variant).start()
     await rt.spawn("echo")
     await asyncio.wait_for(asyncio.gather(rt.shutdown(), rt.shutdown()), T)
     await rt.shutdown()
@@ -175,11 +178,11 @@ async def test_shutdown_twice_concurrently_and_after(backend: str) -> None:
     with pytest.raises(RuntimeClosed):
         await rt.next_event()
     with pytest.raises(RuntimeClosed):
-        await rt.run_on_worker(0, lambda core: None)
+        await rt.run_on_worker(0, worker_id)
 
 
-async def test_waiting_consumer_wakes_at_shutdown(backend: str) -> None:
-    async with Runtime({"echo": Echo}, workers=1, backend=backend) as rt:
+async def test_waiting_consumer_wakes_at_shutdown(variant: Variant) -> None:
+    async with Runtime({"echo": Echo}, workers=1, **variant) as rt:
         consumer = asyncio.create_task(rt.next_events())
         await asyncio.sleep(0)
     assert await asyncio.wait_for(consumer, T) == []
@@ -188,10 +191,10 @@ async def test_waiting_consumer_wakes_at_shutdown(backend: str) -> None:
 # -------------------------------------------------------- in flight at shutdown
 
 
-async def test_spawn_and_run_on_worker_in_flight_at_shutdown(backend: str) -> None:
-    rt = await Runtime({"echo": Echo}, workers=2, backend=backend).start()
+async def test_spawn_and_run_on_worker_in_flight_at_shutdown(variant: Variant) -> None:
+    rt = await Runtime({"echo": Echo}, workers=2, **variant).start()
     spawning = asyncio.create_task(rt.spawn("echo"))
-    calling = asyncio.create_task(rt.run_on_worker(1, lambda core: core.worker_id))
+    calling = asyncio.create_task(rt.run_on_worker(1, worker_id))
     await asyncio.sleep(0)  # both are in their lanes, ahead of the shutdown
     await rt.shutdown()
     ref = await asyncio.wait_for(spawning, T)
@@ -213,8 +216,8 @@ class Spawner(Task):
             self.closing = True
 
 
-async def test_task_spawn_during_shutdown_is_refused(backend: str) -> None:
-    rt = Runtime({"echo": Echo, "spawner": Spawner}, workers=2, backend=backend)
+async def test_task_spawn_during_shutdown_is_refused(variant: Variant) -> None:
+    rt = Runtime({"echo": Echo, "spawner": Spawner}, workers=2, **variant)
     async with rt:
         await rt.spawn("spawner", worker=0)
     got = await rt.next_events()
@@ -297,14 +300,19 @@ def _fds() -> set[str]:
 
 
 @pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc")
-async def test_no_fds_left_after_shutdown_or_failed_start(backend: str) -> None:
-    async with Runtime({}, workers=1, backend=backend):  # warm up lazy imports
+async def test_no_fds_left_after_shutdown_or_failed_start(variant: Variant) -> None:
+    async with Runtime({}, workers=1, **variant):  # warm up lazy imports
         pass
     before = _fds()
     for _ in range(3):
-        async with Runtime({"echo": Echo}, workers=3, backend=backend) as rt:
+        async with Runtime({"echo": Echo}, workers=3, **variant) as rt:
             await rt.spawn("echo")
         with pytest.raises(ConfigError):
-            async with Runtime({}, workers=2, backend=backend, drivers=[FailsOnWorker1]):
+            async with Runtime({}, workers=2, **variant, drivers=[FailsOnWorker1]):
                 pass
     assert _fds() - before == set()
+
+
+def worker_id(core: WorkerCore) -> int:
+    """Run on a worker (a module-level function: it crosses to worker processes too)."""
+    return core.worker_id

@@ -23,14 +23,14 @@ from sansio_aio import (
     UnknownKind,
     UnknownTarget,
 )
-from tests.helpers import T, collect, outputs, outs, until
+from tests.helpers import T, Variant, collect, outputs, outs, until
 from tests.tasks import KINDS, Echo, Host
 
 # ----------------------------------------------------------- messages, requests
 
 
-async def test_worker_messages_reach_only_that_worker(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend, host=Host) as rt:
+async def test_worker_messages_reach_only_that_worker(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant, host=Host) as rt:
         await outputs(rt, 2)  # the hosts' greetings
         rt.send_nowait(1, "ping")
         (got,) = await outputs(rt, 1)
@@ -39,14 +39,14 @@ async def test_worker_messages_reach_only_that_worker(backend: str) -> None:
         assert rt.poll_events() == []
 
 
-async def test_requests_reach_a_worker_host(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend, host=Host) as rt:
+async def test_requests_reach_a_worker_host(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant, host=Host) as rt:
         host1 = TaskRef(1, "host", 0, 0)
         assert await rt.request(host1, "hi") == ("host", 1, "hi")
 
 
-async def test_unknown_targets_fail_clearly_and_workers_live_on(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_unknown_targets_fail_clearly_and_workers_live_on(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         ref = await rt.spawn("echo")
         with pytest.raises(UnknownTarget, match="no worker 7"):
             rt.send_nowait(TaskRef(7, "echo", 0), "x")
@@ -61,8 +61,8 @@ async def test_unknown_targets_fail_clearly_and_workers_live_on(backend: str) ->
         assert got.msg == "still alive"
 
 
-async def test_requests_get_their_replies_or_time_out(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_requests_get_their_replies_or_time_out(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         a, b = await rt.spawn("echo"), await rt.spawn("echo")
         results = await asyncio.gather(
             *(rt.request(r, ("double", i)) for i, r in enumerate([a, b] * 5))
@@ -72,8 +72,10 @@ async def test_requests_get_their_replies_or_time_out(backend: str) -> None:
             await rt.request(a, "ignore", timeout=0.1)
 
 
-async def test_request_to_a_task_that_dies_fails_instead_of_hanging(backend: str) -> None:
-    async with Runtime(KINDS, backend=backend) as rt:
+async def test_request_to_a_task_that_dies_fails_instead_of_hanging(
+    variant: Variant,
+) -> None:
+    async with Runtime(KINDS, **variant) as rt:
         a = await rt.spawn("echo")
         with pytest.raises(TaskFailedError, match="failed") as info:
             await rt.request(a, "raise", timeout=T)
@@ -88,8 +90,8 @@ async def test_request_to_a_task_that_dies_fails_instead_of_hanging(backend: str
 # ------------------------------------------------------------ the output stream
 
 
-async def test_outputs_are_fifo_per_task_and_tagged_with_it(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_outputs_are_fifo_per_task_and_tagged_with_it(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         a, b = await rt.spawn("echo"), await rt.spawn("echo")
         rt.send_nowait(a, ("emit", ["e1", "e2", "e3"]))
         rt.send_nowait(b, ("emit", ["f1", "f2"]))
@@ -109,8 +111,8 @@ async def test_outputs_are_fifo_per_task_and_tagged_with_it(backend: str) -> Non
         assert [e.msg for e in seen if isinstance(e, TaskOutput)] == [1, 2]
 
 
-async def test_event_buffer_is_bounded_and_drops_are_counted(backend: str) -> None:
-    async with Runtime(KINDS, backend=backend, event_capacity=5) as rt:
+async def test_event_buffer_is_bounded_and_drops_are_counted(variant: Variant) -> None:
+    async with Runtime(KINDS, **variant, event_capacity=5) as rt:
         ref = await rt.spawn("echo")
         rt.send_nowait(ref, ("emit", list(range(20))))  # one drain, one batch of 20
 
@@ -124,11 +126,11 @@ async def test_event_buffer_is_bounded_and_drops_are_counted(backend: str) -> No
         assert [o.msg for o in await outputs(rt, 1)] == ["after"]
 
 
-async def test_cancelling_one_event_waiter_does_not_cancel_another(backend: str) -> None:
+async def test_cancelling_one_event_waiter_does_not_cancel_another(variant: Variant) -> None:
     """Bug: every waiter in next_event(s) awaited one shared future, so cancelling one
     waiter (a ``wait_for`` timing out) cancelled that future and raised CancelledError
     in every other consumer."""
-    async with Runtime({"echo": Echo}, workers=1, backend=backend) as rt:
+    async with Runtime({"echo": Echo}, workers=1, **variant) as rt:
         ref = await rt.spawn("echo")
         consumer = asyncio.create_task(rt.next_event())
         with pytest.raises(TimeoutError):
@@ -173,8 +175,8 @@ async def test_messages_pushed_while_busy_share_wakeups(backend: str) -> None:
 # ---------------------------------------------------------------------- the bus
 
 
-async def test_pubsub_across_workers(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_pubsub_across_workers(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         subs = [await rt.spawn("sub", "news", worker=w) for w in (0, 1, 1)]
         pub = await rt.spawn("pub", worker=0)
         # the publisher's worker is included
@@ -194,8 +196,8 @@ async def test_pubsub_across_workers(backend: str) -> None:
         assert {o.task for o in got if o.msg != ("published", 3)} == {subs[1], subs[2]}
 
 
-async def test_broadcast_reaches_every_worker_once(backend: str) -> None:
-    async with Runtime(KINDS, workers=3, backend=backend, host=Host) as rt:
+async def test_broadcast_reaches_every_worker_once(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=3, **variant, host=Host) as rt:
         await outputs(rt, 3)
         rt.send_nowait(1, "broadcast")
         got = await outputs(rt, 3)
@@ -207,7 +209,9 @@ async def test_broadcast_reaches_every_worker_once(backend: str) -> None:
 # --------------------------------------------------------------- bounded queues
 
 
-async def test_a_full_inbox_refuses_send_nowait_and_send_waits_for_room(backend: str) -> None:
+async def test_a_full_inbox_refuses_send_nowait_and_send_waits_for_room(
+    backend: str,
+) -> None:
     async with Runtime(KINDS, backend=backend, inbox_capacity=1) as rt:
         ref = await rt.spawn("echo")
         started = threading.Event()
@@ -240,11 +244,11 @@ async def test_unsafe_bus_sends_are_dropped_and_counted(backend: str) -> None:
         assert [o.msg[2] for o in rest] == list(range(delivered))
 
 
-async def test_a_failing_room_callback_does_not_strand_the_batch(backend: str) -> None:
+async def test_a_failing_room_callback_does_not_strand_the_batch(variant: Variant) -> None:
     """Bug: a room callback raising (the controller's one does when the application's
     loop is closed) escaped Worker._on_wake halfway: the batch's outputs were not handed
     over and the other lanes were not drained until some later callback."""
-    async with Runtime({"echo": Echo}, workers=1, backend=backend, tick=60) as rt:
+    async with Runtime({"echo": Echo}, workers=1, **variant, tick=60) as rt:
         ref = await rt.spawn("echo")
         lane = rt._lanes[0]  # the controller's lane into worker 0
 

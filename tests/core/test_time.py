@@ -13,15 +13,16 @@ from typing import Any
 import pytest
 
 from sansio_aio import Ext, ExtOut, Runtime, Task
-from tests.helpers import collect, outputs, outs
+from sansio_aio.lowlevel import WorkerCore
+from tests.helpers import Variant, collect, outputs, outs
 from tests.tasks import KINDS, Echo
 
 # ------------------------------------------------------------------------ ticks
 
 
-async def test_ticks_keep_their_period(backend: str) -> None:
+async def test_ticks_keep_their_period(variant: Variant) -> None:
     period = 0.02
-    async with Runtime(KINDS, backend=backend, tick=period) as rt:
+    async with Runtime(KINDS, **variant, tick=period) as rt:
         ref = await rt.spawn("ticker")
         ticks = [o.msg[1] for o in await outputs(rt, 10) if o.task == ref]
         gaps = [b - a for a, b in itertools.pairwise(ticks)]
@@ -48,8 +49,8 @@ def test_tick_grid_skips_missed_ticks_without_drift() -> None:
 # -------------------------------------------------------------------- deadlines
 
 
-async def test_task_deadline_wakes_it_between_ticks(backend: str) -> None:
-    async with Runtime(KINDS, backend=backend, tick=10.0) as rt:
+async def test_task_deadline_wakes_it_between_ticks(variant: Variant) -> None:
+    async with Runtime(KINDS, **variant, tick=10.0) as rt:
         ref = await rt.spawn("ticker", 0.05)
         rt.send_nowait(ref, "arm")
         armed, woke = await outputs(rt, 2, timeout=2.0)
@@ -70,8 +71,8 @@ class Never(Task):
             self.emit(ExtOut(event.msg))
 
 
-async def test_infinite_deadline_does_not_break_the_worker(backend: str) -> None:
-    async with Runtime({"never": Never}, workers=1, backend=backend) as rt:
+async def test_infinite_deadline_does_not_break_the_worker(variant: Variant) -> None:
+    async with Runtime({"never": Never}, workers=1, **variant) as rt:
         a = await rt.spawn("never")
         b = await rt.spawn("never")
         rt.send_nowait(a, 1)
@@ -100,11 +101,11 @@ class Sliding(Task):
         return self.when
 
 
-async def test_sliding_deadlines_do_not_grow_the_heap(backend: str) -> None:
+async def test_sliding_deadlines_do_not_grow_the_heap(variant: Variant) -> None:
     """Bug: each deadline change pushed a heap entry and stale ones were dropped only
     when they reached the top (i.e. when their time came): a task sliding an idle timer
     per message grew the heap by one entry per message (and kept ended tasks alive)."""
-    async with Runtime({"s": Sliding}, workers=1, backend=backend) as rt:
+    async with Runtime({"s": Sliding}, workers=1, **variant) as rt:
         ref = await rt.spawn("s")
         for _ in range(20):
             for _ in range(500):
@@ -112,7 +113,7 @@ async def test_sliding_deadlines_do_not_grow_the_heap(backend: str) -> None:
             await asyncio.sleep(0)
         rt.send_nowait(ref, "last")
         await collect(rt, lambda g: outs(g) == ["done"])
-        size = await rt.run_on_worker(0, lambda core: core.pending_deadlines)
+        size = await rt.run_on_worker(0, pending_deadlines)
         assert size < 100
 
 
@@ -139,14 +140,21 @@ class PastDeadline(Task):
         return 0.0 if not self.closing and time.monotonic() < self.until else None
 
 
-async def test_a_deadline_stuck_in_the_past_does_not_hang_the_worker(backend: str) -> None:
+async def test_a_deadline_stuck_in_the_past_does_not_hang_the_worker(
+    variant: Variant,
+) -> None:
     """Bug: on_deadline fired due deadlines until none was due; a task whose deadline
     stayed in the past was fired again and again inside that one callback, so its worker
     never returned to its loop (no other task ran, shutdown could not complete)."""
     kinds = {"past": PastDeadline, "echo": Echo}
-    async with Runtime(kinds, workers=1, backend=backend) as rt:
+    async with Runtime(kinds, workers=1, **variant) as rt:
         echo = await rt.spawn("echo")
         await rt.spawn("past", 3.0)
         rt.send_nowait(echo, "still served")
         got = await collect(rt, lambda g: len(g) >= 1, timeout=1.5)
         assert outs(got) == ["still served"]
+
+
+def pending_deadlines(core: WorkerCore) -> int:
+    """Run on a worker: the size of its deadline heap (module level: crosses processes)."""
+    return core.pending_deadlines

@@ -1,6 +1,7 @@
 """Workers: their own ids, threads and loops; where spawns are placed; their stats.
 
-Every test runs on every backend.
+Every test runs on every backend; those that make sense across processes also run
+with worker processes (the ``variant`` fixture).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import threading
 
 from sansio_aio import Runtime
 from sansio_aio.lowlevel import WorkerCore
-from tests.helpers import T, outputs, until
+from tests.helpers import T, Variant, outputs, until
 from tests.tasks import KINDS, Echo, Host
 
 # --------------------------------------------------------------------- identity
@@ -36,14 +37,14 @@ async def test_workers_have_their_own_ids_threads_and_loops(backend: str) -> Non
 # -------------------------------------------------------------------- placement
 
 
-async def test_spawn_spreads_before_any_stats(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_spawn_spreads_before_any_stats(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         refs = await asyncio.gather(*(rt.spawn("echo") for _ in range(4)))
         assert sorted(r.worker for r in refs) == [0, 0, 1, 1]
 
 
-async def test_spawn_goes_to_the_least_loaded_worker(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_spawn_goes_to_the_least_loaded_worker(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         for _ in range(3):
             assert (await rt.spawn("echo", worker=0)).worker == 0
         assert (await rt.spawn("echo")).worker == 1
@@ -51,8 +52,8 @@ async def test_spawn_goes_to_the_least_loaded_worker(backend: str) -> None:
         assert [w.tasks for w in stats.workers] == [3, 1]
 
 
-async def test_task_spawns_use_the_balancer(backend: str) -> None:
-    async with Runtime(KINDS, workers=2, backend=backend) as rt:
+async def test_task_spawns_use_the_balancer(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant) as rt:
         for _ in range(2):
             await rt.spawn("echo", worker=0)
         parent = await rt.spawn("parent", 2, worker=0)

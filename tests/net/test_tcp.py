@@ -1,7 +1,8 @@
 """TCP driver on real sockets on 127.0.0.1 / ::1: listen, accept, connect, half-close,
 backpressure, bad input, bounded closes, and the connections of a task that ends.
 
-Every test runs on every backend. ``Probe`` emits the outputs the test sends it and
+Every test runs on every backend; those that make sense across processes also run
+with worker processes (the ``variant`` fixture). ``Probe`` emits the outputs the test sends it and
 reports every input as an ``ExtOut``; with ``echo`` it echoes data and closes on EOF.
 The robustness cases use the plainer ``tests.tasks.OutputProbe`` (and ``inputs``, which
 fails on a task failure). Clients are asyncio streams (or sockets) on the test's own loop.
@@ -42,7 +43,7 @@ from sansio_aio.net import (
     TcpSend,
     TcpShutdown,
 )
-from tests.helpers import LO, T, driver_stats, inputs, msg
+from tests.helpers import LO, T, Variant, driver_stats, inputs, msg
 from tests.tasks import OutputProbe
 
 
@@ -83,9 +84,9 @@ class Probe(Task):
         return self.done or super().is_empty()
 
 
-def runtime(backend: str, **kw: Any) -> Runtime:
+def runtime(variant: Variant, **kw: Any) -> Runtime:
     kw.setdefault("drivers", [TcpDriver])
-    return Runtime({"probe": Probe}, backend=backend, **kw)
+    return Runtime({"probe": Probe}, **variant, **kw)
 
 
 async def listen(rt: Runtime, ref: Any, addr: Any = (LO, 0), **kw: Any) -> TcpListening:
@@ -125,8 +126,8 @@ def have_ipv6() -> bool:
 # ------------------------------------------------------------------ listen, accept
 
 
-async def test_listen_accept_receive_send(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_listen_accept_receive_send(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe", {"start": [TcpListen((LO, 0), tag="srv")]})
         lst = await msg(rt)
         assert isinstance(lst, TcpListening) and lst.ok and lst.tag == "srv"
@@ -150,9 +151,9 @@ async def test_listen_accept_receive_send(backend: str) -> None:
         assert stats["tcp_accepted"] == 1 and stats["tcp_conns"] == 0
 
 
-async def test_echo_with_100_concurrent_clients(backend: str) -> None:
+async def test_echo_with_100_concurrent_clients(variant: Variant) -> None:
     n_clients, rounds = 100, 10
-    async with runtime(backend) as rt:
+    async with runtime(variant) as rt:
         await rt.spawn("probe", {"echo": True, "start": [TcpListen((LO, 0), backlog=256)]})
         lst = await msg(rt)
         assert lst.ok
@@ -179,11 +180,11 @@ async def test_echo_with_100_concurrent_clients(backend: str) -> None:
         assert stats["tcp_errors"] == 0
 
 
-async def test_listen_on_a_busy_port_fails_as_value(backend: str) -> None:
+async def test_listen_on_a_busy_port_fails_as_value(variant: Variant) -> None:
     with socket.socket() as busy:
         busy.bind((LO, 0))
         busy.listen()
-        async with runtime(backend) as rt:
+        async with runtime(variant) as rt:
             ref = await rt.spawn("probe")
             lst = await listen(rt, ref, busy.getsockname())
             assert not lst.ok and lst.slot == -1 and lst.errno == errno.EADDRINUSE
@@ -199,8 +200,8 @@ async def test_listen_on_a_busy_port_fails_as_value(backend: str) -> None:
         ("127.0.0.1", "(host, port)"),
     ],
 )
-async def test_bad_addresses_are_error_values(backend: str, addr: Any, needle: str) -> None:
-    async with runtime(backend) as rt:
+async def test_bad_addresses_are_error_values(variant: Variant, addr: Any, needle: str) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref, addr)
         assert not lst.ok and needle in (lst.error or "") and lst.errno == errno.EINVAL
@@ -221,10 +222,12 @@ async def test_bad_addresses_are_error_values(backend: str, addr: Any, needle: s
     ],
     ids=["bad-flowinfo", "huge-backlog"],
 )
-async def test_malformed_listen_fields_are_error_values(backend: str, listen: TcpListen) -> None:
+async def test_malformed_listen_fields_are_error_values(
+    variant: Variant, listen: TcpListen
+) -> None:
     """A TypeError/OverflowError from bind or listen used to escape ``except OSError``:
     the task failed and the socket was left to the garbage collector."""
-    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[TcpDriver]) as rt:
+    async with Runtime({"probe": OutputProbe}, **variant, drivers=[TcpDriver]) as rt:
         ref = await rt.spawn("probe")
         rt.send_nowait(ref, [listen, TcpListen((LO, 0))])
         bad, good = await inputs(rt, 2)
@@ -235,8 +238,8 @@ async def test_malformed_listen_fields_are_error_values(backend: str, listen: Tc
         assert stats["tcp_listeners"] == 1
 
 
-async def test_close_listener_acks_and_frees_the_port(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_close_listener_acks_and_frees_the_port(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         rt.send_nowait(ref, [TcpClose(lst.slot)])
@@ -252,7 +255,7 @@ async def test_close_listener_acks_and_frees_the_port(backend: str) -> None:
 # ------------------------------------------------------------------ connect
 
 
-async def test_connect_send_receive_close(backend: str) -> None:
+async def test_connect_send_receive_close(variant: Variant) -> None:
     got_eof = asyncio.Event()
 
     async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -264,7 +267,7 @@ async def test_connect_send_receive_close(backend: str) -> None:
     server = await asyncio.start_server(upper, LO, 0)
     addr = server.sockets[0].getsockname()
     try:
-        async with runtime(backend) as rt:
+        async with runtime(variant) as rt:
             ref = await rt.spawn("probe")
             rt.send_nowait(ref, [TcpConnect(addr, tag="up")])
             con = await msg(rt)
@@ -282,9 +285,9 @@ async def test_connect_send_receive_close(backend: str) -> None:
         await server.wait_closed()
 
 
-async def test_connect_refused_is_an_error_value(backend: str) -> None:
+async def test_connect_refused_is_an_error_value(variant: Variant) -> None:
     port = free_port()
-    async with runtime(backend) as rt:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         rt.send_nowait(ref, [TcpConnect((LO, port), tag=7)])
         con = await msg(rt)
@@ -293,11 +296,11 @@ async def test_connect_refused_is_an_error_value(backend: str) -> None:
         assert (await driver_stats(rt))["tcp_errors"] == 1
 
 
-async def test_many_connects_to_a_closed_port_each_fail_and_leave_nothing(backend: str) -> None:
+async def test_many_connects_to_a_closed_port_each_fail_and_leave_nothing(variant: Variant) -> None:
     with socket.socket() as s:
         s.bind((LO, 0))
         port = s.getsockname()[1]  # bound, never listening: refused
-        async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[TcpDriver]) as rt:
+        async with Runtime({"probe": OutputProbe}, **variant, drivers=[TcpDriver]) as rt:
             ref = await rt.spawn("probe")
             n = 200
             rt.send_nowait(ref, [TcpConnect((LO, port), tag=i) for i in range(n)])
@@ -332,11 +335,11 @@ def full_listener() -> Iterator[Address]:
                 f.close()
 
 
-async def test_connect_times_out_as_an_error_value(backend: str) -> None:
+async def test_connect_times_out_as_an_error_value(variant: Variant) -> None:
     # A listener that never accepts, with its accept queue full: further SYNs are
     # dropped, so a connect can only time out (all on loopback).
     with full_listener() as addr:
-        async with runtime(backend) as rt:
+        async with runtime(variant) as rt:
             ref = await rt.spawn("probe")
             rt.send_nowait(ref, [TcpConnect(addr, timeout=0.3)])
             con = await msg(rt)
@@ -344,10 +347,10 @@ async def test_connect_times_out_as_an_error_value(backend: str) -> None:
             assert con.errno == errno.ETIMEDOUT and "timed out" in (con.error or "")
 
 
-async def test_ipv6_connect_and_accept_inside_one_task(backend: str) -> None:
+async def test_ipv6_connect_and_accept_inside_one_task(variant: Variant) -> None:
     if not have_ipv6():
         pytest.skip("IPv6 loopback (::1) is not available on this machine")
-    async with runtime(backend) as rt:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref, ("::1", 0))
         assert lst.addr is not None, lst  # narrows the type
@@ -365,8 +368,8 @@ async def test_ipv6_connect_and_accept_inside_one_task(backend: str) -> None:
 # ------------------------------------------------------------------ half-close
 
 
-async def test_peer_half_close_then_reply_then_close(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_peer_half_close_then_reply_then_close(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         assert lst.addr is not None, lst  # narrows the type
@@ -382,8 +385,8 @@ async def test_peer_half_close_then_reply_then_close(backend: str) -> None:
         writer.close()
 
 
-async def test_task_half_close_keeps_reading(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_task_half_close_keeps_reading(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         assert lst.addr is not None, lst  # narrows the type
@@ -401,8 +404,8 @@ async def test_task_half_close_keeps_reading(backend: str) -> None:
         assert await msg(rt) == TcpClosed(acc.slot)
 
 
-async def test_peer_reset_arrives_as_closed_with_error(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_peer_reset_arrives_as_closed_with_error(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         assert lst.addr is not None, lst  # narrows the type
@@ -447,7 +450,7 @@ async def test_backpressure_pauses_refuses_and_resumes(backend: str) -> None:
     high, low, cap = 64 * 1024, 16 * 1024, 256 * 1024
     chunk = 128 * 1024
     drivers = [lambda: TcpDriver(high=high, low=low, max_buffer=cap)]
-    async with runtime(backend, drivers=drivers) as rt:
+    async with runtime({"backend": backend}, drivers=drivers) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         sock = socket.socket()
@@ -485,8 +488,8 @@ async def test_backpressure_pauses_refuses_and_resumes(backend: str) -> None:
         writer.close()
 
 
-async def test_task_can_pause_and_resume_reading(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_task_can_pause_and_resume_reading(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         assert lst.addr is not None, lst  # narrows the type
@@ -504,10 +507,10 @@ async def test_task_can_pause_and_resume_reading(backend: str) -> None:
         writer.close()
 
 
-async def test_peer_reset_with_a_full_write_buffer_frees_it(backend: str) -> None:
+async def test_peer_reset_with_a_full_write_buffer_frees_it(variant: Variant) -> None:
     """A client that never reads, then resets: the buffer stays bounded, then is freed."""
     factory = functools.partial(TcpDriver, high=64 << 10, low=16 << 10, max_buffer=256 << 10)
-    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[factory]) as rt:
+    async with Runtime({"probe": OutputProbe}, **variant, drivers=[factory]) as rt:
         ref = await rt.spawn("probe")
         rt.send_nowait(ref, [TcpListen((LO, 0))])
         (lst,) = await inputs(rt, 1)
@@ -545,8 +548,8 @@ async def test_peer_reset_with_a_full_write_buffer_frees_it(backend: str) -> Non
 # ------------------------------------------------------------------ bad input, release
 
 
-async def test_bad_slots_and_malformed_sends_are_error_values(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_bad_slots_and_malformed_sends_are_error_values(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         other = await rt.spawn("probe")
         lst = await listen(rt, ref)
@@ -577,8 +580,10 @@ async def test_bad_slots_and_malformed_sends_are_error_values(backend: str) -> N
 
 
 @pytest.mark.parametrize("how", ["end", "raise"])
-async def test_an_ended_tasks_listeners_and_connections_are_closed(backend: str, how: str) -> None:
-    async with runtime(backend) as rt:
+async def test_an_ended_tasks_listeners_and_connections_are_closed(
+    variant: Variant, how: str
+) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         lst = await listen(rt, ref)
         assert lst.addr is not None, lst  # narrows the type
@@ -601,7 +606,7 @@ async def test_a_connect_pending_when_its_task_ends_is_cancelled_cleanly(backend
     # A connect that can only hang (the listener's accept queue is full): the task ends
     # meanwhile; the attempt is cancelled, its socket closed, nothing reaches anybody.
     with full_listener() as addr:
-        async with runtime(backend) as rt:
+        async with runtime({"backend": backend}) as rt:
             ref = await rt.spawn("probe")
             rt.send_nowait(ref, [TcpConnect(addr, timeout=30)])
             rt.send_nowait(ref, "end")
@@ -647,7 +652,7 @@ async def wait_fd_closed(local_port: int, remote_port: int, timeout: float = T) 
 
 @pytest.mark.parametrize("how", ["close", "task-ends"])
 async def test_closing_towards_a_peer_that_never_reads_is_bounded_in_time(
-    backend: str, how: str
+    variant: Variant, how: str
 ) -> None:
     """Before ``close_timeout``, a graceful close (``TcpClose``, or the task ending) of a
     connection whose peer never reads waited for ever on the stdlib loops: no
@@ -655,7 +660,7 @@ async def test_closing_towards_a_peer_that_never_reads_is_bounded_in_time(
     factory = functools.partial(
         TcpDriver, high=64 << 10, low=16 << 10, max_buffer=256 << 10, close_timeout=0.3
     )
-    async with Runtime({"probe": OutputProbe}, backend=backend, drivers=[factory]) as rt:
+    async with Runtime({"probe": OutputProbe}, **variant, drivers=[factory]) as rt:
         ref = await rt.spawn("probe")
         rt.send_nowait(ref, [TcpListen((LO, 0))])
         (lst,) = await inputs(rt, 1)

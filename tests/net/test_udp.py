@@ -1,7 +1,8 @@
 """UDP driver on real sockets on 127.0.0.1 / ::1: bind, unbind, sends, batches, drops,
 floods, and the sockets of a task that ends.
 
-Every test runs on every backend. A ``Probe`` task is scripted by the test: it emits the
+Every test runs on every backend; those that make sense across processes also run
+with worker processes (the ``variant`` fixture). A ``Probe`` task is scripted by the test: it emits the
 outputs the test sends it and reports every input it gets back as an ``ExtOut``.
 """
 
@@ -48,7 +49,7 @@ from sansio_aio.net import (
     UdpUnbind,
     UdpUnbound,
 )
-from tests.helpers import LO, T, driver_stats, msg
+from tests.helpers import LO, T, Variant, driver_stats, msg
 
 
 class Probe(Task):
@@ -147,10 +148,10 @@ def sockets() -> Iterator[Callable[..., socket.socket]]:
         s.close()
 
 
-def runtime(backend: str, **kw: Any) -> Runtime:
+def runtime(variant: Variant, **kw: Any) -> Runtime:
     kw.setdefault("drivers", [UdpDriver])
     kw.setdefault("stats_interval", 0.05)
-    return Runtime({"probe": Probe}, backend=backend, **kw)
+    return Runtime({"probe": Probe}, **variant, **kw)
 
 
 async def bind(rt: Runtime, ref: Any, addr: Any = (LO, 0), **kw: Any) -> UdpBound:
@@ -174,8 +175,8 @@ def have_ipv6() -> bool:
 # ---------------------------------------------------------------------- bind
 
 
-async def test_bind_ephemeral_port_and_receive(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_bind_ephemeral_port_and_receive(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe", {"start": [UdpBind((LO, 0), tag="t1")]})
         bound = await msg(rt)
         assert isinstance(bound, UdpBound) and bound.ok, bound
@@ -189,8 +190,8 @@ async def test_bind_ephemeral_port_and_receive(backend: str, sockets: Any) -> No
         assert ref.kind == "probe"
 
 
-async def test_same_port_without_reuse_fails_as_value(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_same_port_without_reuse_fails_as_value(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         first = await bind(rt, ref)
         assert first.ok
@@ -202,8 +203,8 @@ async def test_same_port_without_reuse_fails_as_value(backend: str) -> None:
         assert (await driver_stats(rt))["udp_sockets"] == 1
 
 
-async def test_same_port_with_reuse_both_bind(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_same_port_with_reuse_both_bind(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         a = await bind(rt, ref, reuse=True)
         b = await bind(rt, ref, a.addr, reuse=True)
@@ -214,10 +215,10 @@ async def test_same_port_with_reuse_both_bind(backend: str, sockets: Any) -> Non
         assert isinstance(pkt, UdpPacket) and pkt.slot in (a.slot, b.slot)
 
 
-async def test_ipv6_loopback(backend: str, sockets: Any) -> None:
+async def test_ipv6_loopback(variant: Variant, sockets: Any) -> None:
     if not have_ipv6():
         pytest.skip("IPv6 loopback (::1) is not available on this machine")
-    async with runtime(backend) as rt:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref, ("::1", 0))
         assert bound.addr is not None, bound  # narrows the type
@@ -244,8 +245,8 @@ async def test_ipv6_loopback(backend: str, sockets: Any) -> None:
         (("127.0.0.1", 0, 0, 0), "IPv4 address takes"),
     ],
 )
-async def test_bind_bad_address_is_an_error_value(backend: str, addr: Any, needle: str) -> None:
-    async with runtime(backend) as rt:
+async def test_bind_bad_address_is_an_error_value(variant: Variant, addr: Any, needle: str) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bad = await bind(rt, ref, addr)
         assert not bad.ok and bad.slot == -1 and needle in (bad.error or ""), bad
@@ -254,8 +255,8 @@ async def test_bind_bad_address_is_an_error_value(backend: str, addr: Any, needl
         assert good.ok
 
 
-async def test_bad_buffer_size_is_an_error_value(backend: str) -> None:
-    async with runtime(backend) as rt:
+async def test_bad_buffer_size_is_an_error_value(variant: Variant) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bad = await bind(rt, ref, rcvbuf=-5)
         assert not bad.ok and "rcvbuf" in (bad.error or "")
@@ -264,8 +265,8 @@ async def test_bad_buffer_size_is_an_error_value(backend: str) -> None:
 # ---------------------------------------------------------- unbind, ownership
 
 
-async def test_unbind_acks_and_a_stale_slot_is_an_error(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_unbind_acks_and_a_stale_slot_is_an_error(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref)
         rt.send_nowait(ref, [UdpUnbind(bound.slot)])
@@ -299,8 +300,8 @@ async def test_unbind_acks_and_a_stale_slot_is_an_error(backend: str, sockets: A
         assert stats["udp_tx_errors"] == 2 and stats["udp_tx"] == 1
 
 
-async def test_a_task_cannot_use_another_tasks_slot(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_a_task_cannot_use_another_tasks_slot(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         owner = await rt.spawn("probe")
         thief = await rt.spawn("probe")
         bound = await bind(rt, owner)
@@ -319,8 +320,8 @@ async def test_a_task_cannot_use_another_tasks_slot(backend: str, sockets: Any) 
 # ---------------------------------------------------------------------- sends
 
 
-async def test_send_one_many_and_pairs(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_send_one_many_and_pairs(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         s1 = await bind(rt, ref)
         s2 = await bind(rt, ref)
@@ -341,8 +342,8 @@ async def test_send_one_many_and_pairs(backend: str, sockets: Any) -> None:
         assert (await driver_stats(rt))["udp_tx"] == 7
 
 
-async def test_send_many_reports_each_bad_destination(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_send_many_reports_each_bad_destination(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         s1 = await bind(rt, ref)
         r1 = sockets()
@@ -365,10 +366,10 @@ async def test_send_many_reports_each_bad_destination(backend: str, sockets: Any
 # ------------------------------------------------------ batches, whole datagrams
 
 
-async def test_batch_mode_receives_and_sends_whole_batches(backend: str, sockets: Any) -> None:
+async def test_batch_mode_receives_and_sends_whole_batches(variant: Variant, sockets: Any) -> None:
     """``UdpBind(batch=True)``: a readiness arrives as one ``UdpPackets``; ``UdpSendBatch``
     sends each (dest, data) back; nothing is lost or reordered."""
-    async with runtime(backend) as rt:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe", {"echo": True})
         bound = await bind(rt, ref, batch=True)
         client = sockets()
@@ -389,8 +390,8 @@ async def test_batch_mode_receives_and_sends_whole_batches(backend: str, sockets
         assert isinstance(error, UdpError) and error.errno == errno.EBADF
 
 
-async def test_large_datagrams_arrive_whole(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_large_datagrams_arrive_whole(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref, rcvbuf=1 << 20)
         client = sockets()
@@ -406,8 +407,10 @@ async def test_large_datagrams_arrive_whole(backend: str, sockets: Any) -> None:
             assert data == payload
 
 
-async def test_oversize_and_malformed_sends_are_error_values(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_oversize_and_malformed_sends_are_error_values(
+    variant: Variant, sockets: Any
+) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref)
         target = sockets()
@@ -455,7 +458,7 @@ def expected_flaky(n: int) -> int:
 async def test_send_would_block_is_counted_never_silent(backend: str, sockets: Any) -> None:
     FlakySocket.calls = 0
     drivers = [lambda: UdpDriver(socket_factory=FlakySocket)]
-    async with runtime(backend, drivers=drivers) as rt:
+    async with runtime({"backend": backend}, drivers=drivers) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref)
         target = sockets()
@@ -470,8 +473,8 @@ async def test_send_would_block_is_counted_never_silent(backend: str, sockets: A
         assert snap.drivers["udp_tx_dropped"] == expected_flaky(n)
 
 
-async def test_small_sndbuf_burst_is_fully_accounted(backend: str, sockets: Any) -> None:
-    async with runtime(backend) as rt:
+async def test_small_sndbuf_burst_is_fully_accounted(variant: Variant, sockets: Any) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref, sndbuf=4096)
         assert bound.ok
@@ -504,9 +507,11 @@ print(sent)
 """
 
 
-async def test_flooded_socket_does_not_starve_others_or_ticks(backend: str, sockets: Any) -> None:
+async def test_flooded_socket_does_not_starve_others_or_ticks(
+    variant: Variant, sockets: Any
+) -> None:
     period = 0.05
-    async with runtime(backend, tick=period) as rt:
+    async with runtime(variant, tick=period) as rt:
         ref = await rt.spawn("probe")
         a = await bind(rt, ref, rcvbuf=1 << 20)
         b = await bind(rt, ref)
@@ -558,8 +563,8 @@ async def test_flooded_socket_does_not_starve_others_or_ticks(backend: str, sock
 
 
 @pytest.mark.parametrize("how", ["end", "raise"])
-async def test_sockets_of_an_ended_task_are_closed(backend: str, how: str) -> None:
-    async with runtime(backend) as rt:
+async def test_sockets_of_an_ended_task_are_closed(variant: Variant, how: str) -> None:
+    async with runtime(variant) as rt:
         ref = await rt.spawn("probe")
         bound = await bind(rt, ref)
         rt.send_nowait(ref, how)
