@@ -2,8 +2,9 @@
 backpressure, bad input, bounded closes, and the connections of a task that ends.
 
 Every test runs on every backend; those that make sense across processes also run
-with worker processes (the ``variant`` fixture). ``Probe`` emits the outputs the test sends it and
-reports every input as an ``ExtOut``; with ``echo`` it echoes data and closes on EOF.
+with worker processes (the ``variant`` fixture). ``Probe`` emits the outputs the test
+sends it and reports every input as an ``ExtOut``; with ``echo`` it echoes data and
+closes on EOF.
 The robustness cases use the plainer ``tests.tasks.OutputProbe`` (and ``inputs``, which
 fails on a task failure). Clients are asyncio streams (or sockets) on the test's own loop.
 """

@@ -2,8 +2,9 @@
 floods, and the sockets of a task that ends.
 
 Every test runs on every backend; those that make sense across processes also run
-with worker processes (the ``variant`` fixture). A ``Probe`` task is scripted by the test: it emits the
-outputs the test sends it and reports every input it gets back as an ``ExtOut``.
+with worker processes (the ``variant`` fixture). A ``Probe`` task is scripted by the
+test: it emits the outputs the test sends it and reports every input it gets back as an
+``ExtOut``.
 """
 
 from __future__ import annotations
