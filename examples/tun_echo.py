@@ -286,7 +286,11 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     t0 = time.monotonic()
     async with Runtime(
-        {"echo": EchoTask}, workers=args.workers, backend=args.backend, drivers=[TunDriver]
+        {"echo": EchoTask},
+        workers=args.workers,
+        backend=args.backend,
+        drivers=[TunDriver],
+        mode=args.mode,
     ) as rt:
         try:
             refs = await start_echo(rt, cfg)
@@ -373,7 +377,11 @@ async def selftest(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     remote = _peer_address(cfg.address or "10.77.0.1")
     async with Runtime(
-        {"echo": EchoTask}, workers=args.workers, backend=args.backend, drivers=[TunDriver]
+        {"echo": EchoTask},
+        workers=args.workers,
+        backend=args.backend,
+        drivers=[TunDriver],
+        mode=args.mode,
     ) as rt:
         refs = await start_echo(rt, cfg)
         ok_icmp, ok_udp = await asyncio.to_thread(
@@ -411,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--workers", type=int, default=1, help=">1: one device queue per worker")
     p.add_argument("--backend", default=None, help="uvloop, epoll or poll")
+    p.add_argument(
+        "--mode",
+        choices=["thread", "process"],
+        default="thread",
+        help="workers as threads, or one process each (each opens its own queue)",
+    )
     p.add_argument("--selftest", action="store_true", help="test in a private netns, exit")
     p.add_argument("--count", type=int, default=100, help="selftest: pings and datagrams")
     args = p.parse_args(argv)

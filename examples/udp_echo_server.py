@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from sansio_aio import ExtOut, Reply, Request, Runtime, Task, TaskOutput
+from sansio_aio.lowlevel import WorkerCore
 from sansio_aio.net import (
     UdpBind,
     UdpBound,
@@ -97,11 +98,16 @@ async def start_servers(
     return addr
 
 
+def drivers_stats(core: WorkerCore) -> list[dict[str, int]]:
+    """Run on a worker: its drivers' counters (module level, so it reaches processes too)."""
+    return [dict(driver.stats()) for driver in core.drivers]
+
+
 async def driver_totals(rt: Runtime) -> dict[str, int]:
     """Driver counters summed over the workers, read on each worker's own thread."""
     totals: dict[str, int] = {}
     for w in range(rt.workers):
-        per_driver = await rt.run_on_worker(w, lambda core: [dict(x.stats()) for x in core.drivers])
+        per_driver = await rt.run_on_worker(w, drivers_stats)
         for counters in per_driver:
             for name, value in counters.items():
                 totals[name] = totals.get(name, 0) + value
@@ -115,7 +121,7 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     kinds = {"echo": EchoServer}
     async with Runtime(
-        kinds, workers=args.workers, backend=args.backend, drivers=[UdpDriver]
+        kinds, workers=args.workers, backend=args.backend, drivers=[UdpDriver], mode=args.mode
     ) as rt:
         try:
             host, port = await start_servers(
@@ -125,7 +131,7 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"udp_echo_server: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
         print(
-            f"udp echo server on {host}:{port}: {args.workers} worker(s), "
+            f"udp echo server on {host}:{port}: {args.workers} worker(s) as {args.mode}es, "
             f"backend {rt.backend_name}; "
             + (f"for {args.duration:g} s" if args.duration > 0 else "Ctrl-C to stop"),
             flush=True,
@@ -153,7 +159,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (an IP literal)")
     p.add_argument("--port", type=int, default=None, help="UDP port (default 9000; 0 = any)")
-    p.add_argument("--workers", type=int, default=1, help="worker threads (one echo task each)")
+    p.add_argument("--workers", type=int, default=1, help="workers (one echo task each)")
+    p.add_argument(
+        "--mode",
+        choices=["thread", "process"],
+        default="thread",
+        help="workers as threads, or one process each (SO_REUSEPORT spreads flows)",
+    )
     p.add_argument("--backend", default=None, help="uvloop, epoll or poll (default: uvloop)")
     p.add_argument(
         "--duration", type=float, default=None, help="seconds to run; 0 = until Ctrl-C (default 10)"

@@ -2,6 +2,7 @@
 
     python examples/whip_whep.py                    # http://127.0.0.1:8080/
     python examples/whip_whep.py --port 9000 --workers 4 --token secret
+    python examples/whip_whep.py --workers 2 --mode process   # rooms on two cores
     WHIP_PORT=9000 WHIP_ICE_SERVERS=stun:stun.example.org:3478 python examples/whip_whep.py
 
 Open the printed URL in a browser on the same machine: ``/publish`` sends the camera
@@ -43,7 +44,7 @@ async def serve(argv: list[str]) -> int:
     async with open_server(config) as server:
         url = server.url
         print(
-            f"WHIP/WHEP server on {url}/  (workers={config.workers}, "
+            f"WHIP/WHEP server on {url}/  (workers={config.workers} {config.mode}s, "
             f"backend={server.rt.backend_name})",
             flush=True,
         )

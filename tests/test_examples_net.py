@@ -52,7 +52,11 @@ def test_udp_echo_client_defaults() -> None:
     assert "20000/20000" in line
 
 
-@pytest.mark.parametrize("mode", [[], ["--batch"]], ids=["per-datagram", "batch"])
+@pytest.mark.parametrize(
+    "mode",
+    [[], ["--batch"], ["--workers", "2", "--mode", "process"]],
+    ids=["per-datagram", "batch", "worker-processes"],
+)
 def test_udp_server_and_client_as_separate_processes(mode: list[str]) -> None:
     server = subprocess.Popen(
         [

@@ -35,11 +35,12 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._backends import close_loop
 
-__all__ = ["LoopThread", "PrivateNetwork", "privnet_unavailable_reason"]
+__all__ = ["LoopThread", "NetnsLoopFactory", "PrivateNetwork", "privnet_unavailable_reason"]
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -61,6 +62,31 @@ def privnet_unavailable_reason() -> str | None:
     except OSError as exc:
         return f"cannot create a network namespace: {exc}"
     return None
+
+
+@dataclass(frozen=True)
+class NetnsLoopFactory:
+    """A picklable runtime backend: join the network namespace at ``ns_path`` (a path
+    to a namespace, e.g. ``/proc/<pid>/fd/<n>``), then build a loop of ``backend``."""
+
+    ns_path: str
+    backend: str
+
+    @property
+    def __name__(self) -> str:  # what Runtime.backend_name shows
+        return f"netns_{self.backend}"
+
+    def __call__(self) -> asyncio.AbstractEventLoop:
+        from .._backends import resolve_backend
+
+        fd = os.open(self.ns_path, os.O_RDONLY)
+        try:
+            if _libc().setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        return resolve_backend(self.backend)[1]()
 
 
 class PrivateNetwork:
@@ -115,9 +141,18 @@ class PrivateNetwork:
             return pool.submit(fn).result()
 
     def loop_factory(
-        self, base: Callable[[], asyncio.AbstractEventLoop]
+        self, base: str | Callable[[], asyncio.AbstractEventLoop]
     ) -> Callable[[], asyncio.AbstractEventLoop]:
-        """A runtime backend: join the namespace, then build the loop with ``base``."""
+        """A runtime backend: join the namespace, then build the loop with ``base``.
+
+        Given a backend *name* (``"uvloop"``...), the factory is picklable and works for
+        worker processes too (``Runtime(mode="process")``): the child joins the namespace
+        through this process's ``/proc`` entry of it (root only, like everything here).
+        """
+        if isinstance(base, str):
+            if self._fd < 0:
+                raise OSError("the private network is closed")
+            return NetnsLoopFactory(f"/proc/{os.getpid()}/fd/{self._fd}", base)
 
         def factory() -> asyncio.AbstractEventLoop:
             self.enter()

@@ -101,6 +101,11 @@ class ServerConfig:
     prefix: str = ""
     workers: int = 2
     backend: str | None = None
+    #: ``"thread"`` (workers share one core under the GIL) or ``"process"`` (a worker
+    #: process per core: rooms on different workers use different cores).
+    mode: str = "thread"
+    #: ``"on-failure"``: a worker process that dies is replaced (process mode).
+    restart: str = "never"
     ice_servers: tuple[IceServer, ...] = ()
     #: Offer only candidates inside these networks (CIDRs, addresses or interface
     #: names, resolved at start by :func:`resolve_interfaces`); empty: offer all.
@@ -141,6 +146,10 @@ class ServerConfig:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.mode not in ("thread", "process"):
+            raise ConfigError(f"mode must be 'thread' or 'process', got {self.mode!r}")
+        if self.restart not in ("never", "on-failure"):
+            raise ConfigError(f"restart must be 'never' or 'on-failure', got {self.restart!r}")
         if self.prefix and (not self.prefix.startswith("/") or self.prefix.endswith("/")):
             raise ConfigError(f"prefix must look like '/api' (or be empty), got {self.prefix!r}")
         if self.relay not in ("encoded", "decoded"):
@@ -236,6 +245,18 @@ def parse_args(
     )
     p.add_argument("--backend", default=_env(env, "backend"), help="uvloop, epoll or poll")
     p.add_argument(
+        "--mode",
+        choices=["thread", "process"],
+        default=_env(env, "mode", d.mode),
+        help="workers as threads (one core) or processes (one per core)",
+    )
+    p.add_argument(
+        "--restart",
+        choices=["never", "on-failure"],
+        default=_env(env, "restart", d.restart),
+        help="process mode: replace a worker process that dies",
+    )
+    p.add_argument(
         "--ice-server",
         action="append",
         default=None,
@@ -296,6 +317,8 @@ def parse_args(
         prefix=a.prefix.rstrip("/"),
         workers=a.workers,
         backend=a.backend or None,
+        mode=a.mode,
+        restart=a.restart,
         ice_servers=tuple(parse_ice_server(s) for s in ice),
         ice_networks=tuple(nets),
         allow_mdns=a.allow_mdns,

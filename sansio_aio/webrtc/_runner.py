@@ -11,6 +11,7 @@ tears everything down in reverse order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -44,17 +45,16 @@ async def open_server(
         backend: overrides ``config.backend`` (a backend name or a loop factory).
     """
     config = replace(config, ice_networks=resolve_interfaces(config.ice_networks))
-    ice, relay = config.ice_servers, config.relay
-
-    def driver() -> WebRtcDriver:
-        return WebRtcDriver(ice, relay=relay)
-
+    # a partial of the class, not a closure: it crosses to worker processes
+    driver = functools.partial(WebRtcDriver, config.ice_servers, relay=config.relay)
     rt = Runtime(
         {"room": Room},
         workers=config.workers,
         backend=backend if backend is not None else config.backend,
         drivers=[driver],
         name="whip",
+        mode=config.mode,
+        restart=config.restart,
     )
     async with rt:
         server = WhipServer(rt, config)

@@ -423,11 +423,14 @@ async def test_tun_garbage_outputs_are_error_values(need_tun: None, backend: str
 # ------------------------------------------------------------------ the example
 
 
-def test_example_selftest_runs_and_prints_a_summary(need_tun: None) -> None:
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_example_selftest_runs_and_prints_a_summary(need_tun: None, mode: str) -> None:
+    """With processes, each worker process opens its own queue of the multi-queue device."""
     import subprocess
 
+    args = ["--selftest", "--count", "20", "--workers", "2", "--mode", mode]
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--selftest", "--count", "20", "--workers", "2"],
+        [sys.executable, str(EXAMPLE), *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from multiprocessing import resource_tracker
 from typing import Any
 
 import pytest
@@ -36,20 +37,25 @@ def peers(netns: PrivateNetwork) -> Any:
 
 @pytest.fixture
 def serve(netns: PrivateNetwork) -> ServeFactory:
-    """``async with serve(workers=2, backend="uvloop", **config) as s``: a live server."""
+    """``async with serve(workers=2, backend="uvloop", mode="thread", **config) as s``: a
+    live server (``mode="process"``: its workers are processes, inside the namespace too)."""
     from sansio_aio.webrtc import open_server
 
     @contextlib.asynccontextmanager
-    async def start(backend: str = "uvloop", **overrides: Any) -> AsyncIterator[Served]:
+    async def start(
+        backend: str = "uvloop", mode: str = "thread", **overrides: Any
+    ) -> AsyncIterator[Served]:
         base: dict[str, Any] = {"port": 0, "workers": 2, "connect_timeout": 10.0}
         base.update(overrides)
-        config = replace(ServerConfig(), **base)
+        config = replace(ServerConfig(), mode=mode, **base)
         # libuv opens a process-wide signal pipe with its first loop: not a leak.
         BACKENDS[backend]().close()
+        if mode == "process":  # spawn's helper process (and its pipe) live on: not a leak
+            resource_tracker.ensure_running()
         before = ResourceSnapshot.take()
         sock: socket.socket = netns.listen("127.0.0.1", 0)
         inner = f"http://127.0.0.1:{sock.getsockname()[1]}{config.prefix}"
-        factory = netns.loop_factory(BACKENDS[backend])
+        factory = netns.loop_factory(backend)  # by name: it crosses to worker processes
         async with open_server(config, socks=[sock], backend=factory) as server:
             yield Served(server, inner)
         # Worker threads, aiortc's decoder threads, sockets: all gone with the server.

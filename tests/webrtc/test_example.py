@@ -13,12 +13,14 @@ import signal
 import sys
 
 import aiohttp
+import pytest
 
 from tests.helpers import ROOT
 
 
-async def test_example_serves_pages_and_stops_cleanly() -> None:
-    env = {**os.environ, "WHIP_WORKERS": "1"}
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_example_serves_pages_and_stops_cleanly(mode: str) -> None:
+    env = {**os.environ, "WHIP_WORKERS": "1", "WHIP_MODE": mode}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "examples" / "whip_whep.py"),
@@ -37,7 +39,7 @@ async def test_example_serves_pages_and_stops_cleanly() -> None:
         match = re.search(r"on (http://127\.0\.0\.1:\d+)/", first)
         assert match, first
         url = match.group(1)
-        assert "workers=1" in first
+        assert f"workers=1 {mode}s" in first
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "/") as resp:
                 assert resp.status == 200 and "WHIP" in await resp.text()

@@ -16,6 +16,7 @@ import pytest
 
 from sansio_aio import webrtc as client
 from sansio_aio.testing import LoopThread
+from tests.helpers import Variant
 from tests.webrtc.support import ServeFactory
 
 FRAMES = 30
@@ -35,9 +36,9 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
 
 @pytest.mark.slow
 async def test_two_viewers_decode_and_delete_stops_media(
-    serve: ServeFactory, peers: LoopThread, backend: str
+    serve: ServeFactory, peers: LoopThread, variant: Variant
 ) -> None:
-    async with serve(backend=backend, workers=2) as s:
+    async with serve(**variant, workers=2) as s:
         base = s.inner
 
         async def scenario() -> tuple[int, int, int, int, int]:
@@ -85,8 +86,9 @@ async def test_publisher_leaving_ends_viewers(serve: ServeFactory, peers: LoopTh
 
 
 @pytest.mark.slow
-async def test_two_rooms_on_two_workers(serve: ServeFactory, peers: LoopThread) -> None:
-    async with serve(workers=2) as s:
+@pytest.mark.parametrize("mode", ["thread", "process"])
+async def test_two_rooms_on_two_workers(serve: ServeFactory, peers: LoopThread, mode: str) -> None:
+    async with serve(workers=2, mode=mode) as s:
         base = s.inner
 
         async def scenario() -> list[int]:
