@@ -42,6 +42,7 @@ import asyncio
 import functools
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -669,6 +670,9 @@ class Runtime(ControllerBase):
             self._on_outbox()
             return
         reason = _exit_reason(worker, exitcode)
+        started = self._started.get(worker)
+        if started is not None and not started.done():
+            reason += " before it started (its error is on stderr)"
         log.warning("%s", reason)
         self._worker_lost(worker, reason)
 
@@ -773,14 +777,39 @@ def _check_process_args(
     backend: str | LoopFactory | None,
 ) -> None:
     fix = "define it at module level (not inside a function, not a lambda)"
-    for kind, factory in kinds.items():
-        check_picklable(f"task kind {kind!r} ({factory!r})", factory, fix)
+    named: list[tuple[str, Any]] = [(f"task kind {k!r} ({f!r})", f) for k, f in kinds.items()]
     if host is not None:
-        check_picklable(f"the host factory {host!r}", host, fix)
-    for driver in drivers:
-        check_picklable(f"the driver factory {driver!r}", driver, fix)
+        named.append((f"the host factory {host!r}", host))
+    named += [(f"the driver factory {d!r}", d) for d in drivers]
     if backend is not None and not isinstance(backend, str):
-        check_picklable(f"the loop factory {backend!r}", backend, fix)
+        named.append((f"the loop factory {backend!r}", backend))
+    for what, obj in named:
+        check_picklable(what, obj, fix)
+        module = getattr(getattr(obj, "func", obj), "__module__", None)
+        if isinstance(module, str) and not _importable(module):
+            raise ConfigError(
+                f"{what} lives in module {module!r}, which a worker process cannot import "
+                "(it was loaded from a file path, not found on sys.path): move it to an "
+                "importable module"
+            )
+
+
+def _importable(module: str) -> bool:
+    """Whether a fresh interpreter (a worker process) could import ``module``'s package:
+    what the import system finds without looking at ``sys.modules``."""
+    top = module.partition(".")[0]
+    if top == "__main__" or top in sys.builtin_module_names:
+        return True  # spawn re-runs the main script in the child
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            if find(top, None) is not None:
+                return True
+        except Exception:
+            continue
+    return False
 
 
 class _ProcessRuntime(Runtime):

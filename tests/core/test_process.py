@@ -216,6 +216,27 @@ def test_unpicklable_kinds_are_refused_when_the_runtime_is_built() -> None:
         Runtime(KINDS, restart="on-failure")
 
 
+def test_a_kind_from_a_module_loaded_by_path_is_refused(tmp_path: Any) -> None:
+    """Bug: a class loaded with importlib from a file path pickles by name, but a worker
+    process cannot import that name: the worker died at start with exit code 1."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / "made_up_module_name.py"
+    path.write_text("from sansio_aio import Task\n\nclass Loose(Task):\n    pass\n")
+    spec = importlib.util.spec_from_file_location("made_up_module_name", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["made_up_module_name"] = module
+    try:
+        spec.loader.exec_module(module)
+        with pytest.raises(ConfigError, match="which a worker process cannot import"):
+            Runtime({"loose": module.Loose}, mode="process")
+        Runtime({"loose": module.Loose})  # threads do not care
+    finally:
+        del sys.modules["made_up_module_name"]
+
+
 # ------------------------------------------------------------------ supervision
 
 

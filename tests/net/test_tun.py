@@ -40,7 +40,7 @@ from sansio_aio.net import (
     TunUnbind,
 )
 from sansio_aio.testing import in_netns, link_delete, link_names, run_in_netns
-from tests.helpers import EXAMPLES, ROOT, T
+from tests.helpers import EXAMPLES, ROOT, T, Variant
 from tests.net.tun_helpers import (
     Puppet,
     bound,
@@ -321,9 +321,9 @@ def _send_udp(dst: str) -> None:
 
 
 @in_netns
-async def test_bad_binds_and_sends_are_error_values(need_tun: None, backend: str) -> None:
+async def test_bad_binds_and_sends_are_error_values(need_tun: None, variant: Variant) -> None:
     quiet_netns()
-    async with Runtime({"puppet": Puppet}, backend=backend, drivers=[TunDriver]) as rt:
+    async with Runtime({"puppet": Puppet}, **variant, drivers=[TunDriver]) as rt:
         ref = await rt.spawn("puppet")
         bad = [
             (TunBind("x" * 16), "bad interface name"),
@@ -363,10 +363,10 @@ async def test_bad_binds_and_sends_are_error_values(need_tun: None, backend: str
 @pytest.mark.parametrize("batch", [False, True], ids=["per-packet", "batch"])
 @in_netns
 async def test_packets_longer_than_the_read_size_are_reported_never_cut(
-    need_tun: None, backend: str, batch: bool
+    need_tun: None, variant: Variant, batch: bool
 ) -> None:
     quiet_netns()
-    async with Runtime({"puppet": Puppet}, backend=backend, drivers=[TunDriver]) as rt:
+    async with Runtime({"puppet": Puppet}, **variant, drivers=[TunDriver]) as rt:
         ref = await rt.spawn("puppet")
         bind = TunBind("tun0", address="10.77.0.1", mtu=1500, batch=batch)
         answer = await bound(rt, ref, bind)

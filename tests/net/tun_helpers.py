@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import random
 import socket
@@ -182,13 +183,14 @@ async def bound(rt: Runtime, ref: TaskRef, bind: TunBind) -> TunBound:
 
 
 async def driver_counter(rt: Runtime, worker: int, name: str) -> int:
-    """A TUN driver counter read on the worker's own thread."""
+    """A TUN driver counter read on the worker's own thread (or process)."""
+    return await rt.run_on_worker(worker, functools.partial(tun_counter, name=name))
 
-    def read(core: Any) -> int:
-        (driver,) = [d for d in core.drivers if isinstance(d, TunDriver)]
-        return int(driver.stats()[name])
 
-    return await rt.run_on_worker(worker, read)
+def tun_counter(core: Any, name: str) -> int:
+    """Run on a worker: the TUN driver's counter ``name`` (module level: crosses processes)."""
+    (driver,) = [d for d in core.drivers if isinstance(d, TunDriver)]
+    return int(driver.stats()[name])
 
 
 def set_mtu(name: str, mtu: int) -> None:
