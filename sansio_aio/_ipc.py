@@ -293,6 +293,14 @@ class ProcLane(Lane):
                 for item, exc in dropped:
                     log.error("ipc: dropped an item that cannot be pickled (%r): %r", exc, item)
 
+    def push_weighted(self, item: Any, weight: int) -> None:
+        """Append ``item``, which stands for ``weight`` items of the consumer (a relayed
+        batch), past the bound: the consumer will credit ``weight``."""
+        extra = weight - 1
+        self.in_flight += extra
+        self.capacity -= extra
+        self.push_force(item)
+
     def credit(self, n: int) -> None:
         """The consumer handled ``n`` more items: there is room for ``n`` more."""
         if n <= 0:

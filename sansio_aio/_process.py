@@ -52,8 +52,8 @@ _SPAWN = multiprocessing.get_context("spawn")
 class ProcessHooks(Protocol):
     """What a worker process's frames need from the runtime."""
 
-    def relay(self, dest: int, item: Any, safe: bool) -> None:
-        """Push ``item`` into worker ``dest``'s lane (``safe``: past the bound)."""
+    def relay(self, relay: Relay) -> None:
+        """Forward a worker's commands for another worker (``safe``: past the bound)."""
 
     def hub_update(self, update: HubUpdate) -> None:
         """A worker's bus routes changed: update the others."""
@@ -178,7 +178,7 @@ class WorkerProcess:
                 if kind is Credit:
                     lane.credit(item.n)
                 elif kind is Relay:
-                    hooks.relay(item.dest, item.item, item.safe)
+                    hooks.relay(item)
                 elif kind is HubUpdate:
                     hooks.hub_update(item)
                 else:

@@ -144,21 +144,37 @@ class ProcWorker(Worker):
         self.outbox = out
         self._out = out
         self._credit = 0  # inbox items handled and not yet reported
+        self._relays: dict[tuple[int, bool], list[Any]] = {}  # commands for other workers
         self._reader = FrameReader(sock, self._on_frames, self._on_eof)
 
     # ------------------------------------------------------------------ the edges
 
     def to_worker(self, worker: int, item: Any, safe: bool) -> bool:
-        """CoreSink: a command for another worker goes through the controller."""
-        self._out.push_force(Relay(worker, item, safe))
+        """CoreSink: a command for another worker goes through the controller, pickled
+        with the others for that worker in one relay per callback."""
+        batch = self._relays.get((worker, safe))
+        if batch is None:
+            batch = self._relays[(worker, safe)] = []
+            if not self._out.q:
+                self._pending_wakes.add(self._flush_out)
+        batch.append(item)
         return True
 
     def _hub_changed(self, channel: Hashable, add: bool) -> None:
         self._out.push_force(HubUpdate(channel, self.worker_id, add))
 
     def _flush_out(self) -> None:
+        q = self._out.q
+        if self._relays:
+            relays, self._relays = self._relays, {}
+            for (worker, safe), items in relays.items():
+                payload, count, dropped = dumps_batch(items)
+                if dropped:
+                    self._report_dropped(dropped)
+                if count:
+                    q.append(Relay(worker, payload, count, safe))
         if self._credit:
-            self._out.q.appendleft(Credit(self._credit))
+            q.appendleft(Credit(self._credit))
             self._credit = 0
         self._out.flush()
 
@@ -183,7 +199,10 @@ class ProcWorker(Worker):
         for payload in frames:
             items = pickle.loads(payload)
             for item in items:
-                if type(item) is HubCmd:
+                kind = type(item)
+                if kind is Relay:  # another worker's commands, forwarded as they were
+                    q.extend(pickle.loads(item.payload))
+                elif kind is HubCmd:
                     self._replica.apply(item)
                     self._credit += 1
                 else:

@@ -63,6 +63,7 @@ from ._errors import (
     WorkerDied,
 )
 from ._events import AppEvent, TaskRef
+from ._ipc import ProcLane
 from ._lane import Lane
 from ._ledger import check_runtime_args
 from ._process import WorkerProcess, check_picklable
@@ -74,6 +75,7 @@ from ._wire import (
     HostFactory,
     HubCmd,
     HubUpdate,
+    Relay,
     RequestCmd,
     ShutdownCmd,
     SpawnCmd,
@@ -633,16 +635,19 @@ class Runtime(ControllerBase):
 
     # ------------------------------------------------------------------ worker processes
 
-    def relay(self, dest: int, item: Any, safe: bool) -> None:
-        """ProcessHooks: a worker's command for worker ``dest`` (bus, spawn answers)."""
+    def relay(self, relay: Relay) -> None:
+        """ProcessHooks: a worker's commands for worker ``dest`` (bus, spawn answers),
+        forwarded as one pickled blob; it counts ``n`` items against the bound."""
+        dest, n = relay.dest, relay.n
         if dest in self._ledger.down or not 0 <= dest < self._n:
-            self._relay_drops += 1
+            self._relay_drops += n
             return
         lane = self._lanes[dest]
-        if safe:
-            lane.push_force(item)
-        elif not lane.push(item):
-            self._relay_drops += 1
+        assert isinstance(lane, ProcLane)
+        if not relay.safe and lane.capacity - len(lane.q) < n:
+            self._relay_drops += n  # the receiver's inbox has no room for them
+            return
+        lane.push_weighted(relay, n)
 
     def hub_update(self, update: HubUpdate) -> None:
         """ProcessHooks: a worker's bus routes changed; tell every other worker."""

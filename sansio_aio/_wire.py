@@ -246,10 +246,16 @@ class CallResult(NamedTuple):
 
 
 class Relay(NamedTuple):
-    """A command for another worker, sent through the controller (process mode)."""
+    """Commands for another worker, sent through the controller (process mode).
+
+    ``payload`` is the pickled list of ``n`` commands for worker ``dest``: the
+    controller forwards it as it is (it never unpickles them), and the receiver unpickles
+    and handles them in order. ``safe``: past the receiver's bound rather than dropped.
+    """
 
     dest: int
-    item: Any
+    payload: bytes
+    n: int
     safe: bool
 
 

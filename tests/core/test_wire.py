@@ -57,6 +57,10 @@ SAMPLES: list[Any] = [
             drivers={"udp_rx": 1},
         )
     ),
+    wire.Relay(1, b"pickled commands", 3, False),
+    wire.HubUpdate("news", 1, True),
+    wire.HubCmd(None, 1, False),
+    wire.Credit(42),
     (REF, "the hot path: a bare tuple"),
     [TaskOutput(REF, "a"), TaskOutput(REF, "b")],
 ]
