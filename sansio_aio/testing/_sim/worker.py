@@ -17,9 +17,11 @@ to completion"). Inbox lanes are polled by the engine, so their wake-up does not
 A worker can be killed (:meth:`SimWorker.kill`, what ``SimRuntime.kill_worker`` does to
 it), as a worker process is by a signal: what its finished callbacks produced is handed
 over (a real worker writes it at the end of each callback), then its core and tasks are
-dropped without ``on_shutdown``, its drivers are closed (its sockets vanish from the
-simulated network, as a dead process's do) and it reads nothing more: what reaches its
-inbox from then on is discarded (:meth:`SimWorker.discard_inbox`).
+dropped without ``on_shutdown``, its drivers are closed as the kernel closes a dead
+process's sockets (UDP ports are free again; a TCP connection ends with FIN, so the peer
+reads end-of-file, or with RST when data it had received was left unread; listeners
+vanish, so connects are refused) and it reads nothing more: what reaches its inbox from
+then on is discarded (:meth:`SimWorker.discard_inbox`).
 This module imports no asyncio beyond the type of ``DriverContext.loop``.
 """
 
@@ -35,9 +37,12 @@ from ..._lane import Lane
 from ..._shell import Timer, WorkerShell
 from .._clock import FakeClock
 from .._errors import HarnessError
+from .tcp import SimTcpDriver
 
 if TYPE_CHECKING:
     import asyncio
+
+    from ..._driver import Driver
 
 __all__ = ["SimWorker"]
 
@@ -150,7 +155,7 @@ class SimWorker(WorkerShell):
         drivers, self.drivers = self.drivers, []
         for driver in drivers:
             try:
-                driver.close()
+                _process_died(driver)
             except Exception:
                 log.exception("driver %r failed to close", driver)
 
@@ -185,3 +190,24 @@ class SimWorker(WorkerShell):
         self.start_ticks()
         self.core.tick(self._clock.now())
         self._settle()
+
+
+def _process_died(driver: Driver) -> None:
+    """Close what ``driver`` holds as the kernel closes the sockets of a dead process.
+
+    ``close()`` is a runtime closing its drivers: the simulated TCP driver then resets
+    every connection. A killed process's connections are closed by the kernel instead:
+    FIN (the peer reads end-of-file) unless data it had received was left unread (then
+    RST); its listeners vanish. (This reaches into ``SimTcpDriver``; a ``crash()`` method
+    of its own would be the better home.)
+    """
+    if isinstance(driver, SimTcpDriver):
+        for c in list(driver._conns.values()):
+            if c.held:
+                driver._reset(c, notify_self=False)
+            else:
+                driver._fin(c)
+                driver._forget(c)
+        for listener in list(driver._listeners.values()):
+            driver._drop_listener(listener)
+    driver.close()  # the rest: UDP sockets (their ports free again), other drivers
