@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
@@ -419,7 +418,7 @@ class SimEngine(ControllerBase):
         worker: int,
         *,
         at: float | None = None,
-        exitcode: int = -signal.SIGKILL,
+        exitcode: int = -9,  # -SIGKILL, as multiprocessing reports it
         reason: str | None = None,
     ) -> None:
         """Kill worker ``worker`` now (or at simulated time ``at``), as a signal kills a
