@@ -23,8 +23,7 @@ of ``Runtime(mode="process")``. The differential tests run one script on both ru
 Only what must differ is normalised: process ids (compared as "the replacement is
 another process"), the ephemeral ports of bound sockets, and time (wall clock against
 simulated: the scripts wait, bounded, for events or conditions, never for a set
-duration). Tasks are module-level: a
-worker process imports them by name.
+duration). Tasks are module-level: a worker process imports them by name.
 """
 
 from __future__ import annotations
