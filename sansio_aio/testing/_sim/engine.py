@@ -29,6 +29,21 @@ one deterministic loop:
   workers' reports handled by the :class:`~sansio_aio._dispatch.Dispatcher`, whose
   decisions land in the trace. Every waiter is a synchronous ``Result``.
 
+* **a worker that dies.** :meth:`SimEngine.kill_worker` kills a worker as a signal kills
+  a worker process, in two steps as in ``Runtime(mode="process")``. The worker dies at
+  once (or at ``at``): its core and tasks are dropped without ``on_shutdown``, its
+  drivers closed (its sockets vanish), and what reaches its inbox from then on is lost.
+  The controller notices in a callback of its own, at the same instant (the next
+  settle): it dispatches every report handed over before the death, then runs the real
+  runtime's rule (``ControllerBase._fail_worker``: ``TaskFailed`` for each of its tasks,
+  host included, waiters failed, ``WorkerExited``), drops its bus routes, and with
+  ``restart="on-failure"`` starts a replacement (a new core, new drivers, a new host task)
+  after the real back-off, in simulated seconds. Between death and notice the worker is
+  not yet down for the ledger, so a spawn, call or request sent then is lost with it and
+  fails when the death is noticed, as with a real process; messages other workers send
+  it once it is down are counted as ``RuntimeStats.relay_drops``, as the real
+  controller counts what it cannot relay.
+
 The worker shell is the real one (``_shell.WorkerShell``) with the fake clock as its
 scheduler (``worker.py``). Every task is wrapped (``_watch.py``) so each input and output
 lands in the trace with its simulated time; a protocol violation is raised at the next
@@ -51,14 +66,15 @@ from ..._core import WorkerCore
 from ..._dispatch import Result
 from ..._driver import DriverFactory
 from ..._errors import ConfigError, QueueFull, RuntimeClosed, ShutdownTimeout
-from ..._events import AppEvent, TaskRef
+from ..._events import AppEvent, TaskRef, WorkerExited
 from ..._lane import Lane
 from ..._ledger import check_runtime_args
 from ..._shell import ShellContext
+from ..._stats import WorkerStats
 from ..._task import TaskProtocol
 from ..._wire import ForceStopCmd, HostFactory, ShutdownCmd, SpawnCmd, TaskFactory
-from .._clock import FakeClock
-from .._errors import ProtocolViolation, SimulationStalled
+from .._clock import FakeClock, Timer
+from .._errors import HarnessError, ProtocolViolation, SimulationStalled
 from .._trace import Trace
 from .._watch import Watched, watch
 from .net import SimNetwork
@@ -91,8 +107,11 @@ class SimEngine(ControllerBase):
         inbox_capacity: int = 65536,
         event_capacity: int = 1 << 20,
         max_time: float = 3600.0,
+        restart: str = "never",
     ) -> None:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers or ())
+        if restart not in ("never", "on-failure"):
+            raise ConfigError(f"restart must be 'never' or 'on-failure', got {restart!r}")
         super().__init__(
             kinds,
             workers=workers,
@@ -131,6 +150,15 @@ class SimEngine(ControllerBase):
         self._raised = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._t0 = self.clock.now()
+        self._restart = restart
+        self._restarts = [0] * workers
+        self._restart_timers: dict[int, Timer] = {}
+        self._relay_drops = 0
+        #: The last stats of each dead worker (the real controller keeps the last
+        #: snapshot a dead worker sent).
+        self._last_stats: dict[int, WorkerStats] = {}
+        self._task_kinds: dict[str, TaskFactory] = {}
+        self._task_host: HostFactory | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,37 +177,19 @@ class SimEngine(ControllerBase):
         now = self.clock.now()
         self._t0 = now
         n = self._n
-        kinds = {k: self._wrap(k, f) for k, f in self._kinds.items()}
-        host = self._wrap_host(self._host) if self._host is not None else None
+        self._task_kinds = {k: self._wrap(k, f) for k, f in self._kinds.items()}
+        self._task_host = self._wrap_host(self._host) if self._host is not None else None
         for w in range(n):
-            self._workers.append(
-                SimWorker(
-                    w,
-                    n,
-                    self._inbox_capacity,
-                    clock=self.clock,
-                    outbox=self._outbox,
-                    settle=self.settle,
-                    delivered=self._delivered,
-                    t0=now,
-                    tick=self._tick,
-                )
-            )
+            self._workers.append(self._new_shell(w, now))
         for w, sw in enumerate(self._workers):
             sw.set_peers([other.inbox[w] for other in self._workers])
             self._ledger.lanes.append(sw.inbox[n])
             self._dispatch.stopped[w] = Result()
         w = 0
         try:
-            for w, sw in enumerate(self._workers):
-                drivers = [factory() for factory in self._driver_factories]
-                ctx = ShellContext(sw)
-                for driver in drivers:
-                    driver.start(ctx)
-                    sw.drivers.append(driver)  # started: closed by close(), even on failure
-                sw.core = WorkerCore(
-                    w, kinds, self._hub, sw, n_workers=n, host=host, drivers=drivers
-                )
+            for sw in self._workers:
+                w = sw.worker_id  # named in the error if it fails
+                self._build_core(sw)
             self.trace.record(now, "rt", "start", f"workers={n} tick={self._tick}")
             self._set_state(RuntimeState.RUNNING)
             for sw in self._workers:
@@ -194,6 +204,37 @@ class SimEngine(ControllerBase):
             raise ConfigError(f"worker {w} failed to start: {exc!r}") from exc
         self.settle()
         return self
+
+    def _new_shell(self, w: int, now: float) -> SimWorker:
+        """Worker ``w``'s shell (its inbox lanes, its ticks from ``now``), without a core."""
+        return SimWorker(
+            w,
+            self._n,
+            self._inbox_capacity,
+            clock=self.clock,
+            outbox=self._outbox,
+            settle=self.settle,
+            delivered=self._delivered,
+            t0=now,
+            tick=self._tick,
+        )
+
+    def _build_core(self, sw: SimWorker) -> None:
+        """Start ``sw``'s drivers and build its core (not started: no host task yet)."""
+        drivers = [factory() for factory in self._driver_factories]
+        ctx = ShellContext(sw)
+        for driver in drivers:
+            driver.start(ctx)
+            sw.drivers.append(driver)  # started: closed by close(), even on failure
+        sw.core = WorkerCore(
+            sw.worker_id,
+            self._task_kinds,
+            self._hub,
+            sw,
+            n_workers=self._n,
+            host=self._task_host,
+            drivers=drivers,
+        )
 
     def _wrap(self, kind: str, factory: TaskFactory) -> TaskFactory:
         def build(cfg: Any) -> TaskProtocol:
@@ -252,14 +293,23 @@ class SimEngine(ControllerBase):
         now = self.clock.now()
         progressed = False
         for sw in self._workers:
-            progressed |= sw.pump(now)
+            if sw.dead:
+                dropped = sw.discard_inbox()
+                if sw.noticed:
+                    self._relay_drops += dropped
+            else:
+                progressed |= sw.pump(now)
+        return self._dispatch_outbox() or progressed
+
+    def _dispatch_outbox(self) -> bool:
+        """The controller handles what the workers handed over, in order."""
         q = self._outbox.q
-        if q:
-            progressed = True
-            handle = self._dispatch.handle
-            while q:
-                handle(q.popleft())
-        return progressed
+        if not q:
+            return False
+        handle = self._dispatch.handle
+        while q:
+            handle(q.popleft())
+        return True
 
     def _delivered(self) -> None:
         # As Worker.deliver: a driver delivering from inside ``handle`` (a core mid-drain,
@@ -319,10 +369,14 @@ class SimEngine(ControllerBase):
         worker = self._ledger.place(kind, worker)
         sid = next(self._ids)
         fut = self._pending[sid] = Result()
+        self._waiting_on[sid] = worker  # failed with WorkerDied if the worker died
         self.trace.record(self.clock.now(), "rt", "spawn", (kind, cfg, worker))
         self._ledger.lanes[worker].push_force(SpawnCmd(sid, kind, cfg, None, None))
-        self.settle()
-        self._pending.pop(sid, None)
+        try:
+            self.settle()
+        finally:
+            self._pending.pop(sid, None)
+            self._waiting_on.pop(sid, None)
         assert fut.done(), "spawn did not complete at its instant"
         ref: TaskRef = fut.result()
         return ref
@@ -357,6 +411,145 @@ class SimEngine(ControllerBase):
         task = core.lookup(ref) if core is not None else None
         return task.task if isinstance(task, Watched) else task
 
+    # ------------------------------------------------------------------ a worker dies
+
+    def kill_worker(
+        self,
+        worker: int,
+        *,
+        at: float | None = None,
+        exitcode: int = -9,  # -SIGKILL, as multiprocessing reports it
+        reason: str | None = None,
+    ) -> None:
+        """Kill worker ``worker`` now (or at simulated time ``at``), as a signal kills a
+        worker process of ``Runtime(mode="process")``.
+
+        The worker dies at once: its tasks are dropped without ``on_shutdown``, its drivers
+        closed (its sockets vanish from the network), and what is sent to it from then on
+        is lost. The controller notices at the same instant, in a callback of its own (the
+        next settle: the next call or wait on the runtime): the reports the worker handed
+        over before dying come first, then every task it hosted (host task included) ends
+        with ``TaskFailed`` whose traceback is ``"sansio_aio.WorkerDied: <reason>"``,
+        requests waiting on them fail with ``TaskFailedError``, spawns and
+        ``run_on_worker`` calls waiting on it with ``WorkerDied``, its bus routes are
+        dropped, nothing is placed there (``UnknownTarget``), and a ``WorkerExited``
+        event follows. With ``restart="on-failure"`` a replacement (new core, drivers and
+        host task) joins after the real runtime's back-off (0.1 s, doubling, at most
+        5 s, in simulated time) and ``stats().restarts`` counts it.
+
+        ``reason`` is the real runtime's wording for ``exitcode`` (negative: the signal):
+        ``"worker 1 died: killed by SIGKILL"`` by default, ``"worker 1 died: its process
+        exited with code 3"`` for ``exitcode=3``; pass ``reason`` to say something else.
+        A kill that falls due once the worker is already dead, or the runtime is closed,
+        does nothing.
+        """
+        self._check_running()
+        self._ledger.check_worker(worker)
+        now = self.clock.now()
+        if at is not None and at < now:
+            raise HarnessError(f"kill_worker(at={at!r}) is in the past: now={now!r}")
+        if reason is None:
+            from ..._runtime import _exit_reason  # the real runtime's words
+
+            reason = _exit_reason(worker, exitcode)
+        inside = self._settling or any(
+            sw.core is not None and sw.core.draining for sw in self._workers
+        )
+        if at is None and not inside:
+            self._die(worker, reason)
+        else:  # later, or from inside the instant (a task, a driver): as a timer of its own
+            self.trace.record(now, "rt", "kill at", (worker, now if at is None else at))
+            self.clock.call_at(now if at is None else at, self._die_then_settle, worker, reason)
+
+    def _die_then_settle(self, w: int, reason: str) -> None:
+        self._die(w, reason)
+        self.settle()
+
+    def _die(self, w: int, reason: str) -> None:
+        """Worker ``w`` dies (the process side); the controller notices in ``_lost``."""
+        sw = self._workers[w]
+        stopped = self._dispatch.stopped.get(w)
+        if (
+            sw.dead
+            or sw.core is None
+            or self._state not in (RuntimeState.RUNNING, RuntimeState.CLOSING)
+            or (stopped is not None and stopped.done())  # it had stopped: a normal end
+        ):
+            return
+        now = self.clock.now()
+        self._last_stats[w] = sw.build_stats(now)
+        self.trace.record(now, "rt", "kill", (w, reason))
+        sw.kill()
+        self.clock.call_at(now, self._lost, w, reason)
+
+    def _lost(self, w: int, reason: str) -> None:
+        """The controller notices that worker ``w`` died (as ``Runtime._worker_lost``)."""
+        sw = self._workers[w]
+        if self._state is RuntimeState.CLOSED or sw.noticed:
+            return
+        now = self.clock.now()
+        self._dispatch_outbox()  # what it handed over before it died comes first
+        sw.discard_inbox()  # lost with the process (not counted: it was not known dead)
+        sw.noticed = True
+        if self._state is not RuntimeState.RUNNING:  # died while stopping
+            self.trace.record(now, "rt", "worker lost", (w, reason, "while stopping"))
+            self._resolve_stopped(w)
+            self.settle()
+            return
+        restarting = self._restart == "on-failure"
+        self.trace.record(now, "rt", "worker lost", (w, reason, restarting))
+        self._fail_worker(w, reason, restarting)
+        self._record_app("exited", (w, reason, restarting))
+        self._hub.drop_worker(w)
+        if restarting:
+            self._restarts[w] += 1
+            delay = min(5.0, 0.1 * 2 ** (self._restarts[w] - 1))
+            self._restart_timers[w] = self.clock.call_at(now + delay, self._restart_worker, w)
+        else:
+            self._resolve_stopped(w)
+        self.settle()
+
+    def _resolve_stopped(self, w: int) -> None:
+        stopped = self._dispatch.stopped.get(w)
+        if stopped is not None and not stopped.done():
+            stopped.set_result([])
+
+    def _restart_worker(self, w: int) -> None:
+        """Start a replacement for dead worker ``w``; it rejoins as soon as it runs."""
+        self._restart_timers.pop(w, None)
+        if self._state is not RuntimeState.RUNNING:
+            self._resolve_stopped(w)
+            return
+        now = self.clock.now()
+        old = self._workers[w]
+        self._relay_drops += old.discard_inbox()
+        sw = self._new_shell(w, now)
+        for v, other in enumerate(self._workers):
+            if v != w:
+                other.set_peer(w, sw.inbox[v])
+        sw.set_peers([sw.inbox[w] if v == w else o.inbox[w] for v, o in enumerate(self._workers)])
+        self._workers[w] = sw
+        self._ledger.lanes[w] = sw.inbox[self._n]
+        self.trace.record(now, "rt", "restart", (w, self._restarts[w]))
+        try:
+            self._build_core(sw)
+        except Exception as exc:
+            # it stays down (the real runtime's replacement that cannot start stays
+            # down too); the application is told why
+            reason = f"worker {w} could not be restarted: {exc!r}"
+            self.trace.record(now, "rt", "restart failed", reason)
+            sw.kill()
+            sw.noticed = True
+            self._dispatch.push_event(WorkerExited(w, reason, False))
+            self._resolve_stopped(w)
+            self.settle()
+            return
+        assert sw.core is not None
+        sw.core.start(now)
+        sw.start_ticks()
+        self._ledger.down.discard(w)
+        self.settle()
+
     # ------------------------------------------------------------------ events
 
     def poll_events(self) -> list[AppEvent]:
@@ -376,6 +569,10 @@ class SimEngine(ControllerBase):
         self._set_state(RuntimeState.CLOSING)
         self.trace.record(self.clock.now(), "rt", "shutdown")
         stopped = self._dispatch.stopped
+        for w, timer in list(self._restart_timers.items()):  # dead: nothing to wait for
+            timer.cancel()
+            del self._restart_timers[w]
+            self._resolve_stopped(w)
         for lane in self._ledger.lanes:
             lane.push_force(ShutdownCmd())
 
@@ -410,6 +607,9 @@ class SimEngine(ControllerBase):
         if self._state is RuntimeState.CLOSED:
             return
         self._set_state(RuntimeState.CLOSED)
+        for timer in self._restart_timers.values():
+            timer.cancel()
+        self._restart_timers.clear()
         for sw in self._workers:
             sw.cancel_timers()
             sw.done = True

@@ -26,7 +26,7 @@ from ..._core import WorkerCore
 from ..._dispatch import Result
 from ..._errors import RequestTimeout, RuntimeClosed
 from ..._events import AppEvent, TaskRef
-from ..._stats import RuntimeStats
+from ..._stats import RuntimeStats, WorkerStats
 from ..._wire import CallCmd, RequestCmd
 from .._errors import SimulationStalled
 from .engine import SimEngine
@@ -54,6 +54,9 @@ class SimRuntime(SimEngine):
         trace: a :class:`Trace`, ``True`` (the network's) or ``False`` (no tracing).
         strict: raise :class:`ProtocolViolation` when a task breaks the protocol.
         max_time: simulated seconds an autojumping wait may run before it gives up.
+        restart: ``"never"`` (the default) or ``"on-failure"``: a worker killed by
+            :meth:`kill_worker` is replaced after the real runtime's back-off (as
+            ``Runtime(mode="process", restart="on-failure")`` replaces a dead process).
     """
 
     async def start(self) -> SimRuntime:
@@ -123,6 +126,7 @@ class SimRuntime(SimEngine):
         self._ledger.check_worker(worker)
         cid = next(self._ids)
         fut = self._pending[cid] = Result()
+        self._waiting_on[cid] = worker  # failed with WorkerDied if the worker died
         self._ledger.lanes[worker].push_force(CallCmd(cid, fn))
         try:
             if not await self._wait(fut.done, None, f"run_on_worker({worker})"):
@@ -131,6 +135,7 @@ class SimRuntime(SimEngine):
             return value
         finally:
             self._pending.pop(cid, None)
+            self._waiting_on.pop(cid, None)
 
     async def next_events(self) -> list[AppEvent]:
         """Wait (simulated time) for at least one event; return every pending one.
@@ -166,14 +171,23 @@ class SimRuntime(SimEngine):
     async def stats(self, *, fresh: bool = False, timeout: float = 1.0) -> RuntimeStats:
         """Worker snapshots built from the cores' counters, always fresh (``fresh`` and
         ``timeout`` are accepted for :class:`sansio_aio.RuntimeAPI`; utilisation, busy
-        share and lag are 0: simulated time is not measured)."""
+        share and lag are 0: simulated time is not measured). A dead worker's is the one
+        taken when it died; ``restarts`` and ``relay_drops`` count as in process mode."""
         self.settle()
         now = self.clock.now()
+        snaps: list[WorkerStats] = []
+        for sw in self._workers:
+            if sw.core is not None:
+                snaps.append(sw.build_stats(now))
+            elif sw.worker_id in self._last_stats:
+                snaps.append(self._last_stats[sw.worker_id])
         return RuntimeStats(
-            workers=tuple(sw.build_stats(now) for sw in self._workers if sw.core is not None),
+            workers=tuple(snaps),
             placed=tuple(self._ledger.load),
             events_dropped=self._dispatch.events_dropped,
             events_pending=len(self._events),
+            restarts=tuple(self._restarts),
+            relay_drops=self._relay_drops,
         )
 
     async def shutdown(self, timeout: float = 5.0) -> None:

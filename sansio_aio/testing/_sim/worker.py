@@ -13,11 +13,22 @@ exactly as the thread worker has them) with the fake clock as its scheduler:
 
 Every timer callback runs the core and then ``settle`` (the engine's "run this instant
 to completion"). Inbox lanes are polled by the engine, so their wake-up does nothing.
+
+A worker can be killed (:meth:`SimWorker.kill`, what ``SimRuntime.kill_worker`` does to
+it), as a worker process is by a signal: what its finished callbacks produced is handed
+over (a real worker writes it at the end of each callback), then its core and tasks are
+dropped without ``on_shutdown``, its drivers are closed as the kernel closes a dead
+process's sockets (UDP ports are free again; a TCP connection ends with FIN, so the peer
+reads end-of-file, or with RST when data it had received was left unread; listeners
+vanish, so connects are refused) and it reads nothing more: what reaches its inbox from
+then on is discarded (:meth:`SimWorker.discard_inbox`).
 This module imports no asyncio beyond the type of ``DriverContext.loop``.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +37,16 @@ from ..._lane import Lane
 from ..._shell import Timer, WorkerShell
 from .._clock import FakeClock
 from .._errors import HarnessError
+from .tcp import SimTcpDriver
 
 if TYPE_CHECKING:
     import asyncio
 
+    from ..._driver import Driver
+
 __all__ = ["SimWorker"]
+
+log = logging.getLogger("sansio_aio")
 
 
 def _no_wake() -> None:
@@ -57,6 +73,11 @@ class SimWorker(WorkerShell):
         self.outbox = outbox
         #: True once the worker stopped (or the runtime closed): it reads no more input.
         self.done = False
+        #: True once the worker was killed: no core, no drivers, its inbox discarded.
+        self.dead = False
+        #: True once the controller knows it is dead (messages to it are then counted
+        #: as the controller's relay drops, as in process mode).
+        self.noticed = False
         self._clock = clock
         self._settle = settle
         self._after_delivery = delivered
@@ -112,6 +133,44 @@ class SimWorker(WorkerShell):
         when = self._t0 + self._tick_k * self._tick
         self._tick_timer = self._clock.call_at(when, self._on_tick)
 
+    def set_peer(self, worker: int, lane: Lane) -> None:
+        """Replace this worker's lane into worker ``worker`` (a replacement worker's inbox),
+        its wake-up deferred as :meth:`set_peers` does."""
+        lane.wake = functools.partial(self._pending_wakes.add, lane.wake)
+        self.peers[worker] = lane
+
+    def kill(self) -> None:
+        """Die as a killed process: hand over what finished callbacks produced, then drop
+        the core and its tasks (no ``on_shutdown``, no per-task release), close the
+        drivers and read nothing more."""
+        if self.dead:
+            return
+        if self.core is not None:
+            self.flush_app()  # a real worker wrote this at the end of each callback
+        self.dead = True
+        self.done = True
+        self.cancel_timers()
+        self._deadline_timer = self._deadline_at = None
+        self.core = None
+        drivers, self.drivers = self.drivers, []
+        for driver in drivers:
+            try:
+                _process_died(driver)
+            except Exception:
+                log.exception("driver %r failed to close", driver)
+
+    def discard_inbox(self) -> int:
+        """Drop what reached a dead worker's inbox; how many of those came from workers."""
+        from_peers = 0
+        last = len(self.inbox) - 1
+        for producer, lane in enumerate(self.inbox):
+            q = lane.q
+            if q:
+                if producer != last:
+                    from_peers += len(q)
+                q.clear()
+        return from_peers
+
     def cancel_timers(self) -> None:
         """Cancel the tick and deadline timers."""
         for timer in (self._tick_timer, self._deadline_timer):
@@ -131,3 +190,24 @@ class SimWorker(WorkerShell):
         self.start_ticks()
         self.core.tick(self._clock.now())
         self._settle()
+
+
+def _process_died(driver: Driver) -> None:
+    """Close what ``driver`` holds as the kernel closes the sockets of a dead process.
+
+    ``close()`` is a runtime closing its drivers: the simulated TCP driver then resets
+    every connection. A killed process's connections are closed by the kernel instead:
+    FIN (the peer reads end-of-file) unless data it had received was left unread (then
+    RST); its listeners vanish. (This reaches into ``SimTcpDriver``; a ``crash()`` method
+    of its own would be the better home.)
+    """
+    if isinstance(driver, SimTcpDriver):
+        for c in list(driver._conns.values()):
+            if c.held:
+                driver._reset(c, notify_self=False)
+            else:
+                driver._fin(c)
+                driver._forget(c)
+        for listener in list(driver._listeners.values()):
+            driver._drop_listener(listener)
+    driver.close()  # the rest: UDP sockets (their ports free again), other drivers
