@@ -27,6 +27,7 @@ This module imports no asyncio.
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -39,7 +40,7 @@ from ._lane import Lane
 from ._ledger import Ledger
 from ._wire import HOST_KIND, EndReport, HostFactory, TaskFactory
 
-__all__ = ["ControllerBase"]
+__all__ = ["ControllerBase", "exit_reason"]
 
 _NOT_RUNNING: dict[TaskRef, Lane] = {}  # the hot path's route table outside RUNNING
 
@@ -106,6 +107,7 @@ class ControllerBase:
         for ref in refs:
             got_event |= self._dispatch.handle(EndReport(ref, tb))
         ledger.load[w] = 0
+        ledger.unanswered(w, reason)
         died = WorkerDied(reason)
         for key, on in list(self._waiting_on.items()):
             if on == w:
@@ -141,3 +143,16 @@ class ControllerBase:
         tb: TracebackType | None,
     ) -> None:
         await self._leave(exc_type is not None)
+
+
+def exit_reason(worker: int, exitcode: int | None) -> str:
+    """Why worker ``worker``'s process ended, in words."""
+    if exitcode is None:
+        return f"worker {worker} died"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker {worker} died: killed by {name}"
+    return f"worker {worker} died: its process exited with code {exitcode}"

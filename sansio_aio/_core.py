@@ -180,6 +180,7 @@ class WorkerCore:
         n_workers: int,
         host: HostFactory | None = None,
         drivers: Iterable[Driver] = (),
+        incarnation: int = 0,
     ) -> None:
         #: This worker's id (0-based).
         self.worker_id = worker_id
@@ -189,7 +190,16 @@ class WorkerCore:
         #: Counters of inputs, outputs, failures, orphans... (the stats' source).
         self.counters = CoreCounters()
         #: The tasks of each kind, in reusable slots.
-        self.groups: dict[str, TaskGroup[_Entry]] = {k: TaskGroup(k) for k in self._kinds}
+        #: How many workers held this id before this one (a replacement of a dead worker
+        #: process is 1, 2, ...): its task references start their generations at
+        #: ``incarnation << 32``, so no reference of a dead predecessor's task can reach one
+        #: of its tasks.
+        self.incarnation = incarnation
+        first_gen = incarnation << 32
+        self._first_gen = first_gen
+        self.groups: dict[str, TaskGroup[_Entry]] = {
+            k: TaskGroup(k, first_gen) for k in self._kinds
+        }
         self._host: _Entry | None = None
         self._host_factory = host
         self._subs: LocalSubscriptions[_Entry] = LocalSubscriptions(hub, worker_id)
@@ -246,6 +256,7 @@ class WorkerCore:
         self.now = now
         if self._host_factory is not None:
             task = self._host_factory(self.worker_id)
+            # the host task is "this worker's host", whichever incarnation: generation 0
             entry = _Entry(TaskRef(self.worker_id, HOST_KIND, 0, 0), task)
             self._host = entry
             self._by_ref[entry.ref] = entry

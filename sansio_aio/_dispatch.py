@@ -220,6 +220,8 @@ class Dispatcher:
 
     def _spawned(self, item: SpawnReport) -> bool:
         self.ledger.spawned(item.ref, item.worker)
+        if item.sid == -1:  # a spawn a task asked for
+            self.ledger.answered(item.worker)
         if self._record is not None:
             self._record("spawned", (item.ref, item.error))
         if item.ref is not None:

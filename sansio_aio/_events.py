@@ -53,7 +53,9 @@ class TaskRef(NamedTuple):
 
     ``str()`` reads ``kind#index@wWORKER`` for a slot's first occupant and
     ``kind#index.gen@wWORKER`` after it was reused, so two generations print apart:
-    ``echo#0@w1``, then ``echo#0.1@w1``.
+    ``echo#0@w1``, then ``echo#0.1@w1``. A worker process that replaced a dead one
+    (``Runtime(restart="on-failure")``) starts its generations at ``incarnation << 32``;
+    its tasks print with ``~incarnation``: ``echo#0@w1~1``.
     """
 
     worker: int
@@ -62,9 +64,12 @@ class TaskRef(NamedTuple):
     gen: int = 0
 
     def __str__(self) -> str:
-        if self.gen:
-            return f"{self.kind}#{self.index}.{self.gen}@w{self.worker}"
-        return f"{self.kind}#{self.index}@w{self.worker}"
+        if not self.gen:
+            return f"{self.kind}#{self.index}@w{self.worker}"
+        incarnation, gen = divmod(self.gen, 1 << 32)
+        text = f"{self.kind}#{self.index}.{gen}" if gen else f"{self.kind}#{self.index}"
+        text += f"@w{self.worker}"
+        return f"{text}~{incarnation}" if incarnation else text
 
 
 # --------------------------------------------------------------------------- inputs

@@ -24,6 +24,7 @@ no asyncio.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -78,6 +79,7 @@ class Ledger:
 
     __slots__ = (
         "accepting",
+        "asked",
         "down",
         "has_host",
         "kinds",
@@ -104,6 +106,9 @@ class Ledger:
         self.req_by_task: dict[TaskRef, set[int]] = {}
         #: Workers whose process died (and is not back yet): nothing is placed there.
         self.down: set[int] = set()
+        #: Per worker, the spawns tasks asked for that it has not answered yet (requester,
+        #: tag), oldest first: if it dies, the requesters are told.
+        self.asked: dict[int, deque[tuple[TaskRef, Hashable]]] = {}
 
     # ------------------------------------------------------------------ placement
 
@@ -180,8 +185,21 @@ class Ledger:
             return error
         worker = self.pick()
         self.load[worker] += 1
+        self.asked.setdefault(worker, deque()).append((requester, tag))
         self.lanes[worker].push_force(SpawnCmd(-1, kind, cfg, requester, tag))
         return None
+
+    def answered(self, worker: int) -> None:
+        """Worker ``worker`` answered the oldest spawn a task asked of it (FIFO)."""
+        asked = self.asked.get(worker)
+        if asked:
+            asked.popleft()
+
+    def unanswered(self, worker: int, error: str) -> None:
+        """Worker ``worker`` is lost: tell each task still waiting on a spawn there."""
+        for requester, tag in self.asked.pop(worker, ()):
+            if tag is not None and requester.worker not in self.down:
+                self.lanes[requester.worker].push_force(SpawnedCmd(requester, tag, None, error))
 
     # ------------------------------------------------------------------ routing
 
@@ -197,7 +215,8 @@ class Ledger:
             return self.lanes[target], HostCmd(msg)
         lane = self.live.get(target)
         if lane is None:
-            if target.kind == HOST_KIND and self.has_host and 0 <= target.worker < self.n:
+            if target.kind == HOST_KIND and self.has_host:
+                self.check_worker(target.worker)  # its host task lives while it is up
                 return self.lanes[target.worker], HostCmd(msg)
             self.check_worker(target.worker)
             raise UnknownTarget(f"no live task {target!r} (it ended, or never existed)")
@@ -213,8 +232,9 @@ class Ledger:
             )
         lane = self.live.get(task)
         if lane is None:
-            if task.kind == HOST_KIND and self.has_host and 0 <= task.worker < self.n:
-                return self.lanes[task.worker]  # a worker's host task
+            if task.kind == HOST_KIND and self.has_host:
+                self.check_worker(task.worker)  # a worker's host task, while it is up
+                return self.lanes[task.worker]
             raise UnknownTarget(f"no live task {task!r} (it ended, or never existed)")
         return lane
 

@@ -83,6 +83,7 @@ class WorkerSpec:
     inbox_capacity: int
     name: str
     routes: Mapping[Hashable, tuple[int, ...]]
+    incarnation: int = 0
 
 
 class _ReplicaHub(BusHub):
@@ -136,6 +137,7 @@ class ProcWorker(Worker):
             stats_interval=spec.stats_interval,
             inbox_capacity=1 << 62,  # the controller keeps the bound (credits)
             name=spec.name,
+            incarnation=spec.incarnation,
         )
         self._replica = hub
         self._writer = FrameWriter(sock, None)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -51,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ._api import RuntimeState
 from ._backends import LoopFactory, resolve_backend
 from ._bus import BusHub
-from ._control import ControllerBase
+from ._control import ControllerBase, exit_reason
 from ._core import WorkerCore
 from ._driver import DriverFactory
 from ._errors import (
@@ -193,6 +192,7 @@ class Runtime(ControllerBase):
         if mode == "process":
             _check_process_args(self._kinds, host, self._drivers, backend)
         self._restarts = [0] * workers
+        self._restart_timers: dict[int, asyncio.TimerHandle] = {}  # pending replacements
         self._relay_drops = 0
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -301,6 +301,7 @@ class Runtime(ControllerBase):
             inbox_capacity=self._inbox_capacity,
             name=self._name,
             routes=self._hub.routes(),
+            incarnation=self._restarts[w],
         )
         proc = WorkerProcess(spec, self._inbox_capacity, loop, self)
         proc.inbox_lane.wake = functools.partial(self._defer_wake, proc.inbox_lane.flush)
@@ -326,6 +327,12 @@ class Runtime(ControllerBase):
                 await asyncio.gather(*self._stopped.values(), return_exceptions=True)
             return
         self._set_state(RuntimeState.CLOSING)
+        for w, timer in list(self._restart_timers.items()):  # no replacement is due now
+            timer.cancel()
+            del self._restart_timers[w]
+            stopped = self._stopped.get(w)
+            if stopped is not None and not stopped.done():
+                stopped.set_result([])
         for lane in self._lanes:
             lane.push_force(ShutdownCmd())
         # A task of its own, shielded: a cancelled shutdown still finishes closing.
@@ -674,7 +681,7 @@ class Runtime(ControllerBase):
                 stopped.set_result([])  # died while stopping: nothing left to wait for
             self._on_outbox()
             return
-        reason = _exit_reason(worker, exitcode)
+        reason = exit_reason(worker, exitcode)
         started = self._started.get(worker)
         if started is not None and not started.done():
             reason += " before it started (its error is on stderr)"
@@ -702,7 +709,7 @@ class Runtime(ControllerBase):
             self._restarts[w] += 1
             delay = min(5.0, 0.1 * 2 ** (self._restarts[w] - 1))
             assert self._loop is not None
-            self._loop.call_later(delay, self._restart_worker, w)
+            self._restart_timers[w] = self._loop.call_later(delay, self._restart_worker, w)
         else:
             stopped = self._stopped.get(w)
             if stopped is not None and not stopped.done():
@@ -710,6 +717,7 @@ class Runtime(ControllerBase):
 
     def _restart_worker(self, w: int) -> None:
         """Start a replacement process for worker ``w`` (it rejoins once it reports)."""
+        self._restart_timers.pop(w, None)
         if self._state is not RuntimeState.RUNNING:
             stopped = self._stopped.get(w)
             if stopped is not None and not stopped.done():
@@ -760,19 +768,6 @@ if TYPE_CHECKING:
 
     def _conforms(rt: Runtime) -> RuntimeAPI:
         return rt  # mypy checks that Runtime satisfies RuntimeAPI
-
-
-def _exit_reason(worker: int, exitcode: int | None) -> str:
-    """Why worker ``worker``'s process ended, in words."""
-    if exitcode is None:
-        return f"worker {worker} died"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"worker {worker} died: killed by {name}"
-    return f"worker {worker} died: its process exited with code {exitcode}"
 
 
 def _check_process_args(

@@ -79,7 +79,8 @@ class RuntimeStats:
     events_pending: int
     #: Per worker, how many times its process was restarted (process mode).
     restarts: tuple[int, ...] = ()
-    #: ``safe=False`` bus sends between worker processes that the controller dropped
-    #: because the receiving worker's inbox was full (process mode; in thread mode the
-    #: sending worker counts them in ``WorkerStats.drops``).
+    #: Commands between worker processes that the controller dropped: ``safe=False``
+    #: bus sends whose receiving worker's inbox was full, and anything sent to a worker
+    #: that is down (process mode; in thread mode the sending worker counts the former
+    #: in ``WorkerStats.drops``).
     relay_drops: int = 0

@@ -104,10 +104,13 @@ class TaskGroup(Generic[T]):
     * :meth:`pop_became_empty` is true once per transition from "has tasks" to "empty".
     """
 
-    __slots__ = ("_became_empty", "_count", "_free", "_gens", "_slots", "kind")
+    __slots__ = ("_became_empty", "_count", "_free", "_gens", "_slots", "first_gen", "kind")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, first_gen: int = 0) -> None:
         self.kind = kind
+        #: The generation of a slot's first occupant (a replacement worker starts its
+        #: groups past every generation its predecessor could have used).
+        self.first_gen = first_gen
         self._slots: list[T | None] = []
         self._gens: list[int] = []
         self._free: list[int] = []
@@ -122,7 +125,7 @@ class TaskGroup(Generic[T]):
         else:
             index = len(self._slots)
             self._slots.append(item)
-            self._gens.append(0)
+            self._gens.append(self.first_gen)
         self._count += 1
         self._became_empty = False
         return index, self._gens[index]

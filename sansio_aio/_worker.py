@@ -66,8 +66,10 @@ class Worker(WorkerShell):
         stats_interval: float,
         inbox_capacity: int,
         name: str,
+        incarnation: int = 0,
     ) -> None:
         super().__init__(worker_id, n_workers, inbox_capacity, self.wake)
+        self._incarnation = incarnation
         self._n_workers = n_workers
         self._kinds = kinds
         self._host = host
@@ -147,6 +149,7 @@ class Worker(WorkerShell):
                 n_workers=self._n_workers,
                 host=self._host,
                 drivers=drivers,
+                incarnation=self._incarnation,
             )
             self.core = core
             now = _monotonic()
@@ -157,9 +160,11 @@ class Worker(WorkerShell):
             loop.call_later(self._tick_period, self._on_tick)
             loop.call_later(self._stats_interval, self._on_stats)
             loop.call_soon(self._on_wake)
+            # the start first: a controller that sees the host task's first outputs must
+            # already count this worker as up (a replacement worker rejoins on it)
+            self._report_start(StartReport(self.worker_id, None))
             self.to_app(StatsReport(self.take_snapshot(now)))
             self.flush_app()
-            self._report_start(StartReport(self.worker_id, None))
         except Exception as exc:
             log.exception("worker %d failed to start", self.worker_id)
             self._report_start(StartReport(self.worker_id, f"worker start failed: {exc!r}"))

@@ -130,6 +130,8 @@ async def test_two_generations_of_one_slot_print_apart(runtime: RuntimeAPI) -> N
 def test_task_ref_str() -> None:
     assert str(TaskRef(3, "echo", 7)) == "echo#7@w3"
     assert str(TaskRef(3, "echo", 7, 2)) == "echo#7.2@w3"
+    assert str(TaskRef(3, "echo", 7, 1 << 32)) == "echo#7@w3~1"  # a replacement worker's
+    assert str(TaskRef(3, "echo", 7, (2 << 32) + 5)) == "echo#7.5@w3~2"
 
 
 @pytest.mark.sansio_runtime(kinds=KINDS, sim_drivers=[])  # no driver at all, in both

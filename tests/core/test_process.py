@@ -32,6 +32,8 @@ from sansio_aio import (
     RuntimeAPI,
     SendTo,
     ShutdownTimeout,
+    Spawn,
+    Spawned,
     Subscribe,
     Task,
     TaskEnded,
@@ -88,6 +90,16 @@ class Node(Task):
             self.emit(Reply(event.id, (os.getpid(), event.msg)))
 
 
+class Parent(Task):
+    """On ``"spawn"`` asks for a ``node`` (tagged); reports the answer."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext and event.msg == "spawn":
+            self.emit(Spawn("node", None, "t"))
+        elif type(event) is Spawned:
+            self.emit(ExtOut(("spawned", event.ref, event.error)))
+
+
 class Host(Task):
     """A worker's host task: reports broadcasts with its worker id."""
 
@@ -128,7 +140,7 @@ async def until_event(rt: RuntimeAPI, kind: type, n: int = 1) -> list[Any]:
     return seen
 
 
-KINDS = {"node": Node}
+KINDS = {"node": Node, "parent": Parent}
 
 
 # ------------------------------------------------------------------ the same API
@@ -426,3 +438,26 @@ def _exists(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie waits for init to reap it: it is dead
+
+
+@pytest.mark.sansio_runtime(kinds=KINDS, workers=2)
+@pytest.mark.parametrize("runtime", PROC, indirect=True)
+async def test_a_task_waiting_on_a_spawn_hears_when_that_worker_dies(
+    runtime: RuntimeAPI,
+) -> None:
+    """Bug: a Spawn a task asked for, placed on a worker that died before answering,
+    never got its Spawned answer."""
+    parent = await runtime.spawn("parent", worker=0)
+    await runtime.spawn("node", worker=0)  # worker 0 is the busier: the spawn goes to 1
+    busy = await runtime.spawn("node", worker=1)
+    pid = await runtime.run_on_worker(1, pid_of)
+    runtime.send_nowait(busy, ("sleep", 30))  # the spawn waits behind this
+    runtime.send_nowait(parent, "spawn")
+    await runtime.run_on_worker(0, pid_of)  # the parent has asked (its report came first)
+    os.kill(pid, signal.SIGKILL)
+    events = await until_event(runtime, WorkerExited)
+    outs = [e.msg for e in events if isinstance(e, TaskOutput)]
+    outs += await outputs(runtime, 1) if not outs else []
+    (answer,) = outs
+    assert answer[0] == "spawned" and answer[1] is None
+    assert "worker 1 died: killed by SIGKILL" in answer[2]

@@ -4,10 +4,6 @@ The same behaviour is compared with a real worker process in ``test_sim_crash.py
 the simulator's own guarantees: the instant of a death and what comes before it, the
 restart back-off in simulated seconds, a death during shutdown, misuse, a replacement
 that cannot start, and determinism (same seed, same trace).
-
-Tests whose name starts with ``test_known_bug_`` are ``xfail(strict=True)``: they show a
-bug of the runtime's shared rules that the simulator reproduces faithfully; they turn
-into failures (XPASS) once it is fixed, and then lose their mark.
 """
 
 from __future__ import annotations
@@ -208,7 +204,7 @@ async def test_the_replacement_joins_after_the_real_back_off_in_simulated_time()
     async with SimRuntime(KINDS, workers=2, host=Host, restart="on-failure") as rt:
         await rt.next_events()  # both hosts are up
         delays = []
-        for _ in range(8):
+        for i in range(8):
             rt.kill_worker(1)
             died = rt.now
             while True:
@@ -217,7 +213,8 @@ async def test_the_replacement_joins_after_the_real_back_off_in_simulated_time()
                     break
             delays.append(round(rt.now - died, 9))
             ref = await rt.spawn("node", worker=1)  # it is up at once
-            assert ref == TaskRef(1, "node", 0, 0)  # a new core: slot 0, generation 0
+            # a new core: slot 0, its generations past every one its predecessors used
+            assert ref == TaskRef(1, "node", 0, (i + 1) << 32)
         assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
         stats = await rt.stats()
         assert stats.restarts == (0, 8)
@@ -326,14 +323,13 @@ async def test_a_crash_keeps_the_simulation_deterministic() -> None:
     assert await crash_during_a_transfer(1) != await crash_during_a_transfer(2)
 
 
-# ------------------------------------------------------------------ known bugs, reproduced
+# ------------------------------------------------------------------ bugs found by the simulator
 
 
-@pytest.mark.xfail(strict=True, reason="Ledger.route/live_lane skip the down check for a host ref")
-async def test_known_bug_a_down_workers_host_task_by_ref_is_not_refused() -> None:
-    """``send_nowait(1, msg)`` raises UnknownTarget once worker 1 is down, but the same
-    host task addressed by its TaskRef is accepted and lost, and a request to it waits
-    for its whole timeout (the real runtime does the same: the rule is shared)."""
+async def test_a_down_workers_host_task_by_ref_is_refused() -> None:
+    """Bug: ``send_nowait(1, msg)`` raised UnknownTarget once worker 1 was down, but the
+    same host task addressed by its TaskRef was accepted and lost, and a request to it
+    waited for its whole timeout (the real runtime did the same: the rule is shared)."""
     async with SimRuntime(KINDS, workers=2, host=Host) as rt:
         rt.kill_worker(1)
         rt.settle()
@@ -341,11 +337,10 @@ async def test_known_bug_a_down_workers_host_task_by_ref_is_not_refused() -> Non
             rt.send_nowait(TaskRef(1, "host", 0, 0), "lost")
 
 
-@pytest.mark.xfail(strict=True, reason="a replacement worker's refs repeat the dead worker's")
-async def test_known_bug_a_stale_ref_reaches_the_replacements_task() -> None:
-    """A replacement worker's core starts its slots and generations afresh, so its first
-    task gets the reference of the dead worker's first task, and a message sent with the
-    stale reference reaches the new task (docs/architecture.md: "a TaskRef to an ended
+async def test_a_stale_ref_never_reaches_the_replacements_task() -> None:
+    """Bug: a replacement worker's core started its slots and generations afresh, so its
+    first task got the reference of the dead worker's first task, and a message sent with
+    the stale reference reached the new task (docs/architecture.md: "a TaskRef to an ended
     task never reaches the slot's next occupant"). Same in the real runtime."""
     async with SimRuntime(KINDS, workers=2, restart="on-failure") as rt:
         old = await rt.spawn("node", worker=1)

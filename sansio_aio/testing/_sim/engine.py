@@ -61,7 +61,7 @@ from typing import Any, Self
 
 from ..._api import RuntimeState
 from ..._bus import BusHub
-from ..._control import ControllerBase
+from ..._control import ControllerBase, exit_reason
 from ..._core import WorkerCore
 from ..._dispatch import Result
 from ..._driver import DriverFactory
@@ -234,6 +234,7 @@ class SimEngine(ControllerBase):
             n_workers=self._n,
             host=self._task_host,
             drivers=drivers,
+            incarnation=self._restarts[sw.worker_id],
         )
 
     def _wrap(self, kind: str, factory: TaskFactory) -> TaskFactory:
@@ -449,9 +450,7 @@ class SimEngine(ControllerBase):
         if at is not None and at < now:
             raise HarnessError(f"kill_worker(at={at!r}) is in the past: now={now!r}")
         if reason is None:
-            from ..._runtime import _exit_reason  # the real runtime's words
-
-            reason = _exit_reason(worker, exitcode)
+            reason = exit_reason(worker, exitcode)
         inside = self._settling or any(
             sw.core is not None and sw.core.draining for sw in self._workers
         )

@@ -150,6 +150,19 @@ class SimTcpDriver(Driver):
         for lst in list(self._listeners.values()):
             self._drop_listener(lst)
 
+    def crash(self) -> None:
+        """The worker's process died: the kernel closes its sockets. A connection ends
+        with FIN (the peer reads end-of-file), or with RST when data it had received was
+        left unread; listeners vanish (connects are refused)."""
+        for c in list(self._conns.values()):
+            if c.held:
+                self._reset(c, notify_self=False)
+            else:
+                self._fin(c)
+                self._forget(c)
+        for lst in list(self._listeners.values()):
+            self._drop_listener(lst)
+
     def stats(self) -> Mapping[str, int]:
         """Counters merged into the worker's stats."""
         return {

@@ -193,21 +193,10 @@ class SimWorker(WorkerShell):
 
 
 def _process_died(driver: Driver) -> None:
-    """Close what ``driver`` holds as the kernel closes the sockets of a dead process.
-
-    ``close()`` is a runtime closing its drivers: the simulated TCP driver then resets
-    every connection. A killed process's connections are closed by the kernel instead:
-    FIN (the peer reads end-of-file) unless data it had received was left unread (then
-    RST); its listeners vanish. (This reaches into ``SimTcpDriver``; a ``crash()`` method
-    of its own would be the better home.)
-    """
+    """Close what ``driver`` holds as the kernel closes the sockets of a dead process
+    (``close()`` is a runtime closing its drivers: the simulated TCP driver would reset
+    every connection; a killed process's connections end as :meth:`SimTcpDriver.crash`
+    says)."""
     if isinstance(driver, SimTcpDriver):
-        for c in list(driver._conns.values()):
-            if c.held:
-                driver._reset(c, notify_self=False)
-            else:
-                driver._fin(c)
-                driver._forget(c)
-        for listener in list(driver._listeners.values()):
-            driver._drop_listener(listener)
+        driver.crash()
     driver.close()  # the rest: UDP sockets (their ports free again), other drivers
