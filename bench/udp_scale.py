@@ -212,6 +212,7 @@ def run() -> dict[str, Any]:
     table = {
         name: {
             **{k: round(median([m[k] for m in ms]), 3) for k in scalar},
+            "pps_per_server_core": round(median([m["pps"] / m["server_cores"] for m in ms])),
             "rest_cores": round(median([m["rest_cores"] for m in ms]), 3),
             "softirq_cores": round(median([m["softirq_cores"] for m in ms]), 3),
             "pps_per_round": [round(m["pps"]) for m in ms],
@@ -234,6 +235,14 @@ def run() -> dict[str, Any]:
             if max(a["rest_cores"], b["rest_cores"]) <= QUIET
         ]
         entry["quiet_rounds"] = quiet
+        # echoes per second per core the servers used: how well the work divides, a
+        # figure the rest of the machine's load moves far less than the rates
+        per_core = [
+            _ratio(a["pps"] / a["server_cores"], b["pps"] / b["server_cores"])
+            for a, b in zip(samples[num], samples[den], strict=True)
+            if a["server_cores"] and b["server_cores"]
+        ]
+        entry["per_core_ratio"] = round(median(per_core), 3)
         if want is not None:
             entry.update(want=want, met=median(per_round) >= want)
         comparisons[key] = entry
