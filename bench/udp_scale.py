@@ -1,6 +1,6 @@
 """udp_scale: the runtime's UDP echo on several cores, worker processes against threads.
 
-    python -m bench udp_scale                 # 4 rounds, about a minute and a half
+    python -m bench udp_scale                 # 3 rounds, 40 s to 2 min (machine load)
     BENCH_QUICK=1 python -m bench udp_scale   # one short round, to check it works
 
 Every server echoes on one UDP port shared by SO_REUSEPORT sockets, one per worker; the
@@ -26,8 +26,9 @@ processes, and the scheduler places them (pinning a worker beside the generator 
 only choose which one loses). Each measurement records, besides echoes per second, the
 CPU time of every server process (the split between the workers, and the CPU cost per
 datagram), the generator's share of a core, and what the rest of the machine used
-meanwhile (``/proc/stat``: other processes, and kernel time charged to no process such
-as the loopback's softirq work), because this 2-core machine is shared. The ratios the
+meanwhile (``/proc/stat``: other processes), because this 2-core machine is shared; a
+measurement during which the rest of the machine used more than :data:`QUIET` cores is
+taken again (at most :data:`RETRIES` times) and the quietest kept. The ratios the
 issue targets are computed within each round; the record keeps their medians, and the
 ratios of the rounds in which the rest of the machine stayed quiet for both sides.
 """
@@ -50,7 +51,10 @@ SIZE = 100
 WINDOW = 256
 #: Client flows (source ports): enough that the hash rarely leaves a worker with few.
 FLOWS = int(os.environ.get("BENCH_FLOWS", "32"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+#: A measurement taken while the rest of the machine was busy is taken again (at most
+#: this many times), and the quietest one kept.
+RETRIES = 2
 
 #: A measurement is "quiet" when the rest of the machine used at most this many cores.
 QUIET = 0.15
@@ -200,6 +204,11 @@ def run() -> dict[str, Any]:
         for name in order:
             with start(name) as (port, pids):
                 m = measure(port, pids, seconds)
+                for _ in range(RETRIES):  # the rest of the machine was busy: again, bounded
+                    if m["rest_cores"] <= QUIET:
+                        break
+                    again = measure(port, pids, seconds)
+                    m = again if again["rest_cores"] < m["rest_cores"] else m
             samples[name].append(m)
             print(
                 f"  {name:24s} {m['pps']:8.0f} pps  {m['cpu_us_per_pkt']:5.2f} cpu-us/pkt  "
@@ -216,6 +225,8 @@ def run() -> dict[str, Any]:
             "rest_cores": round(median([m["rest_cores"] for m in ms]), 3),
             "softirq_cores": round(median([m["softirq_cores"] for m in ms]), 3),
             "pps_per_round": [round(m["pps"]) for m in ms],
+            "rest_cores_per_round": [m["rest_cores"] for m in ms],
+            "pps_quiet_rounds": [round(m["pps"]) for m in ms if m["rest_cores"] <= QUIET],
             "server_process_cores_per_round": [m["server_process_cores"] for m in ms],
         }
         for name, ms in samples.items()
@@ -266,6 +277,8 @@ def run() -> dict[str, Any]:
             "flows": FLOWS,
             "seconds": seconds,
             "rounds": rounds,
+            "retries_when_busy": RETRIES,
+            "quiet_rest_cores": QUIET,
             "backend": "uvloop",
             "pinned": False,
             "generator": "c" if lg.build() else "python",
