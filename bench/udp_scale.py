@@ -92,7 +92,7 @@ def _read_port(proc: subprocess.Popen[str], timeout: float) -> int:
     line = proc.stdout.readline() if ready else ""
     if not line.strip().isdigit():
         err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
-        raise RuntimeError(f"server {proc.args} did not start: {line!r} {err}")
+        raise RuntimeError(f"server {proc.args!r} did not start: {line!r} {err}")
     return int(line)
 
 
@@ -165,12 +165,12 @@ def measure(port: int, pids: list[int], seconds: float) -> dict[str, Any]:
         "lost": float(rec["lost"]),
         "p50_us": float(rec["p50_us"]),
         "server_cores": round(server / run, 3),
-        "server_process_cores": split,  # type: ignore[dict-item]
+        "server_process_cores": split,
         "cpu_us_per_pkt": server / received * 1e6 * seconds / run,
         "generator_cpu_share": generator,
         "rest_cores": round(max(0.0, (busy1 - busy0) / wall - server / run - generator), 3),
         "softirq_cores": round((soft1 - soft0) / wall, 3),
-        "flow_min_max": [rec.get("flow_received_min", 0), rec.get("flow_received_max", 0)],  # type: ignore[dict-item]
+        "flow_min_max": [rec.get("flow_received_min", 0), rec.get("flow_received_max", 0)],
     }
 
 
@@ -218,7 +218,7 @@ def run() -> dict[str, Any]:
                 flush=True,
             )
     scalar = ("pps", "lost", "p50_us", "server_cores", "cpu_us_per_pkt", "generator_cpu_share")
-    table = {
+    table: dict[str, dict[str, Any]] = {
         name: {
             **{k: round(median([m[k] for m in ms]), 3) for k in scalar},
             "pps_per_server_core": round(median([m["pps"] / m["server_cores"] for m in ms])),
