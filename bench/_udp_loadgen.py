@@ -99,16 +99,34 @@ def start_server(argv: list[str], timeout: float = 20.0) -> Iterator[tuple[int, 
         proc.wait(10)
 
 
-def udp(port: int, size: int, window: int, seconds: float, warmup: float = 0.2) -> dict[str, Any]:
-    """One UDP echo measurement against 127.0.0.1:``port``."""
+def udp(
+    port: int,
+    size: int,
+    window: int,
+    seconds: float,
+    warmup: float = 0.2,
+    *,
+    flows: int = 1,
+    pin: bool = True,
+) -> dict[str, Any]:
+    """One UDP echo measurement against 127.0.0.1:``port``.
+
+    ``flows`` > 1 spreads the window over that many sockets (source ports), so a
+    SO_REUSEPORT group of server sockets gets several 4-tuples to hash (C generator only;
+    the Python fallback sends one flow). ``pin``: run the generator on CPU 0 (see
+    :func:`pinning`); unpinned, the scheduler places it.
+    """
     binary = build()
     if binary is None:
         rec = py_udp(("127.0.0.1", port), size, window, seconds, warmup)
     else:
         args = ["udp", "127.0.0.1", str(port), str(size), str(window), str(seconds), str(warmup)]
+        if flows > 1:
+            args.append(str(flows))
         cpu0 = _children_cpu()
+        prefix = pinning()[1] if pin else []
         out = subprocess.run(
-            [*pinning()[1], str(binary), *args], capture_output=True, text=True, timeout=60
+            [*prefix, str(binary), *args], capture_output=True, text=True, timeout=60
         )
         if out.returncode != 0:
             raise RuntimeError(f"loadgen failed: {out.stderr}")

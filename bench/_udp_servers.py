@@ -1,10 +1,12 @@
 """The UDP echo servers that bench/udp_echo.py compares, one per process.
 
-    python -m bench._udp_servers KIND [--host 127.0.0.1] [--port 0]
+    python -m bench._udp_servers KIND [--host 127.0.0.1] [--port 0] [--reuse]
 
 prints the bound port on its first line, then echoes until it is killed. KIND is one of
-:data:`SERVERS`. Every server uses the same socket setup (non-blocking, SO_RCVBUF and
-SO_SNDBUF 4 MiB) so only the echo path differs:
+:data:`SERVERS`. With ``--reuse`` the socket sets SO_REUSEPORT, so several server
+processes can share one port (bench/udp_scale.py's hand-written multi-process baseline:
+the first binds port 0, the others the port it printed). Every server uses the same
+socket setup (non-blocking, SO_RCVBUF and SO_SNDBUF 4 MiB) so only the echo path differs:
 
 * ``runtime-uvloop`` / ``runtime-epoll``: sansio_aio, one worker, an echo task doing its
   I/O through the UdpDriver (``add_reader`` + a bounded ``recvfrom`` drain);
@@ -28,11 +30,16 @@ from collections.abc import Callable
 from typing import Any
 
 BUF = 4 << 20
+#: Set by ``--reuse``: every socket made here sets SO_REUSEADDR and SO_REUSEPORT.
+REUSE = False
 
 
 def make_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if REUSE:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BUF)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUF)
     sock.setblocking(False)
@@ -175,7 +182,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("kind", choices=sorted(SERVERS))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--reuse", action="store_true", help="set SO_REUSEPORT (share the port)")
     args = p.parse_args(argv)
+    global REUSE
+    REUSE = args.reuse
     # the process ends when the bench kills it; a watchdog bounds a forgotten one
     watchdog = threading.Timer(600, os._exit, args=(0,))
     watchdog.daemon = True

@@ -10,11 +10,20 @@ The baseline the issue names is plain asyncio (stdlib loops on both sides); the 
 shape on uvloop (whose ``call_soon_threadsafe`` coalesces wake-ups in C) is reported too.
 Reports throughput (msgs/s), mean and p99 wait (time from send to return) at 400 in
 flight, and the one-message round trip p50. Rounds are interleaved; medians are kept.
+
+Process mode (``Runtime(mode="process")``: the worker is a process of its own, batches
+cross a socketpair pickled) runs in the same rounds, with the same application code
+(``runtime_process``), and with an application that yields to its loop after every
+:data:`CHUNK` sends (``runtime_process_chunked``), so that its sends leave as several
+batches and both processes can work at once. For the runtime variants the record also
+has the CPU time per message on each side (the application's thread; the worker's thread
+or process), read from ``/proc``: what bounds the rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -23,8 +32,10 @@ import uvloop
 
 from bench.common import interleaved, median, percentile, write_result
 from sansio_aio import Ext, ExtOut, Runtime
+from sansio_aio._core import WorkerCore
 
 IN_FLIGHT = 400
+CHUNK = 100  # runtime_process_chunked: the application yields after this many sends
 DURATION = 1.5  # seconds per throughput run
 ROUNDS = 3
 RTT_SAMPLES = 3000
@@ -61,29 +72,58 @@ class EchoTask:
 # ------------------------------------------------------------------ runtime
 
 
-async def _runtime_throughput(backend: str, in_flight: int) -> dict[str, float]:
+def worker_cpu_id(core: WorkerCore) -> tuple[int, int]:
+    """Run on a worker: its (pid, native thread id) (module level: it may cross to a
+    worker process)."""
+    return os.getpid(), threading.get_native_id()
+
+
+def _cpu(pid: int, tid: int | None) -> float:
+    """CPU seconds (user + system) of thread ``tid`` of ``pid``, or of all of ``pid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    tids = [tid] if tid is not None else os.listdir(f"/proc/{pid}/task")
+    total = 0
+    for t in tids:
+        with open(f"/proc/{pid}/task/{t}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+async def _runtime_throughput(
+    backend: str, in_flight: int, mode: str = "thread", chunk: int = 0
+) -> dict[str, float]:
     perf = time.perf_counter
-    async with Runtime({"echo": EchoTask}, backend=backend, tick=1.0) as rt:
+    async with Runtime({"echo": EchoTask}, backend=backend, tick=1.0, mode=mode) as rt:
         ref = await rt.spawn("echo")
+        wpid, wtid = await rt.run_on_worker(0, worker_cpu_id)
+        worker_cpu = (wpid, wtid if mode == "thread" else None)
+        app_cpu = (os.getpid(), threading.get_native_id())
         send = rt.send_nowait
         waits: list[float] = []
         count = 0
-        for _ in range(in_flight):
+        for i in range(in_flight):
             send(ref, perf())
+            if chunk and (i + 1) % chunk == 0:
+                await asyncio.sleep(0)
+        c_app, c_worker = _cpu(*app_cpu), _cpu(*worker_cpu)
         t0 = perf()
         end = t0 + DURATION
         while True:
             batch = await rt.next_events()
             now = perf()
-            for ev in batch:
+            for n, ev in enumerate(batch, 1):
                 sent = ev.msg  # type: ignore[union-attr]
                 if count % 64 == 0:
                     waits.append(now - sent)
                 send(ref, now)
-            count += len(batch)
+                count += 1
+                if chunk and n % chunk == 0:
+                    await asyncio.sleep(0)  # let this chunk leave as a batch of its own
             if now >= end:
                 break
         took = perf() - t0
+        c_app, c_worker = _cpu(*app_cpu) - c_app, _cpu(*worker_cpu) - c_worker
         # let the in-flight messages come back before shutting down
         got = 0
         while got < in_flight:
@@ -92,12 +132,16 @@ async def _runtime_throughput(backend: str, in_flight: int) -> dict[str, float]:
         "rate": count / took,
         "mean_wait": sum(waits) / len(waits),
         "p99_wait": percentile(waits, 99),
+        "app_cpu_us": c_app / count * 1e6,
+        "worker_cpu_us": c_worker / count * 1e6,
+        "app_busy": c_app / took,
+        "worker_busy": c_worker / took,
     }
 
 
-async def _runtime_rtt(backend: str) -> dict[str, float]:
+async def _runtime_rtt(backend: str, mode: str = "thread") -> dict[str, float]:
     perf = time.perf_counter
-    async with Runtime({"echo": EchoTask}, backend=backend) as rt:
+    async with Runtime({"echo": EchoTask}, backend=backend, mode=mode) as rt:
         ref = await rt.spawn("echo")
         samples = []
         for i in range(RTT_SAMPLES):
@@ -216,6 +260,12 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
         {
             "runtime_uvloop": lambda: _on_uvloop(_runtime_throughput("uvloop", IN_FLIGHT)),
             "runtime_epoll": lambda: _on_uvloop(_runtime_throughput("epoll", IN_FLIGHT)),
+            "runtime_process": lambda: _on_uvloop(
+                _runtime_throughput("uvloop", IN_FLIGHT, mode="process")
+            ),
+            "runtime_process_chunked": lambda: _on_uvloop(
+                _runtime_throughput("uvloop", IN_FLIGHT, mode="process", chunk=CHUNK)
+            ),
             "baseline": lambda: _on_asyncio(
                 _baseline_throughput(IN_FLIGHT, asyncio.SelectorEventLoop)
             ),
@@ -228,6 +278,7 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
     rtts = interleaved(
         {
             "runtime_uvloop": lambda: _on_uvloop(_runtime_rtt("uvloop")),
+            "runtime_process": lambda: _on_uvloop(_runtime_rtt("uvloop", mode="process")),
             "baseline": lambda: _on_asyncio(_baseline_rtt(asyncio.SelectorEventLoop)),
             "uvloop_per_message": lambda: _on_uvloop(_baseline_rtt(uvloop.new_event_loop)),
         },
@@ -267,4 +318,30 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
         rtt_p99_us=round(med("runtime_uvloop", "p99", rtts) * 1e6, 1),
         baseline_rtt_p50_us=round(med("baseline", "p50", rtts) * 1e6, 1),
         targets={"msgs_per_s": 1_000_000, "ratio": 10, "mean_wait_ms": 0.5, "rtt_p50_us": 100},
+        process_mode={
+            name: {
+                "msgs_per_s": round(med(name, "rate")),
+                "msgs_per_s_per_round": [round(r["rate"]) for r in runs[name]],
+                "ratio_vs_thread_per_round": [
+                    round(p["rate"] / t["rate"], 3)
+                    for p, t in zip(runs[name], runs["runtime_uvloop"], strict=True)
+                ],
+                "mean_wait_ms": round(med(name, "mean_wait") * 1e3, 3),
+                "p99_wait_ms": round(med(name, "p99_wait") * 1e3, 3),
+                "app_cpu_us_per_msg": round(med(name, "app_cpu_us"), 3),
+                "worker_cpu_us_per_msg": round(med(name, "worker_cpu_us"), 3),
+                "app_busy_share": round(med(name, "app_busy"), 3),
+                "worker_busy_share": round(med(name, "worker_busy"), 3),
+            }
+            for name in ("runtime_process", "runtime_process_chunked")
+        },
+        process_rtt_p50_us=round(med("runtime_process", "p50", rtts) * 1e6, 1),
+        process_rtt_p99_us=round(med("runtime_process", "p99", rtts) * 1e6, 1),
+        thread_mode_cpu={
+            "app_cpu_us_per_msg": round(med("runtime_uvloop", "app_cpu_us"), 3),
+            "worker_cpu_us_per_msg": round(med("runtime_uvloop", "worker_cpu_us"), 3),
+            "app_busy_share": round(med("runtime_uvloop", "app_busy"), 3),
+            "worker_busy_share": round(med("runtime_uvloop", "worker_busy"), 3),
+        },
+        process_target_msgs_per_s=1_000_000,
     )

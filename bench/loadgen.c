@@ -2,7 +2,7 @@
  * loadgen: the load generator (and a C echo server) of bench/udp_echo.py and
  * bench/tcp_echo.py. Built at bench time with the machine's cc into bench/build/.
  *
- *   loadgen udp HOST PORT SIZE WINDOW SECONDS [WARMUP]
+ *   loadgen udp HOST PORT SIZE WINDOW SECONDS [WARMUP [FLOWS]]
  *       Keeps WINDOW datagrams of SIZE bytes in flight to an echo server and prints one
  *       JSON line: echoes per second over SECONDS (after WARMUP), RTT p50/p99, losses.
  *       Sends with UDP GSO (UDP_SEGMENT, many datagrams per sendmsg) when the kernel
@@ -10,9 +10,13 @@
  *       it naps ~100 us (window > 1 only) so echoes pile up into bigger batches: the
  *       generator must not be the bottleneck. Each datagram carries its sequence number
  *       and send time; a window that goes silent for 200 ms is counted lost and refilled.
- *   loadgen echo HOST PORT
+ *       With FLOWS > 1 the load is spread over FLOWS sockets (one source port each, the
+ *       window shared out evenly), so a server's SO_REUSEPORT group sees FLOWS 4-tuples
+ *       for the kernel's hash to spread; each flow's silence is detected on its own.
+ *   loadgen echo HOST PORT [reuse]
  *       A recvmmsg/sendmmsg echo server (batch 64): what the machine can do without
  *       Python; shows the generator's headroom. Prints its port, then serves until killed.
+ *       With "reuse" it sets SO_REUSEPORT, so several can share one port.
  *   loadgen tcp HOST PORT CONNS CHUNK WINDOW SECONDS [WARMUP]
  *       CONNS connections to a TCP echo server, each keeping up to WINDOW bytes sent and
  *       not yet echoed, written in CHUNK-byte writes; prints echoed bytes per second.
@@ -100,24 +104,99 @@ static void stamp(char *p, uint64_t seq, uint64_t t) {
     memcpy(p + 8, &t, 8);
 }
 
+#define MAX_FLOWS 256
+
+struct flow {
+    int fd;
+    uint64_t outstanding, window, last_rx, received;
+};
+
+static struct flow flows[MAX_FLOWS];
+static uint16_t ring_flow[RING]; /* the flow a datagram in the ring was sent on */
+
+/* send on flow f until its window is full (GSO when the kernel takes it, else sendmmsg) */
+static void fill_flow(struct flow *fl, uint16_t f, int size, int *gso, int max_gso, char *sbuf,
+                      struct mmsghdr *smsg, uint64_t *seq, int measuring, uint64_t *m_sent,
+                      uint64_t *gso_sends, uint64_t *mmsg_sends) {
+    while (fl->outstanding < fl->window) {
+        int n = (int)(fl->window - fl->outstanding);
+        if (n > BATCH) n = BATCH;
+        if (*gso && n > max_gso) n = max_gso;
+        uint64_t ts = now_ns();
+        for (int i = 0; i < n; i++) stamp(sbuf + (size_t)i * size, *seq + (uint64_t)i, ts);
+        int sent;
+        if (*gso && n > 1) {
+            char ctl[CMSG_SPACE(sizeof(uint16_t))];
+            struct iovec iov = {sbuf, (size_t)n * size};
+            struct msghdr mh = {0};
+            mh.msg_iov = &iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = ctl;
+            mh.msg_controllen = sizeof ctl;
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)size;
+            memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+            ssize_t r = sendmsg(fl->fd, &mh, 0);
+            if (r < 0) {
+                if (errno == EAGAIN || errno == ENOBUFS) break;
+                *gso = 0; /* not supported here: fall back to sendmmsg */
+                continue;
+            }
+            sent = n;
+            (*gso_sends)++;
+        } else {
+            sent = sendmmsg(fl->fd, smsg, (unsigned)n, 0);
+            if (sent <= 0) break;
+            (*mmsg_sends)++;
+        }
+        for (int i = 0; i < sent; i++) {
+            uint64_t s = *seq + (uint64_t)i;
+            ring[s % RING] = s;
+            ring_flow[s % RING] = f;
+        }
+        *seq += (uint64_t)sent;
+        fl->outstanding += (uint64_t)sent;
+        if (measuring) *m_sent += (uint64_t)sent;
+    }
+}
+
 static int udp_client(int argc, char **argv) {
-    if (argc < 7) return fprintf(stderr, "usage: loadgen udp HOST PORT SIZE WINDOW SECONDS [WARMUP]\n"), 2;
+    if (argc < 7)
+        return fprintf(stderr, "usage: loadgen udp HOST PORT SIZE WINDOW SECONDS [WARMUP [FLOWS]]\n"), 2;
     const char *host = argv[2];
     int port = atoi(argv[3]), size = atoi(argv[4]), window = atoi(argv[5]);
     double seconds = atof(argv[6]), warmup = argc > 7 ? atof(argv[7]) : 0.2;
+    int nflows = argc > 8 ? atoi(argv[8]) : 1;
     if (size < 16) size = 16;
     if (window < 1) window = 1;
     if (window > RING / 2) window = RING / 2;
+    if (nflows < 1) nflows = 1;
+    if (nflows > MAX_FLOWS) nflows = MAX_FLOWS;
+    if (nflows > window) nflows = window;
     struct sockaddr_storage ss;
     socklen_t sslen;
     int fam = make_addr(host, port, &ss, &sslen);
     if (fam < 0) return 2;
-    int fd = socket(fam, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-    if (fd < 0) return die("socket");
-    int big = 4 << 20;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-    if (connect(fd, (struct sockaddr *)&ss, sslen) < 0) return die("connect");
+    struct pollfd pfds[MAX_FLOWS];
+    for (int f = 0; f < nflows; f++) {
+        /* one socket per flow: each gets its own source port, so the server side's
+           SO_REUSEPORT hash (over the 4-tuple) can spread the flows */
+        int fd = socket(fam, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+        if (fd < 0) return die("socket");
+        int big = (4 << 20) / nflows > (256 << 10) ? (4 << 20) / nflows : (256 << 10);
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+        if (connect(fd, (struct sockaddr *)&ss, sslen) < 0) return die("connect");
+        flows[f].fd = fd;
+        flows[f].outstanding = flows[f].received = 0;
+        /* the window is shared out: flow f keeps window / nflows (+1 for the first few) */
+        flows[f].window = (uint64_t)(window / nflows + (f < window % nflows ? 1 : 0));
+        pfds[f].fd = fd;
+        pfds[f].events = POLLIN;
+    }
 
     int max_gso = 65000 / size;
     if (max_gso > BATCH) max_gso = BATCH;
@@ -141,65 +220,34 @@ static int udp_client(int argc, char **argv) {
     }
     for (int i = 0; i < RING; i++) ring[i] = UINT64_MAX;
 
-    uint64_t seq = 0, outstanding = 0, lost = 0, m_recv = 0, m_sent = 0, samples = 0;
+    uint64_t seq = 0, lost = 0, m_recv = 0, m_sent = 0, samples = 0;
     uint64_t gso_sends = 0, mmsg_sends = 0;
     uint64_t t0 = now_ns(), t_measure = t0 + (uint64_t)(warmup * 1e9);
-    uint64_t t_end = t_measure + (uint64_t)(seconds * 1e9), last_rx = t0;
+    uint64_t t_end = t_measure + (uint64_t)(seconds * 1e9);
+    for (int f = 0; f < nflows; f++) flows[f].last_rx = t0;
     int measuring = 0;
-    struct pollfd pfd = {fd, POLLIN, 0};
     for (;;) {
         uint64_t t = now_ns();
         if (!measuring && t >= t_measure) {
             measuring = 1;
             memset(hist, 0, sizeof hist);
             m_recv = m_sent = samples = 0;
+            for (int f = 0; f < nflows; f++) flows[f].received = 0;
         }
         if (t >= t_end) break;
-        /* send until the window is full */
-        while (outstanding < (uint64_t)window) {
-            int n = (int)((uint64_t)window - outstanding);
-            if (n > BATCH) n = BATCH;
-            if (gso && n > max_gso) n = max_gso;
-            uint64_t ts = now_ns();
-            for (int i = 0; i < n; i++) stamp(sbuf + (size_t)i * size, seq + (uint64_t)i, ts);
-            int sent;
-            if (gso && n > 1) {
-                char ctl[CMSG_SPACE(sizeof(uint16_t))];
-                struct iovec iov = {sbuf, (size_t)n * size};
-                struct msghdr mh = {0};
-                mh.msg_iov = &iov;
-                mh.msg_iovlen = 1;
-                mh.msg_control = ctl;
-                mh.msg_controllen = sizeof ctl;
-                struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-                cm->cmsg_level = SOL_UDP;
-                cm->cmsg_type = UDP_SEGMENT;
-                cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-                uint16_t seg = (uint16_t)size;
-                memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-                ssize_t r = sendmsg(fd, &mh, 0);
-                if (r < 0) {
-                    if (errno == EAGAIN || errno == ENOBUFS) break;
-                    gso = 0; /* not supported here: fall back to sendmmsg */
-                    continue;
-                }
-                sent = n;
-                gso_sends++;
-            } else {
-                sent = sendmmsg(fd, smsg, (unsigned)n, 0);
-                if (sent <= 0) break;
-                mmsg_sends++;
-            }
-            for (int i = 0; i < sent; i++) ring[(seq + (uint64_t)i) % RING] = seq + (uint64_t)i;
-            seq += (uint64_t)sent;
-            outstanding += (uint64_t)sent;
-            if (measuring) m_sent += (uint64_t)sent;
-        }
-        /* receive what came back */
-        int r = recvmmsg(fd, rmsg, BATCH, MSG_DONTWAIT, NULL);
-        if (r > 0) {
+        /* send until every flow's window is full */
+        for (int f = 0; f < nflows; f++)
+            fill_flow(&flows[f], (uint16_t)f, size, &gso, max_gso, sbuf, smsg, &seq, measuring,
+                      &m_sent, &gso_sends, &mmsg_sends);
+        /* receive what came back, on every flow */
+        int got = 0;
+        for (int f = 0; f < nflows; f++) {
+            struct flow *fl = &flows[f];
+            int r = recvmmsg(fl->fd, rmsg, BATCH, MSG_DONTWAIT, NULL);
+            if (r <= 0) continue;
             uint64_t tr = now_ns();
-            last_rx = tr;
+            fl->last_rx = tr;
+            got += r;
             for (int i = 0; i < r; i++) {
                 if (rmsg[i].msg_len < 16) continue;
                 uint64_t s, ts;
@@ -207,41 +255,56 @@ static int udp_client(int argc, char **argv) {
                 memcpy(&ts, (char *)riov[i].iov_base + 8, 8);
                 if (ring[s % RING] != s) continue; /* late echo of a datagram counted lost */
                 ring[s % RING] = UINT64_MAX;
-                outstanding--;
+                if (fl->outstanding) fl->outstanding--;
                 if (measuring) {
                     uint64_t us = (tr - ts) / 1000;
                     hist[us > HIST_US ? HIST_US : us]++;
                     samples++;
                     m_recv++;
+                    fl->received++;
                 }
             }
-            if (window > 1 && r < BATCH) nap_us(100);
-        } else {
-            if (poll(&pfd, 1, window > 1 ? 1 : 5) == 0 && outstanding &&
-                now_ns() - last_rx > 200000000ull) {
-                /* silent for 200 ms: count the window lost and refill it */
-                uint64_t lo = seq > (uint64_t)RING / 2 ? seq - RING / 2 : 0;
-                for (uint64_t s = lo; s < seq; s++)
-                    if (ring[s % RING] == s) { ring[s % RING] = UINT64_MAX; lost++; }
-                outstanding = 0;
-                last_rx = now_ns();
-            }
+        }
+        if (got > 0) {
+            if (window > 1 && got < BATCH) nap_us(100);
+            continue;
+        }
+        if (poll(pfds, (nfds_t)nflows, window > 1 ? 1 : 5) > 0) continue;
+        /* a flow silent for 200 ms with datagrams out: count them lost and refill it */
+        uint64_t tn = now_ns();
+        for (int f = 0; f < nflows; f++) {
+            struct flow *fl = &flows[f];
+            if (!fl->outstanding || tn - fl->last_rx <= 200000000ull) continue;
+            uint64_t lo = seq > (uint64_t)RING / 2 ? seq - RING / 2 : 0;
+            for (uint64_t s = lo; s < seq; s++)
+                if (ring[s % RING] == s && ring_flow[s % RING] == f) {
+                    ring[s % RING] = UINT64_MAX;
+                    lost++;
+                }
+            fl->outstanding = 0;
+            fl->last_rx = tn;
         }
     }
-    printf("{\"mode\": \"udp\", \"size\": %d, \"window\": %d, \"seconds\": %.3f, \"pps\": %.1f, "
-           "\"sent\": %llu, \"received\": %llu, \"lost\": %llu, \"p50_us\": %.1f, \"p99_us\": %.1f, "
-           "\"gso_sends\": %llu, \"mmsg_sends\": %llu}\n",
-           size, window, seconds, (double)m_recv / seconds, (unsigned long long)m_sent,
+    uint64_t fmin = UINT64_MAX, fmax = 0;
+    for (int f = 0; f < nflows; f++) {
+        if (flows[f].received < fmin) fmin = flows[f].received;
+        if (flows[f].received > fmax) fmax = flows[f].received;
+    }
+    printf("{\"mode\": \"udp\", \"size\": %d, \"window\": %d, \"flows\": %d, \"seconds\": %.3f, "
+           "\"pps\": %.1f, \"sent\": %llu, \"received\": %llu, \"lost\": %llu, \"p50_us\": %.1f, "
+           "\"p99_us\": %.1f, \"gso_sends\": %llu, \"mmsg_sends\": %llu, "
+           "\"flow_received_min\": %llu, \"flow_received_max\": %llu}\n",
+           size, window, nflows, seconds, (double)m_recv / seconds, (unsigned long long)m_sent,
            (unsigned long long)m_recv, (unsigned long long)lost, percentile_us(samples, 50),
            percentile_us(samples, 99), (unsigned long long)gso_sends,
-           (unsigned long long)mmsg_sends);
+           (unsigned long long)mmsg_sends, (unsigned long long)fmin, (unsigned long long)fmax);
     return 0;
 }
 
 /* ------------------------------------------------------------------ C echo server */
 
 static int udp_echo(int argc, char **argv) {
-    if (argc < 4) return fprintf(stderr, "usage: loadgen echo HOST PORT\n"), 2;
+    if (argc < 4) return fprintf(stderr, "usage: loadgen echo HOST PORT [reuse]\n"), 2;
     struct sockaddr_storage ss;
     socklen_t sslen;
     int fam = make_addr(argv[2], atoi(argv[3]), &ss, &sslen);
@@ -251,6 +314,11 @@ static int udp_echo(int argc, char **argv) {
     int big = 4 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    if (argc > 4 && strcmp(argv[4], "reuse") == 0) {
+        int one = 1; /* several echo processes on one port (the kernel spreads the flows) */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    }
     if (bind(fd, (struct sockaddr *)&ss, sslen) < 0) return die("bind");
     socklen_t l = sizeof ss;
     getsockname(fd, (struct sockaddr *)&ss, &l);

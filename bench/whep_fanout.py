@@ -213,7 +213,7 @@ async def _start_server(kind: str, net: Any) -> _Server:
 
 async def _step(server: _Server, viewers: int, settle: float, window: float) -> dict[str, Any]:
     """Open ``viewers`` viewers on ``server``, measure one window, close them."""
-    from sansio_aio.webrtc import client
+    from sansio_aio import webrtc as client  # view, publish, PatternTrack
 
     url = f"{server.base}/whep/bench"
     sessions = [await client.view(url, decode=False) for _ in range(viewers)]
@@ -239,7 +239,7 @@ async def _step(server: _Server, viewers: int, settle: float, window: float) -> 
 
 async def _load(servers: list[_Server], steps: Sequence[int], settle: float, window: float) -> None:
     """Runs on the peers' loop: publishers, then viewer steps alternating the servers."""
-    from sansio_aio.webrtc import client
+    from sansio_aio import webrtc as client  # view, publish, PatternTrack
 
     for server in servers:
         track = client.PatternTrack(320, 240, 30)
