@@ -44,6 +44,9 @@ __all__ = ["ControllerBase", "exit_reason"]
 
 _NOT_RUNNING: dict[TaskRef, Lane] = {}  # the hot path's route table outside RUNNING
 
+#: Seconds a replacement worker must stay up for its back-off to start over.
+BACKOFF_RESET = 10.0
+
 
 class ControllerBase:
     """The state both runtimes keep (see the module docs). Not a public class."""
@@ -69,6 +72,11 @@ class ControllerBase:
         self._live = _NOT_RUNNING  # live task -> the lane to its worker (the hot path)
         #: Spawn and call ids -> the worker that answers them (failed if it dies).
         self._waiting_on: dict[int, int] = {}
+        #: Per worker: times its process was replaced (stats), the back-off step, and
+        #: when its current process came up (the back-off starts over after a while up).
+        self._restarts = [0] * workers
+        self._backoff = [0] * workers
+        self._up_since = [0.0] * workers
 
     @property
     def workers(self) -> int:
@@ -117,6 +125,18 @@ class ControllerBase:
                     fut.set_exception(died)
         got_event |= self._dispatch.push_event(WorkerExited(w, reason, restarting))
         return got_event
+
+    def _restart_delay(self, w: int, now: float) -> float:
+        """Worker ``w`` died at ``now`` and will be replaced: after how long.
+
+        0.1 s, doubling with each death up to 5 s; a worker that stayed up for
+        ``BACKOFF_RESET`` seconds since its last start starts over at 0.1 s.
+        """
+        if now - self._up_since[w] >= BACKOFF_RESET:
+            self._backoff[w] = 0
+        self._backoff[w] += 1
+        self._restarts[w] += 1
+        return float(min(5.0, 0.1 * 2 ** (self._backoff[w] - 1)))
 
     def _check_running(self) -> None:
         if self._state is not RuntimeState.RUNNING:

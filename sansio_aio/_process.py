@@ -208,8 +208,9 @@ class WorkerProcess:
         reaped, so look again shortly (bounded) until it can."""
         self.process.join(0)
         code = self.process.exitcode
-        if code is None and tries < 500 and not self._loop.is_closed():
-            self._loop.call_later(0.01, self._reap, tries + 1)
+        if code is None and tries < 200 and not self._loop.is_closed():
+            # 1 ms, doubling to 50 ms: usually the first or second look (bounded: ~10 s)
+            self._loop.call_later(min(0.05, 0.001 * 2**tries), self._reap, tries + 1)
             return
         if not self._exit.done():
             self._exit.set_result(code)

@@ -191,7 +191,6 @@ class Runtime(ControllerBase):
         self._backend = backend
         if mode == "process":
             _check_process_args(self._kinds, host, self._drivers, backend)
-        self._restarts = [0] * workers
         self._restart_timers: dict[int, asyncio.TimerHandle] = {}  # pending replacements
         self._relay_drops = 0
 
@@ -706,9 +705,8 @@ class Runtime(ControllerBase):
         if got_event:
             self._wake_events()
         if restarting:
-            self._restarts[w] += 1
-            delay = min(5.0, 0.1 * 2 ** (self._restarts[w] - 1))
             assert self._loop is not None
+            delay = self._restart_delay(w, time.monotonic())
             self._restart_timers[w] = self._loop.call_later(delay, self._restart_worker, w)
         else:
             stopped = self._stopped.get(w)
@@ -740,6 +738,7 @@ class Runtime(ControllerBase):
         if fut.cancelled() or fut.exception() is not None:
             return  # its death was handled (and maybe another restart scheduled)
         self._ledger.down.discard(w)
+        self._up_since[w] = time.monotonic()
         log.info("worker %d restarted (%d restarts)", w, self._restarts[w])
 
 

@@ -221,6 +221,26 @@ async def test_the_replacement_joins_after_the_real_back_off_in_simulated_time()
         assert [w.tasks for w in stats.workers] == [0, 1]
 
 
+async def test_the_back_off_starts_over_after_a_while_up() -> None:
+    """Bug: the back-off only grew: a worker that crashed now and then, hours apart,
+    waited 5 s from its seventh crash on. After 10 s up it starts over at 0.1 s."""
+    async with SimRuntime(KINDS, workers=2, host=Host, restart="on-failure") as rt:
+        await rt.next_events()
+
+        async def kill_and_time() -> float:
+            rt.kill_worker(1)
+            died = rt.now
+            while True:
+                events = await rt.next_events()
+                if TaskOutput(TaskRef(1, "host", 0, 0), ("host up", 1)) in events:
+                    return round(rt.now - died, 9)
+
+        assert [await kill_and_time() for _ in range(3)] == [0.1, 0.2, 0.4]
+        rt.advance(10.0)  # up for 10 s: the next death starts the back-off over
+        assert [await kill_and_time() for _ in range(2)] == [0.1, 0.2]
+        assert (await rt.stats()).restarts == (0, 5)
+
+
 async def test_shutdown_during_the_back_off_stops_at_once() -> None:
     async with SimRuntime(KINDS, workers=2, host=Host, restart="on-failure") as rt:
         rt.kill_worker(1)

@@ -151,7 +151,6 @@ class SimEngine(ControllerBase):
         self._waiters: list[asyncio.Future[None]] = []
         self._t0 = self.clock.now()
         self._restart = restart
-        self._restarts = [0] * workers
         self._restart_timers: dict[int, Timer] = {}
         self._relay_drops = 0
         #: The last stats of each dead worker (the real controller keeps the last
@@ -501,8 +500,7 @@ class SimEngine(ControllerBase):
         self._record_app("exited", (w, reason, restarting))
         self._hub.drop_worker(w)
         if restarting:
-            self._restarts[w] += 1
-            delay = min(5.0, 0.1 * 2 ** (self._restarts[w] - 1))
+            delay = self._restart_delay(w, now)
             self._restart_timers[w] = self.clock.call_at(now + delay, self._restart_worker, w)
         else:
             self._resolve_stopped(w)
@@ -547,6 +545,7 @@ class SimEngine(ControllerBase):
         sw.core.start(now)
         sw.start_ticks()
         self._ledger.down.discard(w)
+        self._up_since[w] = now
         self.settle()
 
     # ------------------------------------------------------------------ events
