@@ -27,7 +27,8 @@ largest step held), and every step with the load generator's own CPU (``load_cpu
 
 Knobs for experiments (environment of the run): ``WHEP_FANOUT_BACKEND`` picks the
 sansio_aio worker backend (default uvloop); ``WHEP_FANOUT_UNBUFFERED=1`` makes the
-baseline subscribe with ``buffered=False`` like sansio_aio does.
+baseline subscribe with ``buffered=False`` like sansio_aio does; ``WHEP_FANOUT_WORKERS``
+and ``WHEP_FANOUT_MODE`` set the server's workers (``bench/whep_scale.py`` uses them).
 
 ``python -m bench whep_fanout`` runs the full set (viewer steps up to 128, about two
 minutes); ``run(quick=True)`` is a quick check (1 and 2 viewers, short windows).
@@ -65,9 +66,13 @@ async def _serve_sansio(ready: asyncio.Future[int]) -> None:
     from sansio_aio.webrtc import ServerConfig, open_server
 
     backend = os.environ.get("WHEP_FANOUT_BACKEND") or None
+    cpus = os.environ.get("WHEP_FANOUT_CPUS")
+    if cpus:  # before the workers start: they inherit it
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     config = ServerConfig(
         port=0,
-        workers=1,
+        workers=int(os.environ.get("WHEP_FANOUT_WORKERS", "1")),
+        mode=os.environ.get("WHEP_FANOUT_MODE", "thread"),
         pages=False,
         max_sessions=1000,
         max_sessions_per_room=1000,
