@@ -461,3 +461,18 @@ async def test_a_task_waiting_on_a_spawn_hears_when_that_worker_dies(
     (answer,) = outs
     assert answer[0] == "spawned" and answer[1] is None
     assert "worker 1 died: killed by SIGKILL" in answer[2]
+
+
+async def test_a_cancelled_shutdown_still_reaps_every_child() -> None:
+    rt = Runtime(KINDS, workers=2, mode="process")
+    await rt.start()
+    pids = [await rt.run_on_worker(w, pid_of) for w in range(2)]
+    stopping = asyncio.ensure_future(rt.shutdown())
+    await asyncio.sleep(0)  # the shutdown has begun
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await asyncio.wait_for(rt.shutdown(), T)  # waits for the shielded stop to finish
+    assert not any(_exists(pid) for pid in pids)
+    assert rt.state.value == "closed"
+
