@@ -475,4 +475,3 @@ async def test_a_cancelled_shutdown_still_reaps_every_child() -> None:
     await asyncio.wait_for(rt.shutdown(), T)  # waits for the shielded stop to finish
     assert not any(_exists(pid) for pid in pids)
     assert rt.state.value == "closed"
-
