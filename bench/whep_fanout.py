@@ -43,9 +43,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.common import write_result
 
@@ -57,6 +57,7 @@ FPS_FLOOR = 25.0
 FULL_STEPS = (1, 8, 16, 24, 32, 48, 64, 96, 128)
 QUICK_STEPS = (1, 2)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ servers (child side)
@@ -185,8 +186,17 @@ class _Server:
         self.proc = proc
         self.base = f"http://127.0.0.1:{port}"
         self.publisher: Any = None
+        self.publishers: list[Any] = []  # several rooms (whep_scale)
         self.rows: list[dict[str, Any]] = []
         self.failed = False
+
+    def cpu(self) -> float:
+        """CPU seconds of the server process and of its children (worker processes)."""
+        total = _cpu_seconds(self.proc.pid)
+        for child in _children(self.proc.pid):
+            with contextlib.suppress(OSError):
+                total += _cpu_seconds(child)
+        return total
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -216,18 +226,35 @@ async def _start_server(kind: str, net: Any) -> _Server:
         raise
 
 
-async def _step(server: _Server, viewers: int, settle: float, window: float) -> dict[str, Any]:
-    """Open ``viewers`` viewers on ``server``, measure one window, close them."""
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+async def _step(
+    server: _Server,
+    viewers: int,
+    settle: float,
+    window: float,
+    rooms: Sequence[str] = ("bench",),
+) -> dict[str, Any]:
+    """Open ``viewers`` viewers on ``server`` (spread over ``rooms``), measure one window,
+    close them."""
     from sansio_aio import webrtc as client  # view, publish, PatternTrack
 
-    url = f"{server.base}/whep/bench"
-    sessions = [await client.view(url, decode=False) for _ in range(viewers)]
+    sessions = [
+        await client.view(f"{server.base}/whep/{rooms[i % len(rooms)]}", decode=False)
+        for i in range(viewers)
+    ]
     try:
         await asyncio.sleep(settle)
         frames0 = [v.frames for v in sessions]
-        cpu0, load0, t0 = _cpu_seconds(server.proc.pid), _cpu_seconds(os.getpid()), time.monotonic()
+        cpu0, load0, t0 = server.cpu(), _cpu_seconds(os.getpid()), time.monotonic()
         await asyncio.sleep(window)
-        cpu1, load1, t1 = _cpu_seconds(server.proc.pid), _cpu_seconds(os.getpid()), time.monotonic()
+        cpu1, load1, t1 = server.cpu(), _cpu_seconds(os.getpid()), time.monotonic()
     finally:
         for v in sessions:
             await v.close()
@@ -304,23 +331,30 @@ async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[s
         net.close()
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Measure and write ``bench/results/whep_fanout.json``; return the record."""
+def run_pinned(name: str, measure: Coroutine[Any, Any, T]) -> T:
+    """Run ``measure`` with this (load) process pinned to CPU 0, in a place where private
+    network namespaces can be made (else exit saying why)."""
     from sansio_aio.testing import privnet_unavailable_reason
 
     reason = privnet_unavailable_reason()
     if reason is not None:
-        raise SystemExit(f"whep_fanout bench cannot run here: {reason}")
-    steps = QUICK_STEPS if quick else FULL_STEPS
-    settle, window = (0.5, 1.0) if quick else (1.0, 2.5)
+        measure.close()
+        raise SystemExit(f"{name} bench cannot run here: {reason}")
     old = os.sched_getaffinity(0)
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {0})
     try:
-        results = asyncio.run(_measure(steps, settle, window))
+        return asyncio.run(measure)
     finally:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, old)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure and write ``bench/results/whep_fanout.json``; return the record."""
+    steps = QUICK_STEPS if quick else FULL_STEPS
+    settle, window = (0.5, 1.0) if quick else (1.0, 2.5)
+    results = run_pinned("whep_fanout", _measure(steps, settle, window))
     ours, base = results["sansio_aio"], results["baseline"]
     decoded = results["sansio_aio_decoded"]
     return write_result(

@@ -20,55 +20,18 @@ metric is the most viewers held by the 2-process server, the baseline the 1-work
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from bench.common import write_result
-from bench.whep_fanout import FPS_FLOOR, ROOT, _cpu_seconds
+from bench.whep_fanout import FPS_FLOOR, ROOT, _Server, _step, run_pinned
 
 FULL_STEPS = (4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64)
 QUICK_STEPS = (2,)
 ROOMS = ("a", "b")
-
-
-class _Server:
-    def __init__(self, kind: str, proc: subprocess.Popen[bytes], port: int) -> None:
-        self.kind = kind
-        self.proc = proc
-        self.base = f"http://127.0.0.1:{port}"
-        self.publishers: list[Any] = []
-        self.rows: list[dict[str, Any]] = []
-        self.failed = False
-
-    def cpu(self) -> float:
-        """CPU seconds of the server and its worker processes."""
-        total = _cpu_seconds(self.proc.pid)
-        for child in _children(self.proc.pid):
-            with contextlib.suppress(OSError):
-                total += _cpu_seconds(child)
-        return total
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            text = f.read()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 async def _start(kind: str, net: Any) -> _Server:
@@ -97,47 +60,21 @@ async def _start(kind: str, net: Any) -> _Server:
         raise
 
 
-async def _step(server: _Server, viewers: int, settle: float, window: float) -> dict[str, Any]:
-    from sansio_aio import webrtc as client
-
-    sessions = [
-        await client.view(f"{server.base}/whep/{ROOMS[i % len(ROOMS)]}", decode=False)
-        for i in range(viewers)
-    ]
-    try:
-        await asyncio.sleep(settle)
-        frames0 = [v.frames for v in sessions]
-        cpu0, load0, t0 = server.cpu(), _cpu_seconds(os.getpid()), time.monotonic()
-        await asyncio.sleep(window)
-        cpu1, load1, t1 = server.cpu(), _cpu_seconds(os.getpid()), time.monotonic()
-    finally:
-        for v in sessions:
-            await v.close()
-    span = t1 - t0
-    fps = [(v.frames - f) / span for v, f in zip(sessions, frames0, strict=True)]
-    return {
-        "viewers": viewers,
-        "server_cpu": round((cpu1 - cpu0) / span, 3),
-        "load_cpu": round((load1 - load0) / span, 3),
-        "min_fps": round(min(fps), 1) if fps else None,
-        "mean_fps": round(sum(fps) / len(fps), 1) if fps else None,
-    }
-
-
 async def _load(servers: list[_Server], steps: Sequence[int], settle: float, window: float) -> None:
     from sansio_aio import webrtc as client
 
     for server in servers:
         for room in ROOMS:
             track = client.PatternTrack(320, 240, 30)
-            server.publishers.append(await client.publish(f"{server.base}/whip/{room}", [track]))
+            publisher = await client.publish(f"{server.base}/whip/{room}", [track])
+            server.publishers.append(publisher)
     try:
         for i, viewers in enumerate(steps):
             order = servers[i % len(servers) :] + servers[: i % len(servers)]
             for server in order:
                 if server.failed:
                     continue
-                row = await _step(server, viewers, settle, window)
+                row = await _step(server, viewers, settle, window, ROOMS)
                 server.rows.append(row)
                 server.failed = row["min_fps"] < FPS_FLOOR
             if all(server.failed for server in servers):
@@ -175,21 +112,9 @@ async def _measure(steps: Sequence[int], settle: float, window: float) -> dict[s
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure and write ``bench/results/whep_scale.json``; return the record."""
-    from sansio_aio.testing import privnet_unavailable_reason
-
-    reason = privnet_unavailable_reason()
-    if reason is not None:
-        raise SystemExit(f"whep_scale bench cannot run here: {reason}")
     steps = QUICK_STEPS if quick else FULL_STEPS
     settle, window = (0.5, 1.0) if quick else (1.5, 2.5)
-    old = os.sched_getaffinity(0)
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {0})
-    try:
-        results = asyncio.run(_measure(steps, settle, window))
-    finally:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, old)
+    results = run_pinned("whep_scale", _measure(steps, settle, window))
     two, one = results["two_processes"], results["one_worker"]
     return write_result(
         "whep_scale",
