@@ -43,8 +43,9 @@ async def serve(argv: list[str]) -> int:
     started = time.monotonic()
     async with open_server(config) as server:
         url = server.url
+        kind = "processes" if config.mode == "process" else "threads"
         print(
-            f"WHIP/WHEP server on {url}/  (workers={config.workers} {config.mode}s, "
+            f"WHIP/WHEP server on {url}/  (workers={config.workers} {kind}, "
             f"backend={server.rt.backend_name})",
             flush=True,
         )

@@ -39,7 +39,8 @@ async def test_example_serves_pages_and_stops_cleanly(mode: str) -> None:
         match = re.search(r"on (http://127\.0\.0\.1:\d+)/", first)
         assert match, first
         url = match.group(1)
-        assert f"workers=1 {mode}s" in first
+        kind = "processes" if mode == "process" else "threads"
+        assert f"workers=1 {kind}" in first
         async with aiohttp.ClientSession() as http:
             async with http.get(url + "/") as resp:
                 assert resp.status == 200 and "WHIP" in await resp.text()
