@@ -11,6 +11,7 @@ ICE servers unless configured (aiortc would otherwise use Google's STUN server).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "ServerConfig",
     "parse_args",
     "parse_ice_server",
+    "parse_key",
     "resolve_interfaces",
 ]
 
@@ -88,6 +90,9 @@ class RoomConfig:
     ice_networks: tuple[str, ...] = ()
     #: Keep remote ``<uuid>.local`` candidates (off: they would need multicast DNS).
     allow_mdns: bool = False
+    #: Remote ICE candidates a session may have (offer and trickled PATCHes together);
+    #: past it the offer is refused (422) and further trickled candidates too.
+    max_candidates: int = 20
 
 
 @final
@@ -112,11 +117,28 @@ class ServerConfig:
     ice_networks: tuple[str, ...] = ()
     #: Accept remote ``<uuid>.local`` candidates (off: they would need multicast DNS).
     allow_mdns: bool = False
-    #: Bearer tokens accepted on POST; empty: no authentication.
+    #: Bearer tokens of the operator: they authorize everything (publish and view any
+    #: room, PATCH/DELETE any session, stats, metrics); empty: no authentication.
     tokens: tuple[str, ...] = ()
+    #: Stream keys, ``(room, key)``: ``key`` may publish (WHIP) to ``room`` only.
+    keys: tuple[tuple[str, str], ...] = ()
+    #: A file of ``ROOM=KEY`` lines (``#`` comments), read at start; adds to ``keys``.
+    keys_file: str | None = None
+    #: URL the server POSTs ``{"action", "room", "key", "remote"}`` to, to authorize a
+    #: WHIP/WHEP request; a 2xx answer (optionally ``{"room": NAME}``) allows it.
+    auth_webhook: str | None = None
+    #: Seconds the server waits for the webhook's answer (then: 503).
+    webhook_timeout: float = 2.0
+    #: Token for ``/stats`` and ``/metrics`` only (the operator tokens also work).
+    metrics_token: str | None = None
     #: The bearer token names the room (the seed's example): ``POST /whip/x`` with
     #: ``Authorization: Bearer live1`` publishes to room ``live1``.
     token_is_room: bool = False
+    #: UDP port of worker 0's sessions; worker ``i`` uses ``udp_port + i`` for all its
+    #: sessions (demultiplexed by ICE ufrag, then remote address). 0: a port per session.
+    udp_port: int = 0
+    #: Address to advertise in ICE candidates instead of the local one (1:1 NAT, Docker).
+    public_ip: str | None = None
     max_sessions: int = 200
     max_sessions_per_room: int = 50
     #: Largest accepted request body (SDP offers, trickle fragments), in bytes.
@@ -129,9 +151,20 @@ class ServerConfig:
     #: How long the HTTP layer waits for a room's reply (seconds).
     request_timeout: float = 10.0
     #: POST/PATCH/DELETE per second per client address (0: no limit); past it: 429.
-    rate_limit: float = 0.0
+    rate_limit: float = 10.0
     #: Requests a client may send at once before the rate applies.
-    rate_burst: int = 10
+    rate_burst: int = 20
+    #: Remote ICE candidates per session (offer + trickle); see :class:`RoomConfig`.
+    max_candidates: int = 20
+    #: Seconds a connection may take to send a request's headers (also the idle
+    #: keep-alive limit between requests); past it the connection is closed.
+    header_timeout: float = 10.0
+    #: Seconds a request may take to send its body; past it: 408 and closed.
+    body_timeout: float = 10.0
+    #: Open HTTP connections in all; past it new ones are closed at once.
+    max_connections: int = 1000
+    #: Open HTTP connections from one client address.
+    max_connections_per_ip: int = 32
     #: ``Access-Control-Allow-Origin`` value.
     cors_origin: str = "*"
     #: Serve the publish/view pages at ``{prefix}/``.
@@ -168,6 +201,28 @@ class ServerConfig:
                 raise ConfigError(f"bad ice network {entry!r}: {exc}") from None
         if self.rate_limit < 0 or self.rate_burst < 1:
             raise ConfigError("rate_limit must be >= 0 and rate_burst >= 1")
+        if self.udp_port and not 0 < self.udp_port + self.workers - 1 < 65536:
+            raise ConfigError(
+                f"udp_port must leave room for one port per worker: "
+                f"{self.udp_port}..{self.udp_port + self.workers - 1} is not inside 1..65535"
+            )
+        if self.udp_port < 0:
+            raise ConfigError(f"udp_port must be >= 0, got {self.udp_port}")
+        if self.public_ip is not None:
+            try:
+                ipaddress.ip_address(self.public_ip)
+            except ValueError:
+                why = f"public_ip must be an IP address, got {self.public_ip!r}"
+                raise ConfigError(why) from None
+        for name in ("max_candidates", "max_connections", "max_connections_per_ip"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for name in ("header_timeout", "body_timeout", "webhook_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        for room, key in self.keys:
+            if not room or not key:
+                raise ConfigError("stream keys are ROOM=KEY with both parts non-empty")
 
     def room(self, name: str) -> RoomConfig:
         """The :class:`RoomConfig` of room ``name``."""
@@ -181,6 +236,7 @@ class ServerConfig:
             retry_after=self.retry_after,
             ice_networks=self.ice_networks,
             allow_mdns=self.allow_mdns,
+            max_candidates=self.max_candidates,
         )
 
 
@@ -216,6 +272,14 @@ def resolve_interfaces(entries: Sequence[str]) -> tuple[str, ...]:
             elif ip.ip[2] == 0:
                 out.append(f"{ip.ip[0]}/128")
     return tuple(out)
+
+
+def parse_key(text: str) -> tuple[str, str]:
+    """Parse one ``ROOM=KEY`` stream key."""
+    room, sep, key = text.strip().partition("=")
+    if not sep or not room.strip() or not key.strip():
+        raise ConfigError(f"bad stream key {text!r}: use ROOM=KEY")
+    return room.strip(), key.strip()
 
 
 def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -272,6 +336,35 @@ def parse_args(
     p.add_argument("--allow-mdns", action="store_true", default=_env(env, "allow_mdns") == "1")
     p.add_argument("--token", action="append", default=None, help="accepted bearer token")
     p.add_argument(
+        "--key",
+        action="append",
+        default=None,
+        metavar="ROOM=KEY",
+        help="stream key KEY may publish to ROOM (repeatable)",
+    )
+    p.add_argument("--keys-file", default=_env(env, "keys_file"), help="ROOM=KEY lines")
+    p.add_argument(
+        "--auth-webhook",
+        default=_env(env, "auth_webhook"),
+        help="URL that authorizes each WHIP/WHEP POST (see docs/whip_whep.md)",
+    )
+    p.add_argument(
+        "--metrics-token",
+        default=_env(env, "metrics_token"),
+        help="bearer token for /stats and /metrics only",
+    )
+    p.add_argument(
+        "--udp-port",
+        type=int,
+        default=int(_env(env, "udp_port") or d.udp_port),
+        help="all sessions of worker i share UDP port PORT+i (default 0: a port per session)",
+    )
+    p.add_argument(
+        "--public-ip",
+        default=_env(env, "public_ip"),
+        help="address advertised in ICE candidates (1:1 NAT, Docker)",
+    )
+    p.add_argument(
         "--token-is-room",
         action="store_true",
         default=_env(env, "token_is_room") == "1",
@@ -283,6 +376,9 @@ def parse_args(
         ("--max-body", "max_body"),
         ("--retry-after", "retry_after"),
         ("--no-publisher-status", "no_publisher_status"),
+        ("--max-candidates", "max_candidates"),
+        ("--max-connections", "max_connections"),
+        ("--max-connections-per-ip", "max_connections_per_ip"),
     ):
         p.add_argument(flag, type=int, default=int(_env(env, attr) or getattr(d, attr)))
     for flag, attr in (
@@ -290,13 +386,16 @@ def parse_args(
         ("--disconnected-timeout", "disconnected_timeout"),
         ("--room-idle-timeout", "room_idle_timeout"),
         ("--request-timeout", "request_timeout"),
+        ("--header-timeout", "header_timeout"),
+        ("--body-timeout", "body_timeout"),
+        ("--webhook-timeout", "webhook_timeout"),
     ):
         p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
     p.add_argument(
         "--rate-limit",
         type=float,
         default=float(_env(env, "rate_limit") or d.rate_limit),
-        help="POST/PATCH/DELETE per second per client address (default 0: no limit)",
+        help="POST/PATCH/DELETE per second per client address (0: no limit)",
     )
     p.add_argument("--rate-burst", type=int, default=int(_env(env, "rate_burst") or d.rate_burst))
     p.add_argument("--cors-origin", default=_env(env, "cors_origin", d.cors_origin))
@@ -311,6 +410,7 @@ def parse_args(
     ice = a.ice_server if a.ice_server is not None else _split(_env(env, "ice_servers"))
     nets = a.ice_network if a.ice_network is not None else _split(_env(env, "ice_networks"))
     tokens = a.token if a.token is not None else _split(_env(env, "tokens"))
+    keys = a.key if a.key is not None else _split(_env(env, "keys"))
     return ServerConfig(
         host=a.host,
         port=a.port,
@@ -323,7 +423,19 @@ def parse_args(
         ice_networks=tuple(nets),
         allow_mdns=a.allow_mdns,
         tokens=tuple(tokens),
+        keys=tuple(parse_key(k) for k in keys),
+        keys_file=a.keys_file or None,
+        auth_webhook=a.auth_webhook or None,
+        webhook_timeout=a.webhook_timeout,
+        metrics_token=a.metrics_token or None,
         token_is_room=a.token_is_room,
+        udp_port=a.udp_port,
+        public_ip=a.public_ip or None,
+        max_candidates=a.max_candidates,
+        header_timeout=a.header_timeout,
+        body_timeout=a.body_timeout,
+        max_connections=a.max_connections,
+        max_connections_per_ip=a.max_connections_per_ip,
         max_sessions=a.max_sessions,
         max_sessions_per_room=a.max_sessions_per_room,
         max_body=a.max_body,

@@ -101,10 +101,14 @@ class WebRtcDriver(Driver):
         relay: str = "encoded",
         media_interval: float = 1.0,
         keyframe_interval: float = 0.5,
+        udp_port: int = 0,
+        public_ip: str | None = None,
     ) -> None:
         if relay not in ("encoded", "decoded"):
             raise ConfigError(f"relay must be 'encoded' or 'decoded', got {relay!r}")
         self._relay_mode = relay
+        self._udp_port = udp_port
+        self._public_ip = public_ip
         self._keyframe_interval = keyframe_interval
         self._ice = [
             RTCIceServer(urls=s.url, username=s.username, credential=s.credential)

@@ -46,7 +46,13 @@ async def open_server(
     """
     config = replace(config, ice_networks=resolve_interfaces(config.ice_networks))
     # a partial of the class, not a closure: it crosses to worker processes
-    driver = functools.partial(WebRtcDriver, config.ice_servers, relay=config.relay)
+    driver = functools.partial(
+        WebRtcDriver,
+        config.ice_servers,
+        relay=config.relay,
+        udp_port=config.udp_port,
+        public_ip=config.public_ip,
+    )
     rt = Runtime(
         {"room": Room},
         workers=config.workers,
