@@ -103,12 +103,14 @@ class WebRtcDriver(Driver):
         keyframe_interval: float = 0.5,
         udp_port: int = 0,
         public_ip: str | None = None,
+        silence_timeout: float = 10.0,
     ) -> None:
         if relay not in ("encoded", "decoded"):
             raise ConfigError(f"relay must be 'encoded' or 'decoded', got {relay!r}")
         self._relay_mode = relay
         self._udp_port = udp_port
         self._public_ip = public_ip
+        self._silence_timeout = silence_timeout
         self._keyframe_interval = keyframe_interval
         self._ice = [
             RTCIceServer(urls=s.url, username=s.username, credential=s.credential)

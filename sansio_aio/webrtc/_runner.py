@@ -52,6 +52,7 @@ async def open_server(
         relay=config.relay,
         udp_port=config.udp_port,
         public_ip=config.public_ip,
+        silence_timeout=config.disconnected_timeout,
     )
     rt = Runtime(
         {"room": Room},
