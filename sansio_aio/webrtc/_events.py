@@ -209,7 +209,13 @@ class PeerAnswered:
 @final
 @dataclass(slots=True)
 class PeerFailed:
-    """``PeerOpen`` (or a trickle) failed: ``status`` is the HTTP status to report."""
+    """The peer of ``session`` failed: ``status`` is the HTTP status to report.
+
+    Before the answer (``PeerOpen`` failed) the room refuses the held ``OpenSession``
+    with ``status`` and ``reason``. After it (a connected peer gone silent, a trickle
+    the driver could not apply) the session ends: ``SessionEnded`` carries ``reason``,
+    and a publisher's end ends its viewers.
+    """
 
     session: str
     status: int

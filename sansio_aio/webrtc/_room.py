@@ -20,15 +20,31 @@ An ``OpenSession`` request is held open while the driver negotiates: the room ke
 request id and replies ``Created`` (or ``Refused``) when the driver answers, so the HTTP
 handler awaits one ``Runtime.request``. Deadlines (``next_deadline``) free sessions that
 the driver never answers or that never connect (``connect_timeout``) or that lose ICE
-(``disconnected_timeout``), rate-limit
-keyframe requests, and end the room after ``idle_timeout`` without sessions. When the
-publisher goes, its viewers go too. Session ids and ETags come from the server, so the
-task is deterministic under the test harness.
+(``disconnected_timeout``), and rate-limit keyframe requests. When the publisher goes
+(deleted, failed, timed out, or reported silent by the driver with ``PeerFailed``), its
+viewers go too. Session ids and ETags come from the server, so the task is
+deterministic under the test harness.
+
+Bounds. The offer is checked by :func:`~sansio_aio.webrtc._sdp.check_offer` (one audio
+and one video m-section at most, ``max_candidates`` candidates, a DTLS fingerprint, sane
+sizes) before any peer connection exists. Each session counts its distinct remote
+candidates (component, transport, address, port) across the offer and every trickled
+``PATCH``; a ``PATCH`` that would take it past ``max_candidates`` is refused with 422 and
+adds none (repeated candidates are dropped, neither counted nor forwarded).
+
+The room's end. A room that has had an answered session ends ``idle_timeout`` after its
+last session went. A room that never had one (every ``OpenSession`` was refused or
+failed before the driver answered: a viewer of an unknown stream, a bad offer) ends at
+once, as soon as it has no session left, so refused requests do not leave idle tasks
+behind. A request racing that end meets an ended task; the HTTP layer retries it once
+on a fresh room (``UnknownTarget``). A fresh room waits for its first request: it does
+not end before it got one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._events import ExtOut, Reply, Request
@@ -61,11 +77,12 @@ from ._sdp import (
     address_filter,
     check_offer,
     filter_candidates,
+    parse_candidate,
     parse_fragment,
     strip_mdns_candidates,
 )
 
-__all__ = ["TRANSITIONS", "Room"]
+__all__ = ["TRANSITIONS", "Room", "if_match_tags"]
 
 #: Session state -> the peer states that move it, and where to. Anything reaching
 #: ``failed`` or ``closed`` ends the session.
@@ -95,6 +112,41 @@ class _Session:
     request: int | None = None  # the OpenSession request waiting for the driver
     deadline: float | None = None
     frames: int = 0
+    #: Distinct remote candidates so far (``Candidate.key``), offer and trickle.
+    candidates: set[tuple[int, str, str, int]] = field(default_factory=set)
+
+
+# RFC 9110 §8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E /
+# obs-text; list elements are separated by commas with optional whitespace (§5.6.1).
+_ETAG = re.compile(r'[ \t]*(W/)?("[\x21\x23-\x7e\x80-\xff]*")[ \t]*(?:,|$)')
+_EMPTY_ELEMENT = re.compile(r"[ \t]*,")
+
+
+def if_match_tags(value: str) -> list[str] | None:
+    """The entity-tags of an ``If-Match`` field value (RFC 9110 §13.1.1), or ``None``.
+
+    ``*`` alone gives ``["*"]``; a list gives its tags in order, weak ones with their
+    ``W/`` prefix (so they never equal a strong tag); empty list elements are skipped
+    (§5.6.1). ``None`` means the value is malformed (``*`` mixed with tags, a tag
+    without quotes, a lower-case ``w/``, a stray character).
+    """
+    if value.strip(" \t") == "*":
+        return ["*"]
+    tags: list[str] = []
+    pos, end = 0, len(value)
+    while pos < end:
+        empty = _EMPTY_ELEMENT.match(value, pos)
+        if empty is not None:
+            pos = empty.end()
+            continue
+        if not value[pos:].strip(" \t"):
+            break
+        m = _ETAG.match(value, pos)
+        if m is None:
+            return None
+        tags.append((m.group(1) or "") + m.group(2))
+        pos = m.end()
+    return tags
 
 
 class Room(Task):
@@ -114,6 +166,10 @@ class Room(Task):
         self._keyframe_due: float | None = None
         self._allowed = address_filter(cfg.ice_networks)
         self._done = False
+        #: An ``OpenSession`` was handled (a fresh room waits for its first request).
+        self._asked = False
+        #: A session was answered (``Created``): the room then ends by idle timeout only.
+        self._answered = False
 
     # ------------------------------------------------------------------ task protocol
 
@@ -133,6 +189,7 @@ class Room(Task):
             if s is not None:
                 s.frames = event.frames
         self._update_idle(now)
+        self._end_if_unused()
 
     def on_tick(self, now: float) -> None:
         """Run timeouts: unconnected or disconnected sessions, keyframes, room idleness."""
@@ -149,6 +206,7 @@ class Room(Task):
             and not self.sessions
         ):
             self._done = True
+        self._end_if_unused()
 
     def on_shutdown(self, now: float) -> None:
         """Close every session; the room is empty once its outputs are popped."""
@@ -157,7 +215,8 @@ class Room(Task):
             self._end(s, "server shutting down")
 
     def is_empty(self) -> bool:
-        """Empty when shut down or idle for ``idle_timeout``, with nothing left to pop."""
+        """Empty, with nothing left to pop, when shut down, idle for ``idle_timeout``, or
+        left without sessions and never having answered one (see the module docs)."""
         return (self.closing or self._done) and not self.sessions and not self._outputs
 
     def next_deadline(self) -> float | None:
@@ -194,11 +253,12 @@ class Room(Task):
         if self.closing or self._done:
             self.emit(Reply(rid, Refused(503, "the room is closing", cfg.retry_after)))
             return
+        self._asked = True
         if msg.session in self.sessions:
             self.emit(Reply(rid, Refused(409, "session id already in use")))
             return
         try:
-            offer = check_offer(msg.offer, msg.role)
+            offer = check_offer(msg.offer, msg.role, max_candidates=cfg.max_candidates)
         except SdpError as exc:
             self.emit(Reply(rid, Refused(exc.status, exc.reason)))
             return
@@ -223,20 +283,35 @@ class Room(Task):
             self.publisher = msg.session
         text = msg.offer if cfg.allow_mdns else strip_mdns_candidates(msg.offer)
         s = _Session(msg.session, msg.role, msg.etag, now, offer.ufrag, offer.pwd, request=rid)
+        s.candidates = {c.key for c in offer.candidates}
         s.deadline = now + cfg.connect_timeout  # the driver must answer by then, too
         self.sessions[s.id] = s
         self.emit(PeerOpen(s.id, msg.role, text, source))
 
     def _patch(self, msg: PatchSession) -> Created | Done | Refused:
+        """Trickle candidates into a session.
+
+        ``If-Match`` (RFC 9110 §13.1.1): missing: 428 (RFC 9725); ``*``, or a list naming
+        the session's ETag under strong comparison (a weak ``W/"..."`` tag never
+        matches): the PATCH proceeds; anything else: 412. A malformed value (see
+        :func:`if_match_tags`) is 412 too, not 400: RFC 9110 gives no status for it, a
+        value without a valid entity-tag can never evaluate to true, and §13.1.1
+        answers a false condition with 412 (a 400 would blame the body). Then the
+        fragment is read: 400 when malformed; 422 for an ICE restart, or when its new
+        candidates would take the session past ``max_candidates`` (none is added).
+        """
         s = self.sessions.get(msg.session)
         if s is None:
             return Refused(404, "no such session")
         if msg.if_match is None:
             return Refused(428, "PATCH needs If-Match with the session's ETag")
-        if msg.if_match.strip() not in ("*", s.etag):
+        tags = if_match_tags(msg.if_match)
+        if tags is None:
+            return Refused(412, "malformed If-Match (RFC 9110 §13.1.1): no entity-tag matches")
+        if tags != ["*"] and (s.etag.startswith("W/") or s.etag not in tags):
             return Refused(412, "If-Match does not match the session's ETag")
         try:
-            frag = parse_fragment(msg.fragment)
+            frag = parse_fragment(msg.fragment, max_candidates=self.config.max_candidates)
         except SdpError as exc:
             return Refused(exc.status, exc.reason)
         restart = (frag.ufrag is not None and frag.ufrag != s.ufrag) or (
@@ -244,7 +319,22 @@ class Room(Task):
         )
         if restart:
             return Refused(422, "ICE restart is not supported by this server (aiortc)")
-        cands = frag.candidates
+        fresh: list[tuple[str | None, str]] = []
+        keys: set[tuple[int, str, str, int]] = set()
+        for mid, line in frag.candidates:
+            key = parse_candidate(line).key
+            if key not in s.candidates and key not in keys:
+                keys.add(key)
+                fresh.append((mid, line))
+        limit = self.config.max_candidates
+        if len(s.candidates) + len(keys) > limit:
+            return Refused(
+                422,
+                f"too many ICE candidates: the session has {len(s.candidates)}, the fragment "
+                f"adds {len(keys)}, the limit is {limit}; none were added",
+            )
+        s.candidates |= keys
+        cands = fresh
         if not self.config.allow_mdns:
             cands = [(m, c) for m, c in cands if not c.split()[4].lower().endswith(".local")]
         if cands or frag.end:
@@ -262,6 +352,7 @@ class Room(Task):
             answer = filter_candidates(answer, self._allowed)
         s.state = "new"
         s.deadline = now + self.config.connect_timeout
+        self._answered = True
         if s.request is not None:
             self.emit(Reply(s.request, Created(s.id, s.etag, answer)))
             s.request = None
@@ -321,6 +412,11 @@ class Room(Task):
             for viewer in list(self.sessions.values()):
                 if viewer.role == "whep":
                     self._end(viewer, "the publisher left")
+
+    def _end_if_unused(self) -> None:
+        """End a room that was asked for sessions, never answered one, and has none."""
+        if self._asked and not self._answered and not self.sessions:
+            self._done = True
 
     def _update_idle(self, now: float) -> None:
         if self.sessions:

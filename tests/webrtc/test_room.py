@@ -36,8 +36,10 @@ from sansio_aio.webrtc import (
     SessionEnded,
     check_offer,
 )
+from sansio_aio.webrtc._room import if_match_tags
 from sansio_aio.webrtc._sdp import add_rtcp_mux_only, parse_fragment
-from tests.webrtc.support import ANSWER, offer
+from tests.webrtc.support import ANSWER
+from tests.webrtc.test_sdp import FINGERPRINT, build, offer
 
 
 class Driven:
@@ -164,7 +166,16 @@ def test_driver_failure_refuses_and_frees_the_publisher_slot() -> None:
     assert Reply(rid, Refused(422, "no common codec")) in out
     assert not any(isinstance(o, ExtOut) for o in out)  # the server never knew it
     assert d.room.publisher is None
-    assert isinstance(d.open(0.2, "p2"), Created)
+    assert d.room.is_empty()  # it never answered a session: it ends (a POST spawns anew)
+    # A room that had a session lives on, and its publisher slot is free again.
+    d = Driven()
+    d.open(0.0, "p0")
+    d.request(0.1, CloseSession("p0"))
+    rid, _ = d.request(0.2, OpenSession("p", "whip", offer(), '"e"'))
+    out = d.feed(0.3, PeerFailed("p", 422, "no common codec"))
+    assert Reply(rid, Refused(422, "no common codec")) in out
+    assert not d.room.is_empty()
+    assert isinstance(d.open(0.4, "p2"), Created)
 
 
 def test_patch_rules() -> None:
@@ -334,6 +345,7 @@ _SDP_LINES = st.sampled_from(
         "a=mid:0",
         "a=ice-ufrag:abcd",
         "a=ice-pwd:0123456789012345678901",
+        FINGERPRINT,
         "a=candidate:1 1 udp 2130706431 10.99.0.2 5000 typ host",
         "a=candidate:1 1 udp 1 x.local 5 typ host",
         "a=candidate:",
@@ -363,3 +375,198 @@ def test_any_offer_or_fragment_gets_an_answer_never_an_exception(
     _, out = d.request(2.0, PatchSession("p", text, "*"))
     (reply,) = replies(out)
     assert reply.status in (204, 400, 422)
+
+
+# ------------------------------------------------------------------ offer bounds
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "cfg"),
+    [
+        (build(("video", "video")), 422, {}),
+        (build(("audio", "audio")), 422, {}),
+        (build(("video",) * 60), 422, {}),
+        (build(("video", "application")), 422, {}),
+        (build(candidates=21), 422, {}),
+        (build(candidates=3), 422, {"max_candidates": 2}),
+        (build(fingerprint="none"), 400, {}),
+        (build(("audio", "video"), fingerprint="first"), 400, {}),  # not in every m-section
+        (offer() + "a=x\r\n" * 600, 400, {}),
+    ],
+)
+def test_unbounded_offers_are_refused_before_any_peer(
+    text: str, status: int, cfg: dict[str, Any]
+) -> None:
+    d = Driven(**cfg)
+    _, out = d.request(0.0, OpenSession("p", "whip", text, '"e"'))
+    assert len(out) == 1 and isinstance(out[0], Reply), out  # no PeerOpen
+    assert out[0].msg.status == status, out[0].msg
+    assert not d.room.sessions and d.room.publisher is None
+
+
+def test_an_offer_at_the_candidate_limit_is_accepted() -> None:
+    d = Driven(max_candidates=3)
+    assert isinstance(d.open(0.0, "p", text=build(candidates=3)), Created)
+
+
+# ------------------------------------------------------------------ trickle
+
+
+def _frag(*candidates: str, end: bool = False) -> str:
+    lines = ["a=ice-ufrag:abcd", "a=ice-pwd:0123456789012345678901", "m=video 9 RTP/AVP 0"]
+    lines += ["a=mid:0", *(f"a=candidate:{c}" for c in candidates)]
+    if end:
+        lines.append("a=end-of-candidates")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _host(port: int, address: str = "10.99.0.2") -> str:
+    return f"{port} 1 udp 2130706431 {address} {port} typ host"
+
+
+def trickled(out: list[Any]) -> list[PeerTrickle]:
+    return [o for o in out if isinstance(o, PeerTrickle)]
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "1 1 udp 1 10.99.0.2 7000 typ",
+        "1 0 udp 1 10.99.0.2 7000 typ host",
+        "1 1 sctp 1 10.99.0.2 7000 typ host",
+        "1 1 udp high 10.99.0.2 7000 typ host",
+        "1 1 udp 1 victim.example.org 7000 typ host",
+        "1 1 udp 1 10.99.0.2 70000 typ host",
+        "1 1 udp 1 10.99.0.2 7000 typ bogus",
+        "1 1 udp 1 10.99.0.2 7000 typ srflx raddr nowhere rport 1",
+        "1 1 udp 1 10.99.0.2 7000 typ srflx raddr 10.0.0.1 rport -1",
+    ],
+)
+def test_patch_with_a_malformed_candidate_is_400_naming_it(candidate: str) -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    good = _host(7001)
+    _, out = d.request(1.0, PatchSession("p", _frag(good, candidate), '"e-p"'))
+    (reply,) = replies(out)
+    assert isinstance(reply, Refused) and reply.status == 400
+    assert candidate in reply.reason
+    assert trickled(out) == []  # not even the good one before it
+
+
+def test_remote_candidates_are_capped_per_session() -> None:
+    d = Driven(max_candidates=5)
+    d.open(0.0, "p", text=build(candidates=2))  # the offer brings 2
+
+    def patch(*candidates: str, end: bool = False) -> tuple[Any, list[PeerTrickle]]:
+        _, out = d.request(1.0, PatchSession("p", _frag(*candidates, end=end), '"e-p"'))
+        (reply,) = replies(out)
+        return reply, trickled(out)
+
+    reply, sent = patch(_host(7000), _host(7001), _host(7002), _host(7003))  # 2 + 4 > 5
+    assert reply.status == 422 and "limit is 5" in reply.reason and sent == []
+    reply, sent = patch(_host(7000), _host(7001))  # none of the refused ones was counted
+    assert reply == Done(204) and [len(t.candidates) for t in sent] == [2]
+    # Candidates the session already has are neither counted nor sent again.
+    reply, sent = patch(_host(5000), _host(7000), end=True)
+    assert reply == Done(204) and sent == [PeerTrickle("p", (), True)]
+    # The last slot goes to an mDNS candidate: counted, but never sent to aiortc.
+    reply, sent = patch(_host(7005, "0a1b2c3d-0000.local"))
+    assert reply == Done(204) and sent == []
+    reply, sent = patch(_host(7006))
+    assert reply.status == 422 and sent == []
+    # A fragment larger than the cap is refused by itself.
+    reply, sent = patch(*(_host(8000 + i) for i in range(6)))
+    assert reply.status == 422 and sent == []
+
+
+def test_the_cap_is_per_session() -> None:
+    d = Driven(max_candidates=2)
+    d.open(0.0, "p", text=build(candidates=2))
+    d.open(0.0, "v", "whep", text=build(direction="recvonly", candidates=0))
+    _, out = d.request(1.0, PatchSession("v", _frag(_host(7000), _host(7001)), '"e-v"'))
+    assert replies(out) == [Done(204)]
+    _, out = d.request(1.0, PatchSession("p", _frag(_host(7000)), '"e-p"'))
+    assert replies(out)[0].status == 422
+
+
+# ------------------------------------------------------------------ If-Match
+
+
+@pytest.mark.parametrize(
+    ("if_match", "status"),
+    [
+        ('"e-p"', 204),
+        ("*", 204),
+        (" * ", 204),
+        ('"x", "e-p"', 204),
+        ('"x","e-p" ,"y"', 204),
+        (', "e-p",,', 204),  # empty list elements are allowed (RFC 9110 §5.6.1)
+        ('"x"', 412),
+        ('"x", "y"', 412),
+        ('W/"e-p"', 412),  # weak tags never match under strong comparison
+        ('"x", W/"e-p"', 412),
+        ("", 412),
+        ("e-p", 412),  # malformed: no quotes
+        ('w/"e-p"', 412),  # malformed: W/ is case-sensitive
+        ('"e-p", *', 412),  # malformed: * cannot be in a list
+        ('"e-p" "x"', 412),  # malformed: no comma
+        ('"e-p', 412),
+    ],
+)
+def test_if_match_lists(if_match: str, status: int) -> None:
+    d = Driven()
+    d.open(0.0, "p")
+    (reply,) = replies(d.request(1.0, PatchSession("p", _frag(), if_match))[1])
+    assert reply.status == status, reply
+
+
+def test_if_match_tags() -> None:
+    assert if_match_tags("*") == ["*"]
+    assert if_match_tags('"a", W/"b",, "c,d"') == ['"a"', 'W/"b"', '"c,d"']
+    assert if_match_tags("") == []
+    assert if_match_tags('"a", *') is None
+    assert if_match_tags('"a"x') is None
+    assert if_match_tags('"\x00"') is None
+
+
+# ------------------------------------------------------------------ the room's end
+
+
+@pytest.mark.parametrize("how", ["no publisher", "bad offer", "driver failed", "never answered"])
+def test_a_room_that_never_answered_ends_once_it_has_no_session(how: str) -> None:
+    d = Driven(connect_timeout=5.0, idle_timeout=30.0)
+    d.tick(0.0)
+    assert not d.room.is_empty()  # a fresh room waits for its first request
+    if how == "no publisher":
+        assert d.open(1.0, "v", "whep").status == 409
+    elif how == "bad offer":
+        assert d.open(1.0, "p", text=build(("video", "video"))).status == 422
+    elif how == "driver failed":
+        d.request(1.0, OpenSession("p", "whip", offer(), '"e"'))
+        assert not d.room.is_empty()  # negotiating
+        d.feed(1.5, PeerFailed("p", 400, "bad SDP"))
+    else:
+        d.request(1.0, OpenSession("p", "whip", offer(), '"e"'))
+        assert not d.room.is_empty()
+        d.tick(6.0)
+    assert d.room.is_empty()  # at once, not 30 s later
+
+
+def test_a_room_that_had_a_session_keeps_its_idle_timeout() -> None:
+    d = Driven(idle_timeout=30.0)
+    d.open(0.0, "p")
+    d.request(1.0, CloseSession("p"))
+    assert d.open(2.0, "v", "whep").status == 409  # a refused open does not end it now
+    assert d.open(3.0, "x", text="garbage").status == 400
+    assert not d.room.is_empty() and d.room.next_deadline() == 31.0
+    d.tick(31.0)
+    assert d.room.is_empty()
+
+
+def test_a_viewer_refused_while_the_publisher_negotiates_keeps_the_room() -> None:
+    d = Driven()
+    d.request(0.0, OpenSession("p", "whip", offer(), '"e"'))
+    assert d.open(0.1, "v", "whep").status == 409
+    assert not d.room.is_empty()
+    d.feed(0.2, PeerAnswered("p", ANSWER))
+    assert d.open(0.3, "v", "whep").__class__ is Created
