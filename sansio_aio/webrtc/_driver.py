@@ -20,9 +20,24 @@ starts on a keyframe requested from the publisher. Other viewers, and every view
 ``relay="decoded"``, subscribe to the decoded relay with ``buffered=False`` (a slow
 viewer skips frames instead of queueing them) and their sender re-encodes.
 
+UDP: every peer connection's datagrams pass the guard (:mod:`._udpguard`: source
+address checks, size limits, a bounded receive queue, malformed STUN counted, not
+logged); with ``udp_port=P`` all sessions of worker ``i`` share port ``P + i``
+(:mod:`._udpmux`), else each gets its own sockets as aiortc does.
+
+Silence: aiortc only notices a vanished peer when ICE consent expires (about 30 s), and
+never reports "disconnected". The guard stamps the time of every datagram accepted from
+a peer (RTCP arrives about once a second, ICE consent checks every 5 s); every
+:data:`WATCH_INTERVAL` the driver reports a connected peer silent for half the
+``silence_timeout`` (at most 3 s) as ``PeerState("disconnected")`` (``"connected"``
+again if it is heard), and one silent for ``silence_timeout`` as ``PeerFailed(410)``,
+closing it. So a peer that vanishes is dropped ``silence_timeout`` to
+``silence_timeout + WATCH_INTERVAL`` seconds after its last datagram.
+
 Peers are keyed by ``(task, session)``. ``release(task)`` closes every peer the task
-held; ``close()`` (loop stopped) runs the outstanding closes to completion so no
-transport is left half-open.
+held; closing a publisher also cancels its relay's reading tasks (none is left pending
+for the garbage collector); ``close()`` (loop stopped) runs the outstanding closes to
+completion so no transport is left half-open.
 """
 
 from __future__ import annotations
@@ -67,14 +82,26 @@ from ._media import (
     offers_codec,
     only_codec,
     quietly,
+    stop_relay,
 )
 from ._passthrough import EncodedSource, hook_viewer_keyframes, tap_receiver
+from ._udpguard import (
+    IceInternalsError,
+    PeerGuard,
+    check_guarded,
+    guard_counters,
+    guard_peer_connection,
+)
+from ._udpmux import UdpMux
 
 __all__ = ["WebRtcDriver"]
 
 log = logging.getLogger("sansio_aio.webrtc")
 
 _Key = tuple[TaskRef, str]
+
+#: Seconds between two silence checks (and sweeps of the shared port's STUN ids).
+WATCH_INTERVAL = 0.25
 
 
 class WebRtcDriver(Driver):
@@ -90,6 +117,20 @@ class WebRtcDriver(Driver):
         media_interval: seconds between ``PeerMedia`` reports.
         keyframe_interval: least seconds between two keyframe requests the driver
             sends a publisher on behalf of encoded viewers.
+        udp_port: ``0``: each peer connection binds its own UDP sockets (aiortc's way);
+            else this worker's sessions all share port ``udp_port + worker_id``, bound
+            at start.
+        public_ip: advertised in the candidates instead of the first host address of
+            its family (1:1 NAT, containers).
+        silence_timeout: seconds without a datagram from a connected peer before it is
+            dropped (``PeerFailed`` 410).
+
+    Stats: peers and media counters, ``webrtc_udp_dropped_<reason>`` (``empty``,
+    ``oversize``, ``unverified``, ``malformed_stun``, ``queue_full``, ``unknown``),
+    ``webrtc_udp_accepted``, ``webrtc_silenced`` (peers dropped for silence),
+    ``webrtc_closing`` (closes still running), and with a shared port
+    ``webrtc_udp_sockets``, ``webrtc_udp_mux_sessions``, ``webrtc_udp_tx_dropped``,
+    ``webrtc_udp_tx_errors``, ``webrtc_udp_rx_errors``, ``webrtc_udp_rx_full``.
     """
 
     output_types = (PeerOpen, PeerTrickle, PeerKeyframe, PeerClose)
@@ -107,6 +148,10 @@ class WebRtcDriver(Driver):
     ) -> None:
         if relay not in ("encoded", "decoded"):
             raise ConfigError(f"relay must be 'encoded' or 'decoded', got {relay!r}")
+        if not isinstance(udp_port, int) or not 0 <= udp_port < 65536:
+            raise ConfigError(f"udp_port must be an int in 0..65535, got {udp_port!r}")
+        if not silence_timeout > 0:
+            raise ConfigError(f"silence_timeout must be > 0, got {silence_timeout!r}")
         self._relay_mode = relay
         self._udp_port = udp_port
         self._public_ip = public_ip
@@ -121,6 +166,8 @@ class WebRtcDriver(Driver):
         self._peers: dict[_Key, Peer] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._mux: UdpMux | None = None
         self._counters = {
             "webrtc_opened": 0,
             "webrtc_open_failed": 0,
@@ -133,14 +180,25 @@ class WebRtcDriver(Driver):
             "webrtc_reencode_video": 0,
             "webrtc_reencode_audio": 0,
             "webrtc_thread_cpu_ms": 0,
+            "webrtc_silenced": 0,
+            **guard_counters(),
         }
 
     # ------------------------------------------------------------------ Driver
 
     def start(self, ctx: DriverContext) -> None:
-        """Remember the worker's context and start the media report timer."""
+        """Bind the shared UDP port (if any), start the media and silence timers.
+
+        Raises:
+            ConfigError: the shared UDP port cannot be bound (the message names it).
+        """
         self._ctx = ctx
+        if self._udp_port:
+            mux = UdpMux(self._udp_port + ctx.worker_id, self._counters)
+            mux.start(ctx)
+            self._mux = mux
         self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+        self._watch = ctx.loop.call_later(WATCH_INTERVAL, ctx.timed(self._watchdog))
 
     def handle(self, task: TaskRef, output: Any) -> None:
         """Start the coroutine that performs ``output`` for ``task``."""
@@ -172,18 +230,19 @@ class WebRtcDriver(Driver):
 
     def close(self) -> None:
         """The worker stops: close what is left and finish closes still running."""
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._watch):
+            if timer is not None:
+                timer.cancel()
         for key in list(self._peers):
             self._close_peer(key)
         ctx = self._ctx
-        if ctx is None or not self._closing:
-            return
-        loop = ctx.loop
-        if loop.is_running() or loop.is_closed():
-            return
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(asyncio.wait(set(self._closing), timeout=5.0))
+        if ctx is not None and self._closing:
+            loop = ctx.loop
+            if not (loop.is_running() or loop.is_closed()):
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(asyncio.wait(set(self._closing), timeout=5.0))
+        if self._mux is not None:
+            self._mux.close()
 
     def stats(self) -> Mapping[str, int]:
         """Peer counts and counters, merged into the worker's stats."""
@@ -193,6 +252,9 @@ class WebRtcDriver(Driver):
         out["webrtc_frames_in"] = sum(
             p.video_frames for p in self._peers.values() if p.role == "whip"
         )
+        out["webrtc_closing"] = len(self._closing)
+        if self._mux is not None:
+            out.update(self._mux.stats())
         return out
 
     # ------------------------------------------------------------------ commands
@@ -243,10 +305,16 @@ class WebRtcDriver(Driver):
                 return
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice)))
         peer.pc = pc
+        guard = PeerGuard(self._counters, mux=self._mux, public_ip=self._public_ip)
+        peer.guard = guard
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
             if self._peers.get(key) is peer:
+                peer.state = pc.connectionState
+                peer.quiet = False
+                if peer.state == "connected":
+                    guard.heard_at = time.monotonic()  # DTLS just completed: heard
                 self._deliver(task, PeerState(cmd.session, pc.connectionState))
 
         if cmd.role == "whip":
@@ -276,10 +344,16 @@ class WebRtcDriver(Driver):
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             if source is not None and source.relay is not None:
                 self._add_viewer_tracks(peer, pc, source, forward)
+            guard_peer_connection(pc, guard)  # before setLocalDescription gathers
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
+            check_guarded(pc)
             if cmd.role == "whip":
                 peer.codecs = negotiated_codecs(pc.localDescription.sdp)
+        except IceInternalsError as exc:
+            log.error("session %s not opened: %s", cmd.session, exc)
+            self._fail(key, 500, f"internal error: {exc}")
+            return
         except Exception as exc:
             self._fail(key, 422, f"cannot answer this offer: {exc}")
             return
@@ -402,7 +476,9 @@ class WebRtcDriver(Driver):
         if peer is None or self._ctx is None:
             return
         self._counters["webrtc_closed"] += 1
-        peer.relay = None
+        relay, peer.relay = peer.relay, None
+        if relay is not None:
+            stop_relay(relay)
         current = asyncio.current_task() if self._ctx.loop.is_running() else None
         for job in list(peer.jobs):
             if job is not current:
@@ -432,6 +508,33 @@ class WebRtcDriver(Driver):
                 peer.reported = frames
                 ctx.deliver(task, PeerMedia(session, frames))
         self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+
+    def _watchdog(self) -> None:
+        """Report silent peers, drop those silent for ``silence_timeout``; sweep the mux."""
+        ctx = self._ctx
+        assert ctx is not None
+        now = time.monotonic()  # the guard's clock
+        timeout = self._silence_timeout
+        quiet_after = min(timeout / 2, 3.0)
+        for key, peer in list(self._peers.items()):
+            guard = peer.guard
+            if guard is None or peer.state != "connected":
+                continue
+            silent = now - guard.heard_at
+            if silent >= timeout:
+                self._counters["webrtc_silenced"] += 1
+                self._close_peer(key)
+                reason = f"no packets from the peer for {timeout:g} s (ICE consent lost)"
+                self._deliver(key[0], PeerFailed(key[1], 410, reason))
+            elif silent >= quiet_after and not peer.quiet:
+                peer.quiet = True
+                self._deliver(key[0], PeerState(key[1], "disconnected"))
+            elif silent < quiet_after and peer.quiet:
+                peer.quiet = False
+                self._deliver(key[0], PeerState(key[1], "connected"))
+        if self._mux is not None:
+            self._mux.sweep()
+        self._watch = ctx.loop.call_later(WATCH_INTERVAL, ctx.timed(self._watchdog))
 
     def _deliver(self, task: TaskRef, event: Any) -> None:
         if self._ctx is not None:

@@ -1,6 +1,7 @@
 """Media helpers of the driver: per-session state, a frame-counting track, codec matching.
 
-No asyncio loop is touched here; the track's ``recv`` runs on the caller's loop.
+No loop is created here; the track's ``recv`` and :func:`stop_relay` run on the
+caller's loop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import SessionDescription
 
 from ._passthrough import EncodedSource, EncodedTrack
+from ._udpguard import PeerGuard
 
 log = logging.getLogger("sansio_aio.webrtc")
 
@@ -26,6 +28,7 @@ __all__ = [
     "offers_codec",
     "only_codec",
     "quietly",
+    "stop_relay",
 ]
 
 
@@ -100,12 +103,15 @@ class Peer:
         "codecs",
         "counters",
         "encoded",
+        "guard",
         "jobs",
         "last_keyframe",
         "pc",
+        "quiet",
         "relay",
         "reported",
         "role",
+        "state",
         "tracks",
         "video_frames",
     )
@@ -122,6 +128,9 @@ class Peer:
         self.counters: list[CountingTrack | EncodedTrack] = []  # viewer: its tracks
         self.video_frames = 0  # publisher: video frames received
         self.reported = -1
+        self.guard: PeerGuard | None = None  # its datagram guard (liveness: heard_at)
+        self.state = "new"  # the peer connection's connectionState
+        self.quiet = False  # reported "disconnected" for silence, not yet heard again
 
     def frames(self) -> int:
         """Video frames received (publisher) or handed to the sender (viewer)."""
@@ -136,6 +145,22 @@ async def quietly(coro: Coroutine[Any, Any, Any]) -> None:
         await coro
     except Exception:
         log.debug("a keyframe request failed", exc_info=True)
+
+
+def stop_relay(relay: MediaRelay) -> None:
+    """Cancel the tasks ``relay`` reads its source tracks with.
+
+    A relay task waits on its source track until the track ends; a publisher's track
+    only ends through its receiver's decoder, which never started if the peer never
+    connected. Left pending, the task is garbage-collected with the relay and asyncio
+    logs "Task was destroyed but it is pending!". ``MediaRelay`` keeps the tasks in a
+    private dict (aiortc 1.16: ``__tasks``, track -> task); without it nothing is done.
+    """
+    tasks = getattr(relay, "_MediaRelay__tasks", None)
+    if isinstance(tasks, dict):
+        for task in list(tasks.values()):
+            if isinstance(task, asyncio.Future):
+                task.cancel()
 
 
 async def close_pc(pc: RTCPeerConnection) -> None:

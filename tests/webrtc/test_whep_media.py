@@ -2,25 +2,31 @@
 
 A publisher sends a generated 320x240 video track over WHIP; viewers on their own WHEP
 sessions each decode at least 30 frames; DELETE stops a viewer's media; the publisher
-leaving ends its viewers; two rooms land on different workers. The server runs with two
-workers; every peer (server and clients) lives in the test's own network namespace and
-uses no ICE server.
+leaving ends its viewers; two rooms land on different workers; a publisher's teardown
+leaves no task pending. The server runs with two workers; every peer (server and
+clients) lives in the test's own network namespace and uses no ICE server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import pytest
+from yarl import URL
 
 from sansio_aio import webrtc as client
 from sansio_aio.testing import LoopThread
 from tests.helpers import Variant
-from tests.webrtc.support import ServeFactory
+from tests.webrtc.support import ServeFactory, make_offer
 
 FRAMES = 30
 TIMEOUT = 20.0
+SDP = {"Content-Type": "application/sdp"}
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> bool:
@@ -210,3 +216,35 @@ async def test_audio_and_video_are_forwarded_encoded(
         stats = await s.server.rt.run_on_worker(room.worker, lambda c: c.drivers[0].stats())
         assert stats["webrtc_passthrough_video"] == 1 and stats["webrtc_passthrough_audio"] == 1
         assert stats["webrtc_reencode_audio"] == 0
+
+
+@pytest.mark.slow
+async def test_publisher_teardown_leaves_no_pending_task(
+    serve: ServeFactory, peers: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    async with serve(workers=1) as s, aiohttp.ClientSession() as http:
+        # A publisher whose peer never connects (its offer's peer is already closed):
+        # the relay reads tracks that never get a frame, nor an end.
+        offer = await make_offer(peers, "whip")
+        async with http.post(f"{s.url}/whip/live", data=offer, headers=SDP) as r:
+            assert r.status == 201, await r.text()
+            session = str(r.url.join(URL(r.headers["Location"])))
+        async with http.delete(session) as r:
+            assert r.status == 200
+        rt = s.server.rt
+
+        def collect(core: Any) -> int:
+            """Collect garbage on the worker; return its loop's tasks still alive."""
+            gc.collect()
+            return len(asyncio.all_tasks())
+
+        async def no_task_left() -> bool:
+            left: int = await rt.run_on_worker(0, collect)
+            return left == 0
+
+        # Once the close is done, the peer is garbage: collecting it must destroy no
+        # pending task (asyncio would log "Task was destroyed but it is pending!").
+        assert await until(no_task_left, TIMEOUT)
+    errors = [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
