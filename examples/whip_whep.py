@@ -3,6 +3,7 @@
     python examples/whip_whep.py                    # http://127.0.0.1:8080/
     python examples/whip_whep.py --port 9000 --workers 4 --token secret
     python examples/whip_whep.py --workers 2 --mode process   # rooms on two cores
+    WHIP_TOKENS=op-secret python examples/whip_whep.py --keys-file keys.txt  # ROOM=KEY lines
     WHIP_PORT=9000 WHIP_ICE_SERVERS=stun:stun.example.org:3478 python examples/whip_whep.py
 
 Open the printed URL in a browser on the same machine: ``/publish`` sends the camera
@@ -11,8 +12,11 @@ Open the printed URL in a browser on the same machine: ``/publish`` sends the ca
     python -m sansio_aio.webrtc.client publish http://127.0.0.1:8080/whip/demo
     python -m sansio_aio.webrtc.client view http://127.0.0.1:8080/whep/demo --frames 100
 
-Every flag has a ``WHIP_*`` environment variable (``--help`` lists them). The server
-stops on SIGINT/SIGTERM, or after ``--seconds``, and prints a summary line.
+Every flag has a ``WHIP_*`` environment variable (``--help`` lists them); secrets are
+better given that way (``WHIP_TOKENS``, ``WHIP_KEYS``, ``WHIP_METRICS_TOKEN``) or in a
+``--keys-file`` than as flags, which other users of the machine can read in the process
+list. The server stops on SIGINT/SIGTERM, or after ``--seconds``, and prints a summary
+line.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -54,6 +59,12 @@ async def serve(argv: list[str]) -> int:
             f"  WHIP endpoint: POST {url}/whip/ROOM   WHEP endpoint: POST {url}/whep/ROOM",
             flush=True,
         )
+        if not server.auth.publish_guarded and not _loopback(config.host):
+            print(
+                "  warning: anyone who reaches this address may publish "
+                "(use --key, --keys-file, --token or --auth-webhook)",
+                flush=True,
+            )
         if known.seconds > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), known.seconds)
@@ -67,6 +78,13 @@ async def serve(argv: list[str]) -> int:
         flush=True,
     )
     return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main() -> int:

@@ -15,7 +15,8 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import final
 from urllib.parse import unquote
 
@@ -26,11 +27,27 @@ __all__ = [
     "IceServer",
     "RoomConfig",
     "ServerConfig",
+    "is_room_name",
     "parse_args",
     "parse_ice_server",
     "parse_key",
+    "read_keys_file",
     "resolve_interfaces",
+    "with_keys_file",
 ]
+
+_ROOM_RE = re.compile(r"[A-Za-z0-9_.~-]{1,64}")
+
+
+def is_room_name(name: str) -> bool:
+    """A room name: 1-64 characters of ``[A-Za-z0-9_.~-]``, and not ``.`` or ``..``
+    (which URL normalisation would turn into another path)."""
+    # fullmatch: ``$`` would accept a trailing newline (``/whip/r%0A``)
+    return bool(_ROOM_RE.fullmatch(name)) and name not in (".", "..")
+
+
+def _is_secret(text: str) -> bool:
+    return bool(text) and not any(c.isspace() for c in text)
 
 
 @final
@@ -92,7 +109,7 @@ class RoomConfig:
     allow_mdns: bool = False
     #: Remote ICE candidates a session may have (offer and trickled PATCHes together);
     #: past it the offer is refused (422) and further trickled candidates too.
-    max_candidates: int = 20
+    max_candidates: int = 40
 
 
 @final
@@ -119,20 +136,23 @@ class ServerConfig:
     allow_mdns: bool = False
     #: Bearer tokens of the operator: they authorize everything (publish and view any
     #: room, PATCH/DELETE any session, stats, metrics); empty: no authentication.
-    tokens: tuple[str, ...] = ()
-    #: Stream keys, ``(room, key)``: ``key`` may publish (WHIP) to ``room`` only.
-    keys: tuple[tuple[str, str], ...] = ()
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    #: Stream keys, ``(room, key)``: ``key`` may publish (WHIP) to ``room`` only; a key
+    #: never authorizes viewing.
+    keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: A file of ``ROOM=KEY`` lines (``#`` comments), read at start; adds to ``keys``.
     keys_file: str | None = None
     #: URL the server POSTs ``{"action", "room", "key", "remote"}`` to, to authorize a
     #: WHIP/WHEP request; a 2xx answer (optionally ``{"room": NAME}``) allows it.
-    auth_webhook: str | None = None
+    auth_webhook: str | None = field(default=None, repr=False)
     #: Seconds the server waits for the webhook's answer (then: 503).
     webhook_timeout: float = 2.0
     #: Token for ``/stats`` and ``/metrics`` only (the operator tokens also work).
-    metrics_token: str | None = None
-    #: The bearer token names the room (the seed's example): ``POST /whip/x`` with
-    #: ``Authorization: Bearer live1`` publishes to room ``live1``.
+    metrics_token: str | None = field(default=None, repr=False)
+    #: Deprecated (use ``keys``): the bearer token names the room. The room's name is
+    #: derived from the token (``k-`` and 16 hex digits of an HMAC with a per-server
+    #: secret), so the token never shows in stats, metrics or logs; viewers that POST
+    #: ``/whep`` with the same token reach the same room.
     token_is_room: bool = False
     #: UDP port of worker 0's sessions; worker ``i`` uses ``udp_port + i`` for all its
     #: sessions (demultiplexed by ICE ufrag, then remote address). 0: a port per session.
@@ -155,7 +175,7 @@ class ServerConfig:
     #: Requests a client may send at once before the rate applies.
     rate_burst: int = 20
     #: Remote ICE candidates per session (offer + trickle); see :class:`RoomConfig`.
-    max_candidates: int = 20
+    max_candidates: int = 40
     #: Seconds a connection may take to send a request's headers (also the idle
     #: keep-alive limit between requests); past it the connection is closed.
     header_timeout: float = 10.0
@@ -220,9 +240,25 @@ class ServerConfig:
         for name in ("header_timeout", "body_timeout", "webhook_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
+        for token in self.tokens:
+            if not _is_secret(token):
+                raise ConfigError("tokens must be non-empty and contain no white space")
+        if self.metrics_token is not None and not _is_secret(self.metrics_token):
+            raise ConfigError("metrics_token must be non-empty and contain no white space")
+        rooms_of: dict[str, str] = {}
         for room, key in self.keys:
-            if not room or not key:
-                raise ConfigError("stream keys are ROOM=KEY with both parts non-empty")
+            if not is_room_name(room) or not _is_secret(key):
+                raise ConfigError(
+                    "stream keys are ROOM=KEY: ROOM 1-64 characters of [A-Za-z0-9_.~-] "
+                    "(not . or ..), KEY non-empty without white space"
+                )
+            if rooms_of.setdefault(key, room) != room:
+                raise ConfigError("a stream key may publish to one room only")
+            if key in self.tokens or key == self.metrics_token:
+                raise ConfigError("a stream key must differ from every token")
+        webhook = self.auth_webhook
+        if webhook is not None and not re.match(r"^https?://[^/\s]+", webhook):
+            raise ConfigError("auth_webhook must be an http:// or https:// URL")
 
     def room(self, name: str) -> RoomConfig:
         """The :class:`RoomConfig` of room ``name``."""
@@ -278,8 +314,39 @@ def parse_key(text: str) -> tuple[str, str]:
     """Parse one ``ROOM=KEY`` stream key."""
     room, sep, key = text.strip().partition("=")
     if not sep or not room.strip() or not key.strip():
-        raise ConfigError(f"bad stream key {text!r}: use ROOM=KEY")
+        # never echo the text: it may be a key with a typo
+        raise ConfigError("bad stream key: use ROOM=KEY")
     return room.strip(), key.strip()
+
+
+def read_keys_file(path: str) -> tuple[tuple[str, str], ...]:
+    """Read ``ROOM=KEY`` lines (blank lines and ``#`` comments skipped) from ``path``.
+
+    Raises :class:`ConfigError` naming the file (and the line, never the key) when the
+    file cannot be read or a line is malformed.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the keys file {path!r}: {exc}") from None
+    keys: list[tuple[str, str]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            keys.append(parse_key(line))
+        except ConfigError:
+            raise ConfigError(f"{path}:{number}: not a ROOM=KEY line") from None
+    return tuple(keys)
+
+
+def with_keys_file(config: ServerConfig) -> ServerConfig:
+    """``config`` with the keys of its ``keys_file`` added to ``keys`` (and the file
+    forgotten, so it is read once); validated again (a bad key is a ConfigError)."""
+    if config.keys_file is None:
+        return config
+    return replace(config, keys=config.keys + read_keys_file(config.keys_file), keys_file=None)
 
 
 def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -334,7 +401,12 @@ def parse_args(
         "(repeatable; default: every address)",
     )
     p.add_argument("--allow-mdns", action="store_true", default=_env(env, "allow_mdns") == "1")
-    p.add_argument("--token", action="append", default=None, help="accepted bearer token")
+    p.add_argument(
+        "--token",
+        action="append",
+        default=None,
+        help="operator bearer token: publish, view, PATCH/DELETE, stats (repeatable)",
+    )
     p.add_argument(
         "--key",
         action="append",
@@ -342,7 +414,11 @@ def parse_args(
         metavar="ROOM=KEY",
         help="stream key KEY may publish to ROOM (repeatable)",
     )
-    p.add_argument("--keys-file", default=_env(env, "keys_file"), help="ROOM=KEY lines")
+    p.add_argument(
+        "--keys-file",
+        default=_env(env, "keys_file"),
+        help="file of ROOM=KEY stream keys, one a line (# comments), read at start",
+    )
     p.add_argument(
         "--auth-webhook",
         default=_env(env, "auth_webhook"),
@@ -368,36 +444,56 @@ def parse_args(
         "--token-is-room",
         action="store_true",
         default=_env(env, "token_is_room") == "1",
-        help="the bearer token names the room",
+        help="deprecated, use --key: the bearer token names the room (its name is derived "
+        "from the token, which never shows in stats or logs)",
     )
-    for flag, attr in (
-        ("--max-sessions", "max_sessions"),
-        ("--max-sessions-per-room", "max_sessions_per_room"),
-        ("--max-body", "max_body"),
-        ("--retry-after", "retry_after"),
-        ("--no-publisher-status", "no_publisher_status"),
-        ("--max-candidates", "max_candidates"),
-        ("--max-connections", "max_connections"),
-        ("--max-connections-per-ip", "max_connections_per_ip"),
+    for flag, attr, what in (
+        ("--max-sessions", "max_sessions", "sessions in all (then 503)"),
+        ("--max-sessions-per-room", "max_sessions_per_room", "sessions per room (then 503)"),
+        ("--max-body", "max_body", "largest request body, bytes (then 413)"),
+        ("--retry-after", "retry_after", "seconds sent in Retry-After"),
+        ("--no-publisher-status", "no_publisher_status", "409 or 404: WHEP without publisher"),
+        ("--max-candidates", "max_candidates", "remote ICE candidates per session (then 422)"),
+        ("--max-connections", "max_connections", "open HTTP connections (then refused)"),
+        ("--max-connections-per-ip", "max_connections_per_ip", "open HTTP connections per IP"),
     ):
-        p.add_argument(flag, type=int, default=int(_env(env, attr) or getattr(d, attr)))
-    for flag, attr in (
-        ("--connect-timeout", "connect_timeout"),
-        ("--disconnected-timeout", "disconnected_timeout"),
-        ("--room-idle-timeout", "room_idle_timeout"),
-        ("--request-timeout", "request_timeout"),
-        ("--header-timeout", "header_timeout"),
-        ("--body-timeout", "body_timeout"),
-        ("--webhook-timeout", "webhook_timeout"),
+        default = getattr(d, attr)
+        p.add_argument(
+            flag,
+            type=int,
+            default=int(_env(env, attr) or default),
+            help=f"{what} (default {default})",
+        )
+    for flag, attr, what in (
+        ("--connect-timeout", "connect_timeout", "a session must connect within"),
+        ("--disconnected-timeout", "disconnected_timeout", "a disconnected session ends after"),
+        ("--room-idle-timeout", "room_idle_timeout", "a room without sessions ends after"),
+        ("--request-timeout", "request_timeout", "HTTP waits for a room's reply (then 503)"),
+        ("--header-timeout", "header_timeout", "a connection must send a request's headers"),
+        ("--body-timeout", "body_timeout", "a request must send its body (then 408)"),
+        ("--webhook-timeout", "webhook_timeout", "the auth webhook must answer (then 503)"),
     ):
-        p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
+        default = getattr(d, attr)
+        p.add_argument(
+            flag,
+            type=float,
+            default=float(_env(env, attr) or default),
+            help=f"{what} (seconds, default {default:g})",
+        )
     p.add_argument(
         "--rate-limit",
         type=float,
         default=float(_env(env, "rate_limit") or d.rate_limit),
-        help="POST/PATCH/DELETE per second per client address (0: no limit)",
+        help=f"POST/PATCH/DELETE per second per client address (0: no limit; "
+        f"default {d.rate_limit:g})",
     )
-    p.add_argument("--rate-burst", type=int, default=int(_env(env, "rate_burst") or d.rate_burst))
+    p.add_argument(
+        "--rate-burst",
+        type=int,
+        default=int(_env(env, "rate_burst") or d.rate_burst),
+        help=f"requests a client may send at once before --rate-limit applies "
+        f"(default {d.rate_burst})",
+    )
     p.add_argument("--cors-origin", default=_env(env, "cors_origin", d.cors_origin))
     p.add_argument("--no-pages", action="store_true", default=_env(env, "no_pages") == "1")
     p.add_argument(

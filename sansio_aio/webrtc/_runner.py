@@ -1,15 +1,20 @@
 """Start and stop the whole WHIP/WHEP server: runtime, aiortc driver, HTTP site.
 
 :func:`open_server` is the one entry point (``examples/whip_whep.py`` and the tests use
-it): it builds a :class:`~sansio_aio.Runtime` with the ``"room"`` task kind and one
-:class:`~sansio_aio.webrtc._driver.WebRtcDriver` per worker, puts a
-:class:`~sansio_aio.webrtc._server.WhipServer` on the application's loop, serves it with
-aiohttp's ``AppRunner`` (``handle_signals=False``: it may run off the main thread), and
-tears everything down in reverse order.
+it): it reads the stream keys file (before anything starts: a bad file is a
+:class:`~sansio_aio.ConfigError`), builds a :class:`~sansio_aio.Runtime` with the
+``"room"`` task kind and one :class:`~sansio_aio.webrtc._driver.WebRtcDriver` per
+worker, puts a :class:`~sansio_aio.webrtc._server.WhipServer` on the application's
+loop, and serves it with aiohttp's ``AppRunner`` (``handle_signals=False``: it may run
+off the main thread) behind a :class:`~sansio_aio.webrtc._httpguard.ConnectionGuard`:
+the listening sockets are made here with ``loop.create_server`` (not aiohttp's sites), so
+every connection passes the guard's caps and timer. Teardown runs in reverse order:
+stop listening, aiohttp's graceful shutdown, abort what is left, stop the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import socket
@@ -20,8 +25,9 @@ from typing import Any
 from aiohttp import web
 
 from .._runtime import Runtime
-from ._config import ServerConfig, resolve_interfaces
+from ._config import ServerConfig, resolve_interfaces, with_keys_file
 from ._driver import WebRtcDriver
+from ._httpguard import ConnectionGuard, close_servers, handler_args, listen, server_urls
 from ._room import Room
 from ._server import WhipServer
 
@@ -44,6 +50,7 @@ async def open_server(
             inside a private network namespace).
         backend: overrides ``config.backend`` (a backend name or a loop factory).
     """
+    config = with_keys_file(config)
     config = replace(config, ice_networks=resolve_interfaces(config.ice_networks))
     # a partial of the class, not a closure: it crosses to worker processes
     driver = functools.partial(
@@ -66,25 +73,35 @@ async def open_server(
     async with rt:
         server = WhipServer(rt, config)
         server.start()
-        runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
+
+        def aiohttp_protocol() -> asyncio.Protocol:
+            handler = runner.server  # set by runner.setup(), before any connection
+            assert handler is not None
+            return handler()
+
+        guard = ConnectionGuard(
+            aiohttp_protocol,
+            max_connections=config.max_connections,
+            max_per_ip=config.max_connections_per_ip,
+            header_timeout=config.header_timeout,
+            counters=server.counters,
+        )
+        server.guard = guard
+        app = server.app(middlewares=[guard.middleware])
+        runner = web.AppRunner(app, handle_signals=False, **handler_args(config.header_timeout))
         await runner.setup()
+        servers: list[asyncio.Server] = []
         try:
-            sites: list[web.BaseSite] = [web.TCPSite(runner, config.host, config.port)]
-            sites += [web.SockSite(runner, sock) for sock in socks]
-            for site in sites:
-                await site.start()
-            server.urls = _site_urls(runner, config)
+            servers = await listen(guard, config.host, config.port, socks)
+            server.urls = server_urls(servers, config.prefix) or [
+                f"http://{config.host}:{config.port}{config.prefix}"
+            ]
             server.url = server.urls[0]
             yield server
         finally:
-            await runner.cleanup()
+            for listening in servers:
+                listening.close()  # accept nothing more
+            await runner.cleanup()  # aiohttp's graceful shutdown of its connections
+            guard.abort_all()  # and whatever is left (a client not reading)
+            await close_servers(servers)
             await server.close()
-
-
-def _site_urls(runner: web.AppRunner, config: ServerConfig) -> list[str]:
-    urls = []
-    for addr in runner.addresses:
-        if isinstance(addr, tuple):
-            host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-            urls.append(f"http://{host}:{addr[1]}{config.prefix}")
-    return urls or [f"http://{config.host}:{config.port}{config.prefix}"]

@@ -57,7 +57,7 @@ MAX_LINE_CHARS = 4096
 #: m-section, candidates and ``a=end-of-candidates``).
 MAX_FRAGMENT_LINES = 200
 #: Default cap on remote ICE candidates (``RoomConfig.max_candidates``).
-DEFAULT_MAX_CANDIDATES = 20
+DEFAULT_MAX_CANDIDATES = 40
 
 _CAND_TYPES = ("host", "srflx", "prflx", "relay")
 _TRANSPORTS = ("udp", "tcp")

@@ -10,6 +10,16 @@ content types, body limits, bearer tokens, CORS, the total session limit, and th
 by the room task, reached with ``await rt.request(ref, msg)``; its reply value
 (``Created``, ``Done``, ``Refused``, ``RoomSnapshot``) becomes the HTTP response.
 
+Each request is checked in a fixed order, cheapest and least revealing first: rate
+limit (429), authorization (:class:`~sansio_aio.webrtc._auth.Authority`, maybe the auth
+webhook: 401/403/503), room name (400), content type (415), body (413, 408 after
+``body_timeout``), then for WHEP a room that does not exist is answered
+``no_publisher_status`` at once, and the offer is checked with
+:func:`~sansio_aio.webrtc._sdp.check_offer` (400/422); only then is a room spawned or
+asked. So refused requests never spawn rooms. A session remembers the digest of the
+credential that created it; PATCH and DELETE must carry it (or an operator token).
+``/stats`` shows real session ids to operators only, labels to everyone else.
+
 Rooms are spawned on first use (the runtime places them on the least-loaded worker) and
 end by themselves when idle. The server reads the runtime's event stream: a room's
 ``SessionEnded`` output forgets a session, a ``TaskEnded`` forgets a room. A request that
@@ -22,14 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .._errors import (
     RequestTimeout,
@@ -40,7 +50,9 @@ from .._errors import (
 )
 from .._events import TaskEnded, TaskFailed, TaskOutput, TaskRef
 from .._runtime import Runtime
-from ._config import ServerConfig
+from ._auth import AskWebhook, Authority, Deny, Webhook, session_label
+from ._config import ServerConfig, is_room_name, with_keys_file
+from ._errors import SdpError
 from ._events import (
     CloseSession,
     Created,
@@ -53,13 +65,14 @@ from ._events import (
     RoomSnapshot,
     SessionEnded,
 )
+from ._httpguard import ConnectionGuard
 from ._ratelimit import TokenBuckets
+from ._sdp import check_offer
 
 __all__ = ["WhipServer"]
 
 log = logging.getLogger("sansio_aio.webrtc")
 
-_ROOM_RE = re.compile(r"^[A-Za-z0-9_.~-]{1,64}$")
 _EXPOSE = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After"
 _ENDPOINT_METHODS = "POST, OPTIONS"
 _SESSION_METHODS = "PATCH, DELETE, OPTIONS"
@@ -67,6 +80,19 @@ _FRAG_TYPE = "application/trickle-ice-sdpfrag"
 _PAGES = {"": "index.html", "publish": "publish.html", "view": "view.html", "whip.js": "whip.js"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_ENDED_KEPT = 4096
+_ROOM_RULE = "room names are 1-64 characters of [A-Za-z0-9_.~-], not . or .."
+
+
+class _Entry(NamedTuple):
+    """What the server knows of one session."""
+
+    room: str
+    ref: TaskRef
+    role: Role
+    #: Digest of the credential that created it (``None``: its URL is the capability).
+    owner: bytes | None
 
 
 class WhipServer:
@@ -77,11 +103,15 @@ class WhipServer:
     """
 
     def __init__(self, rt: Runtime, config: ServerConfig) -> None:
+        config = with_keys_file(config)  # open_server already did: then a no-op
         self.rt = rt
         self.config = config
         self.rooms: dict[str, TaskRef] = {}
-        self.sessions: dict[str, tuple[str, TaskRef, Role]] = {}
+        self.sessions: dict[str, _Entry] = {}
         self._spawning: dict[str, asyncio.Future[TaskRef]] = {}
+        #: Recently ended sessions and their owners (oldest first, bounded): their owner
+        #: gets 404, not 401, for a late PATCH/DELETE.
+        self._ended: dict[str, bytes | None] = {}
         self._opening = 0
         self._events_task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
@@ -92,21 +122,49 @@ class WhipServer:
         self.url = ""
         #: Every base URL it listens on (the configured address first).
         self.urls: list[str] = []
-        self.counters = {"created": 0, "refused": 0, "deleted": 0, "ended": 0}
+        #: Counted events (each is ``whip_<name>_total`` in ``/metrics``).
+        self.counters = {
+            "created": 0,
+            "refused": 0,
+            "deleted": 0,
+            "ended": 0,
+            "unauthorized": 0,
+            "http_refused": 0,
+            "http_header_timeouts": 0,
+            "http_body_timeouts": 0,
+            "webhook_errors": 0,
+        }
+        #: Who may do what (tokens, stream keys, webhook, derived room names).
+        self.auth = Authority(
+            tokens=config.tokens,
+            keys=config.keys,
+            metrics_token=config.metrics_token,
+            token_is_room=config.token_is_room,
+            webhook=config.auth_webhook is not None,
+        )
+        #: The auth webhook's client (``None`` when not configured).
+        self.webhook = (
+            Webhook(config.auth_webhook, config.webhook_timeout, counters=self.counters)
+            if config.auth_webhook is not None
+            else None
+        )
+        #: The connection guard in front of aiohttp (set by :func:`open_server`).
+        self.guard: ConnectionGuard | None = None
 
     # ------------------------------------------------------------------ app
 
-    def app(self) -> web.Application:
-        """The aiohttp application with every route."""
+    def app(self, middlewares: Iterable[Middleware] = ()) -> web.Application:
+        """The aiohttp application with every route (``middlewares``: e.g. the
+        connection guard's)."""
         cfg = self.config
-        app = web.Application(client_max_size=cfg.max_body)
+        app = web.Application(client_max_size=cfg.max_body, middlewares=list(middlewares))
         p = cfg.prefix
         r = app.router
         r.add_route("*", p + "/whip/{room}", self._endpoint("whip"))
         r.add_route("*", p + "/whep/{room}", self._endpoint("whep"))
-        if cfg.token_is_room:
-            r.add_route("*", p + "/whip", self._endpoint("whip"))
-            r.add_route("*", p + "/whep", self._endpoint("whep"))
+        # no room in the path: a stream key's room, token_is_room's, or the webhook's
+        r.add_route("*", p + "/whip", self._endpoint("whip"))
+        r.add_route("*", p + "/whep", self._endpoint("whep"))
         r.add_route("*", p + "/session/{session}", self._session)
         r.add_get(p + "/stats", self._stats)
         r.add_get(p + "/metrics", self._metrics)
@@ -138,12 +196,14 @@ class WhipServer:
         return True
 
     async def close(self) -> None:
-        """Stop reading events."""
+        """Stop reading events; close the webhook's client."""
         task, self._events_task = self._events_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.webhook is not None:
+            await self.webhook.close()
 
     # ------------------------------------------------------------------ handlers
 
@@ -162,27 +222,38 @@ class WhipServer:
         limited = self._rate_limited(request)
         if limited is not None:
             return limited
-        token = _bearer(request)
-        if cfg.tokens and token not in cfg.tokens:
-            return self._error(401, "a valid bearer token is required", **_AUTH)
-        room = request.match_info.get("room")
-        if cfg.token_is_room and token:
-            room = token
-        if room is None or not _ROOM_RE.match(room):
-            return self._error(400, "room names are 1-64 characters of [A-Za-z0-9_.~-]")
+        bearer = _bearer(request)
+        decision = self.auth.decide(role, bearer, request.match_info.get("room"))
+        if isinstance(decision, AskWebhook):
+            assert self.webhook is not None  # the Authority asks only when there is one
+            answer = await self.webhook.ask(
+                decision.action, decision.room, decision.key, request.remote
+            )
+            if answer.status >= 500:
+                retry = {"Retry-After": str(cfg.retry_after)} if answer.status == 503 else {}
+                return self._error(answer.status, answer.reason, **retry)
+            decision = self.auth.after_webhook(decision, answer.status == 200, answer.room)
+        if isinstance(decision, Deny):
+            return self._denied(decision.status, decision.reason, bearer)
+        room = decision.room
+        if room is None:
+            return self._error(400, f"name the room: POST {cfg.prefix}/{role}/ROOM")
+        if not is_room_name(room):
+            return self._error(400, _ROOM_RULE)
         if request.content_type != "application/sdp":
             return self._error(415, "the offer must be sent as application/sdp")
-        too_big = self._check_length(request)
-        if too_big is not None:
-            return too_big
-        try:
-            offer = await request.text()
-        except web.HTTPRequestEntityTooLarge:
-            return self._error(413, f"the offer is larger than {cfg.max_body} bytes")
-        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
-            return self._error(400, "the offer is not valid UTF-8 (or charset=) text")
+        offer = await self._read_text(request, "offer")
+        if not isinstance(offer, str):
+            return offer
         if not offer.strip():
             return self._error(400, "empty offer")
+        if role == "whep" and room not in self.rooms:
+            # no room, so no publisher: answer without spawning one
+            return self._reply(self._no_publisher(room))
+        try:
+            check_offer(offer, role, max_candidates=cfg.max_candidates)
+        except SdpError as exc:  # before any room is spawned or asked
+            return self._reply(Refused(exc.status, exc.reason))
         if len(self.sessions) + self._opening >= cfg.max_sessions:
             self.counters["refused"] += 1
             return self._error(503, "the server is full", **{"Retry-After": str(cfg.retry_after)})
@@ -190,11 +261,12 @@ class WhipServer:
         etag = f'"{secrets.token_hex(8)}"'
         self._opening += 1
         try:
-            ref, reply = await self._ask_room(room, OpenSession(session, role, offer, etag))
+            msg = OpenSession(session, role, offer, etag)
+            ref, reply = await self._ask_room(room, msg, spawn=role == "whip")
         finally:
             self._opening -= 1
         if isinstance(reply, Created):
-            self.sessions[session] = (room, ref, role)
+            self.sessions[session] = _Entry(room, ref, role, decision.owner)
             self.counters["created"] += 1
             headers = {
                 "Location": f"{cfg.prefix}/session/{session}",
@@ -218,42 +290,52 @@ class WhipServer:
         limited = self._rate_limited(request)
         if limited is not None:
             return limited
+        bearer = _bearer(request)
         entry = self.sessions.get(sid)
-        if entry is None:
+        if entry is not None:
+            denied = self.auth.session_access(bearer, "live", entry.owner)
+        elif sid in self._ended:
+            denied = self.auth.session_access(bearer, "ended", self._ended[sid])
+        else:
+            denied = self.auth.session_access(bearer, "unknown", None)
+        if denied == 401:
+            return self._denied(401, "this session needs the token it was created with", bearer)
+        if denied is not None or entry is None:
             return self._error(404, "no such session")
-        ref = entry[1]
+        ref = entry.ref
         if request.method == "DELETE":
             reply = await self._ask(ref, CloseSession(sid))
             if isinstance(reply, Done) or (isinstance(reply, Refused) and reply.status == 404):
-                self.sessions.pop(sid, None)
+                self._forget_session(sid)
                 self.counters["deleted"] += 1
             return self._reply(reply)
         if request.content_type != _FRAG_TYPE:
             return self._error(415, f"PATCH bodies must be {_FRAG_TYPE}")
-        too_big = self._check_length(request)
-        if too_big is not None:
-            return too_big
-        try:
-            body = await request.text()
-        except web.HTTPRequestEntityTooLarge:
-            return self._error(413, f"the body is larger than {self.config.max_body} bytes")
-        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
-            return self._error(400, "the body is not valid UTF-8 (or charset=) text")
+        body = await self._read_text(request, "body")
+        if not isinstance(body, str):
+            return body
         reply = await self._ask(ref, PatchSession(sid, body, request.headers.get("If-Match")))
         if isinstance(reply, Refused) and reply.status == 404:
-            self.sessions.pop(sid, None)
+            self._forget_session(sid)
         return self._reply(reply)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
-        return self._cors(web.json_response(await self.snapshot()))
+        snap = await self._visible_snapshot(request)
+        if not isinstance(snap, dict):
+            return snap
+        return self._cors(web.json_response(snap))
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        snap = await self.snapshot()
+        snap = await self._visible_snapshot(request)
+        if not isinstance(snap, dict):
+            return snap
         lines = [
             "# TYPE whip_sessions gauge",
             f"whip_sessions {snap['sessions']}",
             "# TYPE whip_rooms gauge",
             f"whip_rooms {len(snap['rooms'])}",
+            "# TYPE whip_http_connections gauge",
+            f"whip_http_connections {self.guard.open if self.guard is not None else 0}",
         ]
         for name, value in self.counters.items():
             lines += [f"# TYPE whip_{name}_total counter", f"whip_{name}_total {value}"]
@@ -267,6 +349,22 @@ class WhipServer:
         for name, room in sorted(snap["rooms"].items()):
             lines.append(f'whip_room_sessions{{room="{name}"}} {len(room["sessions"])}')
         return self._cors(web.Response(text="\n".join(lines) + "\n", content_type="text/plain"))
+
+    async def _visible_snapshot(self, request: web.Request) -> dict[str, Any] | web.StreamResponse:
+        """The snapshot as the caller may see it, or the 401 (or 429) answer."""
+        bearer = _bearer(request)
+        access = self.auth.stats_access(bearer)
+        if access == "denied":
+            limited = self._rate_limited(request)  # failed attempts use up the budget
+            if limited is not None:
+                return limited
+            return self._denied(401, "stats need an operator or metrics token", bearer)
+        snap = await self.snapshot()
+        if access != "operator":  # session ids are capabilities: labels only
+            for room in snap["rooms"].values():
+                for info in room["sessions"]:
+                    info["session"] = session_label(info["session"])
+        return snap
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
         name = request.path[len(self.config.prefix) + 1 :]
@@ -319,8 +417,16 @@ class WhipServer:
         fut.set_result(ref)
         return ref
 
-    async def _ask_room(self, room: str, msg: Any) -> tuple[TaskRef, Any]:
-        """Send ``msg`` to ``room`` (spawning it if needed); retry once if it just ended."""
+    def _no_publisher(self, room: str) -> Refused:
+        status = self.config.no_publisher_status
+        retry = self.config.retry_after if status == 409 else None
+        return Refused(status, f"room {room!r} has no publisher", retry)
+
+    async def _ask_room(self, room: str, msg: Any, *, spawn: bool = True) -> tuple[TaskRef, Any]:
+        """Send ``msg`` to ``room`` (spawning it if needed and ``spawn``); retry once if it
+        just ended. Without ``spawn`` (a viewer) a room that is gone means no publisher."""
+        if not spawn and room not in self.rooms:
+            return TaskRef(-1, "room", -1), self._no_publisher(room)
         try:
             ref = await self._room_ref(room)
         except SansioAioError as exc:
@@ -334,6 +440,8 @@ class WhipServer:
                 self._forget_room(ref)
                 if attempt == 2:
                     return ref, Refused(503, f"room unavailable: {exc}", self.config.retry_after)
+                if not spawn and room not in self.rooms:
+                    return ref, self._no_publisher(room)
                 try:
                     ref = await self._room_ref(room)
                 except SansioAioError as err:
@@ -356,13 +464,23 @@ class WhipServer:
         except RuntimeClosed:
             return Refused(503, "the server is shutting down", self.config.retry_after)
 
+    def _forget_session(self, sid: str) -> bool:
+        """Forget a live session (remembering its owner a while, see ``_ended``)."""
+        entry = self.sessions.pop(sid, None)
+        if entry is None:
+            return False
+        self._ended[sid] = entry.owner
+        while len(self._ended) > _ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
+        return True
+
     def _forget_room(self, ref: TaskRef) -> None:
         for name, known in list(self.rooms.items()):
             if known == ref:
                 del self.rooms[name]
-        for sid, (_, known, _) in list(self.sessions.items()):
-            if known == ref:
-                del self.sessions[sid]
+        for sid, entry in list(self.sessions.items()):
+            if entry.ref == ref:
+                self._forget_session(sid)
 
     async def _read_events(self) -> None:
         while True:
@@ -374,7 +492,7 @@ class WhipServer:
                 return
             for event in batch:
                 if isinstance(event, TaskOutput) and isinstance(event.msg, SessionEnded):
-                    if self.sessions.pop(event.msg.session, None) is not None:
+                    if self._forget_session(event.msg.session):
                         self.counters["ended"] += 1
                 elif isinstance(event, TaskEnded | TaskFailed):
                     if isinstance(event, TaskFailed):
@@ -394,11 +512,37 @@ class WhipServer:
         self.counters["refused"] += 1
         return self._error(429, "too many requests", **{"Retry-After": str(wait)})
 
-    def _check_length(self, request: web.Request) -> web.StreamResponse | None:
+    async def _read_text(self, request: web.Request, what: str) -> str | web.StreamResponse:
+        """The request's body as text, or the error answer (413, 408, 400)."""
+        cfg = self.config
         length = request.content_length
-        if length is not None and length > self.config.max_body:
-            return self._error(413, f"the body is larger than {self.config.max_body} bytes")
-        return None
+        if length is not None and length > cfg.max_body:
+            return self._error(413, f"the {what} is larger than {cfg.max_body} bytes")
+        try:
+            return await asyncio.wait_for(request.text(), cfg.body_timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(413, f"the {what} is larger than {cfg.max_body} bytes")
+        except (UnicodeDecodeError, LookupError):  # LookupError: an unknown charset=
+            return self._error(400, f"the {what} is not valid UTF-8 (or charset=) text")
+        except TimeoutError:
+            self.counters["http_body_timeouts"] += 1
+            resp = self._error(408, f"the {what} did not arrive within {cfg.body_timeout:g} s")
+            resp.force_close()
+            # Send it now and close: aiohttp would otherwise linger, reading the rest.
+            with contextlib.suppress(ConnectionError):
+                await resp.prepare(request)
+                await resp.write_eof()
+            request.protocol.force_close()
+            return resp
+
+    def _denied(self, status: int, reason: str, bearer: str | None) -> web.StreamResponse:
+        self.counters["unauthorized"] += 1
+        if status != 401:
+            return self._error(status, reason)
+        challenge = 'Bearer realm="whip"'
+        if bearer is not None:
+            challenge += ', error="invalid_token"'
+        return self._error(401, reason, **{"WWW-Authenticate": challenge})
 
     def _reply(self, reply: Any) -> web.StreamResponse:
         if isinstance(reply, Done):
@@ -426,9 +570,6 @@ class WhipServer:
         resp.headers["Access-Control-Allow-Origin"] = self.config.cors_origin
         resp.headers["Access-Control-Expose-Headers"] = _EXPOSE
         return resp
-
-
-_AUTH = {"WWW-Authenticate": 'Bearer realm="whip"'}
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -38,7 +38,11 @@ def peers(netns: PrivateNetwork) -> Any:
 @pytest.fixture
 def serve(netns: PrivateNetwork) -> ServeFactory:
     """``async with serve(workers=2, backend="uvloop", mode="thread", **config) as s``: a
-    live server (``mode="process"``: its workers are processes, inside the namespace too)."""
+    live server (``mode="process"``: its workers are processes, inside the namespace too).
+
+    The config's defaults hold, the rate limit (10/s, burst 20) and the connection caps
+    included: a test that bursts requests from one address on purpose says so
+    (``rate_limit=0``, ``max_connections_per_ip=...``)."""
     from sansio_aio.webrtc import open_server
 
     @contextlib.asynccontextmanager
@@ -56,8 +60,11 @@ def serve(netns: PrivateNetwork) -> ServeFactory:
         sock: socket.socket = netns.listen("127.0.0.1", 0)
         inner = f"http://127.0.0.1:{sock.getsockname()[1]}{config.prefix}"
         factory = netns.loop_factory(backend)  # by name: it crosses to worker processes
-        async with open_server(config, socks=[sock], backend=factory) as server:
-            yield Served(server, inner)
+        try:
+            async with open_server(config, socks=[sock], backend=factory) as server:
+                yield Served(server, inner)
+        finally:
+            sock.close()  # the server closed it already, unless it failed to start
         # Worker threads, aiortc's decoder threads, sockets: all gone with the server.
         assert await await_no_leaks(before, 5.0) == []
 

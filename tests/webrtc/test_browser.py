@@ -1,7 +1,10 @@
 """A real browser: headless Chromium publishes with a fake camera, another page views.
 
 Both pages are the server's own (``/publish`` and ``/view``), using the WHIP and WHEP
-endpoints. Chromium, the server's workers and the HTTP socket all live in the test's
+endpoints, with authentication on: the publisher uses a stream key and the viewer an
+operator token, each given to its page in the URL fragment (``#token=...``, never sent
+to the server); the publisher's Stop button DELETEs its session with its key.
+Chromium, the server's workers and the HTTP socket all live in the test's
 private network namespace, so Chromium can reach nothing else (and offers its veth
 address, not an mDNS name). The test drives Chromium through its DevTools protocol and
 asserts that the viewer page decodes frames (``getStats`` ``framesDecoded``), never fps.
@@ -33,6 +36,8 @@ from sansio_aio.testing import LoopThread, PrivateNetwork
 from tests.webrtc.support import ServeFactory
 
 FRAMES = 30
+OPERATOR = "browser-operator-token"
+KEY = "browser-stream-key"
 
 
 def chromium_path() -> str:
@@ -145,24 +150,31 @@ async def test_browser_publishes_and_another_page_views(
     serve: ServeFactory, netns: PrivateNetwork, peers: LoopThread
 ) -> None:
     exe = chromium_path()
-    async with serve(workers=2) as s:
+    async with serve(workers=2, tokens=(OPERATOR,), keys=(("b1", KEY),)) as s:
         with chromium(netns, exe) as (proc, port_file):
             base = s.inner
+            main = asyncio.get_running_loop()  # the server's
 
-            async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+            async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
                 port = await devtools_port(port_file, proc, 30)
-                pub_url = f"{base}/publish?room=b1&autostart=1"
+                pub_url = f"{base}/publish?room=b1&autostart=1#token={KEY}"
                 async with aiohttp.ClientSession() as http, open_page(http, port, pub_url) as pub:
                     published = await pub.wait("state", lambda v: v == "connected", 30)
-                    view_url = f"{base}/view?room=b1&autostart=1"
+                    view_url = f"{base}/view?room=b1&autostart=1#token={OPERATOR}"
                     async with open_page(http, port, view_url) as view:
                         seen = await view.wait("framesDecoded", lambda v: (v or 0) >= FRAMES, 30)
-                return published, seen
+                    on_main = asyncio.run_coroutine_threadsafe(s.server.snapshot(), main)
+                    snap = await asyncio.wrap_future(on_main)
+                    await pub.evaluate("document.getElementById('stop').click()")
+                    stopped = await pub.wait("deleteStatus", lambda v: v is not None, 30)
+                return published, seen | {"snap": snap}, stopped
 
-            published, seen = await peers.run(scenario(), 90)
+            published, seen, stopped = await peers.run(scenario(), 90)
         assert published["location"].startswith(base + "/session/")
         assert seen["framesDecoded"] >= FRAMES
         # The server saw the browser's publisher connect and counted its video frames.
-        snap = await s.server.snapshot()
-        (publisher,) = [x for x in snap["rooms"]["b1"]["sessions"] if x["role"] == "whip"]
+        (publisher,) = [x for x in seen["snap"]["rooms"]["b1"]["sessions"] if x["role"] == "whip"]
         assert publisher["state"] == "connected"
+        assert stopped["deleteStatus"] == 200  # the page sent its key with the DELETE
+        sid = published["location"].rsplit("/", 1)[1]
+        assert await s.server.wait_until(lambda: sid not in s.server.sessions, 10)

@@ -1,6 +1,9 @@
-"""Configuration (flags and WHIP_* environment), interface names, rate limiting."""
+"""Configuration (flags and WHIP_* environment), stream keys and the keys file, room
+names, interface names, rate limiting."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ from sansio_aio.webrtc import (
     parse_ice_server,
     resolve_interfaces,
 )
+from sansio_aio.webrtc._config import is_room_name, parse_key, read_keys_file, with_keys_file
 from sansio_aio.webrtc._ratelimit import TokenBuckets
 
 
@@ -19,6 +23,48 @@ def test_defaults_send_nothing_off_the_machine() -> None:
     cfg = parse_args([], env={})
     assert (cfg.host, cfg.port, cfg.workers) == ("127.0.0.1", 8080, 2)
     assert cfg.ice_servers == () and cfg.tokens == () and cfg.relay == "encoded"
+    assert cfg.keys == () and cfg.auth_webhook is None and cfg.metrics_token is None
+    # RFC 9725 §5: rate limiting on by default; and every HTTP bound is finite
+    assert (cfg.rate_limit, cfg.rate_burst) == (10.0, 20)
+    assert (cfg.header_timeout, cfg.body_timeout) == (10.0, 10.0)
+    assert (cfg.max_connections, cfg.max_connections_per_ip) == (1000, 32)
+
+
+def test_security_flags_and_environment() -> None:
+    env = {"WHIP_KEYS": "a=k1,b=k2", "WHIP_METRICS_TOKEN": "m1", "WHIP_HEADER_TIMEOUT": "3"}
+    cfg = parse_args(
+        ["--auth-webhook", "http://127.0.0.1:9/auth", "--max-connections-per-ip", "4"], env=env
+    )
+    assert cfg.keys == (("a", "k1"), ("b", "k2")) and cfg.metrics_token == "m1"
+    assert cfg.auth_webhook == "http://127.0.0.1:9/auth" and cfg.header_timeout == 3.0
+    assert cfg.max_connections_per_ip == 4
+    cfg = parse_args(["--key", "c=k3", "--token-is-room", "--rate-limit", "0"], env=env)
+    assert cfg.keys == (("c", "k3"),) and cfg.token_is_room and cfg.rate_limit == 0
+
+
+def test_room_names() -> None:
+    for good in ("a", "live-1", "x" * 64, "a.b", "~_-"):
+        assert is_room_name(good), good
+    for bad in ("", ".", "..", "x" * 65, "a/b", "a b", "r\n", "é"):
+        assert not is_room_name(bad), bad
+
+
+def test_stream_keys_and_the_keys_file(tmp_path: Path) -> None:
+    assert parse_key(" a = k1 ") == ("a", "k1")
+    with pytest.raises(ConfigError) as info:
+        parse_key("no-room-secret")
+    assert "secret" not in str(info.value)  # a mistyped key is not echoed
+    path = tmp_path / "keys"
+    path.write_text("# comment\n\n a=k1\n# b=k9\nb = k2\n")
+    assert read_keys_file(str(path)) == (("a", "k1"), ("b", "k2"))
+    cfg = with_keys_file(ServerConfig(keys=(("c", "k3"),), keys_file=str(path)))
+    assert cfg.keys == (("c", "k3"), ("a", "k1"), ("b", "k2")) and cfg.keys_file is None
+    assert with_keys_file(cfg) is cfg
+    path.write_text("a=k1\nb=k1\n")
+    with pytest.raises(ConfigError, match="one room only"):
+        with_keys_file(ServerConfig(keys_file=str(path)))
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_keys_file(str(tmp_path / "missing"))
 
 
 def test_flags_and_environment() -> None:
@@ -54,6 +100,21 @@ def test_flags_and_environment() -> None:
         {"ice_networks": ("10.0.0.0/33",)},
         {"relay": "magic"},
         {"rate_limit": -1.0},
+        {"tokens": ("",)},
+        {"tokens": ("two words",)},
+        {"metrics_token": ""},
+        {"keys": (("..", "k"),)},
+        {"keys": (("a", ""),)},
+        {"keys": (("a", "k"), ("b", "k"))},
+        {"keys": (("a", "t"),), "tokens": ("t",)},
+        {"auth_webhook": "ftp://example/"},
+        {"auth_webhook": "127.0.0.1:9/auth"},
+        {"header_timeout": 0.0},
+        {"body_timeout": -1.0},
+        {"webhook_timeout": 0.0},
+        {"max_connections": 0},
+        {"max_connections_per_ip": 0},
+        {"max_candidates": 0},
     ],
 )
 def test_bad_values_are_config_errors(kwargs: dict[str, object]) -> None:

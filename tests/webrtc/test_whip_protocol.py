@@ -25,6 +25,7 @@ SDP = {"Content-Type": "application/sdp"}
 FRAG = "application/trickle-ice-sdpfrag"
 SDP_BOGUS = "application/sdp; charset=x-bogus"  # an unknown charset: a 500 before the fix
 SDP_UTF16 = "application/sdp; charset=utf-16"
+FINGERPRINT = ":".join(["AB"] * 32)
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: str, **headers: str) -> Any:
@@ -88,7 +89,12 @@ async def test_whep_with_publisher_answers_sendonly(serve: ServeFactory, peers: 
     [
         ("hello", 400),
         ("v=0\r\n", 400),
-        ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:x\r\na=ice-pwd:y\r\n", 422),
+        # payload type 96 without rtpmap: no codec aiortc knows, 422 from the driver
+        (
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:x\r\na=ice-pwd:y\r\n"
+            f"a=fingerprint:sha-256 {FINGERPRINT}\r\n",
+            422,
+        ),
         ("\x00\x01 binary junk", 400),
     ],
 )
@@ -241,20 +247,75 @@ async def test_bearer_tokens(serve: ServeFactory, peers: LoopThread) -> None:
         assert status == 201
 
 
-async def test_token_picks_the_room(serve: ServeFactory, peers: LoopThread) -> None:
-    offer = await make_offer(peers, "whip")
+async def test_token_picks_a_derived_room(serve: ServeFactory, peers: LoopThread) -> None:
+    """--token-is-room: the bearer names the room, but the room's name is derived from it
+    (``k-`` + 16 hex digits): the token shows in no room name, stats or metrics, and a
+    viewer with the same bearer reaches the same room."""
+    whip = await make_offer(peers, "whip")
+    whep = await make_offer(peers, "whep")
     async with serve(token_is_room=True) as s, aiohttp.ClientSession() as http:
-        status, _, _ = await post(http, f"{s.url}/whip", offer, Authorization="Bearer live1")
+        bearer = {"Authorization": "Bearer live1"}
+        status, _, _ = await post(http, f"{s.url}/whip", whip, **bearer)
         assert status == 201
-        assert set(s.server.rooms) == {"live1"}
-        status, _, _ = await post(http, f"{s.url}/whip", offer)
-        assert status == 400  # no token, no room
+        (room,) = s.server.rooms
+        assert re.fullmatch(r"k-[0-9a-f]{16}", room)
+        status, _, text = await post(http, f"{s.url}/whep", whep, **bearer)
+        assert status == 201, text
+        status, _, text = await post(http, f"{s.url}/whep/x", whep, **bearer)
+        assert status == 201, text  # the bearer names the room, whatever the path says
+        assert set(s.server.rooms) == {room}
+        for path in ("/stats", "/metrics"):
+            async with http.get(s.url + path) as resp:
+                text = await resp.text()
+            assert "live1" not in text and room in text
+        status, _, _ = await post(http, f"{s.url}/whip", whip)
+        assert status == 401  # publishing needs the bearer
+        status, _, _ = await post(http, f"{s.url}/whep/{room}", whep)
+        assert status == 403  # a derived room is reached with its bearer only
 
 
 async def test_bad_room_name_400(serve: ServeFactory, peers: LoopThread) -> None:
     async with serve() as s, aiohttp.ClientSession() as http:
         status, _, _ = await post(http, f"{s.url}/whip/{'x' * 65}", "v=0")
         assert status == 400
+        status, _, _ = await post(http, f"{s.url}/whip", "v=0")
+        assert status == 400  # no room in the path, and nothing else names one
+        # ``.`` and ``..`` (clients normalise them away: sent raw), and a trailing newline
+        for path in (b"/whip/..", b"/whip/.", b"/whep/%2E%2E", b"/whip/r%0A"):
+            head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+            status, _ = await raw_http(s.url, head + b"Content-Length: 3\r\n\r\nv=0")
+            assert status == 400, path
+        assert s.server.rooms == {}
+
+
+async def test_refused_requests_spawn_no_room(serve: ServeFactory, peers: LoopThread) -> None:
+    """Bad offers, unusable offers and viewers of rooms that do not exist are answered by
+    the HTTP layer: no room task is spawned or asked (before: one room per request,
+    each living ``room_idle_timeout``)."""
+    whep = await make_offer(peers, "whep")
+    whip = await make_offer(peers, "whip")
+    no_fingerprint = "\r\n".join(x for x in whip.split("\r\n") if "fingerprint" not in x)
+    async with serve(rate_limit=0, retry_after=3) as s, aiohttp.ClientSession() as http:
+        before = sum(w.msgs_in for w in (await s.server.rt.stats(fresh=True)).workers)
+        for i in range(10):
+            status, h, _ = await post(http, f"{s.url}/whep/nobody{i}", whep)
+            assert (status, h["Retry-After"]) == (409, "3")
+            status, _, _ = await post(http, f"{s.url}/whip/bad{i}", "v=0\r\n")
+            assert status == 400
+            status, _, _ = await post(http, f"{s.url}/whip/nofp{i}", no_fingerprint)
+            assert status == 400
+            status, _, _ = await post(
+                http, f"{s.url}/whip/av1-{i}", whip.replace("m=video", "m=text")
+            )
+            assert status == 422
+        stats = await s.server.rt.stats(fresh=True)
+        assert s.server.rooms == {}
+        assert sum(w.tasks for w in stats.workers) == 0
+        assert sum(w.msgs_in for w in stats.workers) == before
+    async with serve(no_publisher_status=404) as s, aiohttp.ClientSession() as http:
+        status, h, _ = await post(http, f"{s.url}/whep/nobody", whep)
+        assert status == 404 and "Retry-After" not in h
+        assert s.server.rooms == {}
 
 
 async def test_limits_503_with_retry_after(serve: ServeFactory, peers: LoopThread) -> None:
@@ -323,7 +384,10 @@ async def test_concurrent_mixed_requests_all_answered(
 ) -> None:
     whip = await make_offer(peers, "whip")
     whep = await make_offer(peers, "whep")
-    async with serve(max_sessions_per_room=8) as s, aiohttp.ClientSession() as http:
+    async with (
+        serve(max_sessions_per_room=8, rate_limit=0, max_connections_per_ip=64) as s,
+        aiohttp.ClientSession() as http,
+    ):
         await publish(http, s.url, peers, "busy")
         calls = []
         for i in range(40):
@@ -358,6 +422,22 @@ async def test_rate_limit_429_with_retry_after(serve: ServeFactory) -> None:
             assert resp.status == 200  # preflights are not limited
 
 
+async def test_rate_limit_is_on_by_default(serve: ServeFactory) -> None:
+    """RFC 9725 §5: the default limit (10/s, burst 20) refuses a burst from one client
+    with 429 + Retry-After; the first 20 requests always pass."""
+    async with serve() as s, aiohttp.ClientSession() as http:
+        statuses: list[int] = []
+        for _ in range(200):  # a 429 comes after 20 + (10 per second taken) requests
+            status, headers, _ = await post(http, f"{s.url}/whip/r1", "garbage")
+            statuses.append(status)
+            if status == 429:
+                break
+        assert statuses[-1] == 429, statuses
+        assert statuses[:20] == [400] * 20 and set(statuses[:-1]) == {400}
+        assert headers["Retry-After"] == "1"
+        assert s.server.counters["refused"] >= 1
+
+
 # ------------------------------------------------------------------ odd HTTP requests
 
 
@@ -378,7 +458,7 @@ async def raw_http(url: str, request: bytes) -> tuple[int, bytes]:
 async def test_odd_http_requests_get_clear_errors_and_the_server_lives(
     serve: ServeFactory, peers: LoopThread
 ) -> None:
-    async with serve() as s, aiohttp.ClientSession() as http:
+    async with serve(rate_limit=0) as s, aiohttp.ClientSession() as http:
         base = s.url
         cases: list[tuple[str, str, dict[str, str], bytes, set[int]]] = [
             ("PUT", "/whip/r", SDP, b"v=0", {405}),
@@ -442,7 +522,8 @@ async def test_burst_of_sessions_created_and_deleted_concurrently(
     no task fails, and every session and room is gone at the end."""
     whip = await make_offer(peers, "whip")
     whep = await make_offer(peers, "whep")
-    async with serve(room_idle_timeout=0.2) as s, aiohttp.ClientSession() as http:
+    limits = {"rate_limit": 0, "max_connections_per_ip": 64}  # a deliberate burst
+    async with serve(room_idle_timeout=0.2, **limits) as s, aiohttp.ClientSession() as http:
 
         async def post(path: str, body: str) -> tuple[int, str]:
             async with http.post(s.url + path, data=body, headers=SDP) as resp:

@@ -1,5 +1,8 @@
 // Minimal WHIP/WHEP client used by the publish and view pages (no dependencies).
 // Non-trickle: the offer is sent once ICE gathering is complete (or after 2 s).
+// The token (an operator token or a stream key) comes from the Token field, or from the
+// URL fragment (#token=...: never sent to the server, so it stays out of its logs); it is
+// sent as a bearer token on the POST and again on the DELETE.
 "use strict";
 
 const whipState = { state: "idle", framesSent: 0, framesDecoded: 0, error: null, location: null };
@@ -85,7 +88,7 @@ async function publish(url, token, video) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
   watch(pc, "sent");
-  return { pc, location: await negotiate(pc, url, token) };
+  return { pc, token, location: await negotiate(pc, url, token) };
 }
 
 async function view(url, token, video) {
@@ -98,13 +101,17 @@ async function view(url, token, video) {
     if (video) { video.srcObject = stream; video.play().catch(() => {}); }
   });
   watch(pc, "decoded");
-  return { pc, location: await negotiate(pc, url, token) };
+  return { pc, token, location: await negotiate(pc, url, token) };
 }
 
 async function hangUp(session) {
   if (!session) return;
+  if (session.location) {  // DELETE first: closing the peer first may end the session
+    const headers = session.token ? { "Authorization": "Bearer " + session.token } : {};
+    const resp = await fetch(session.location, { method: "DELETE", headers });
+    whipState.deleteStatus = resp.status;
+  }
   session.pc.close();
-  if (session.location) await fetch(session.location, { method: "DELETE" });
   whipState.state = "closed";
   setStatus("stopped");
 }
@@ -118,6 +125,8 @@ function endpointUrl(kind) {
 function setup(kind) {
   const params = new URLSearchParams(window.location.search);
   if (params.get("room")) document.getElementById("room").value = params.get("room");
+  const fragment = new URLSearchParams(window.location.hash.slice(1));
+  if (fragment.get("token")) document.getElementById("token").value = fragment.get("token");
   const video = document.getElementById("video");
   let session = null;
   const start = async () => {
