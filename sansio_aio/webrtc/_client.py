@@ -88,11 +88,20 @@ class PatternTrack(MediaStreamTrack):
 class WhipSession:
     """One WHIP or WHEP session from the client's side."""
 
-    def __init__(self, pc: RTCPeerConnection, url: str, location: str, etag: str | None) -> None:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        url: str,
+        location: str,
+        etag: str | None,
+        token: str | None = None,
+    ) -> None:
         self.pc = pc
         self.url = url
         self.location = location
         self.etag = etag
+        #: The bearer token the session was created with (sent again on DELETE).
+        self.token = token
         #: Video frames decoded so far (viewers).
         self.frames = 0
         #: Audio frames decoded so far (viewers with ``audio=True``).
@@ -137,8 +146,9 @@ class WhipSession:
         return self.frames
 
     async def delete(self, http: aiohttp.ClientSession | None = None) -> int:
-        """``DELETE`` the session URL; return the status."""
-        async with _http(http) as h, h.delete(self.location) as resp:
+        """``DELETE`` the session URL (with the session's token, if any); return the status."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with _http(http) as h, h.delete(self.location, headers=headers) as resp:
             status: int = resp.status
             return status
 
@@ -176,7 +186,7 @@ async def _negotiate(
         location = str(resp.url.join(URL(resp.headers["Location"])))
         etag = resp.headers.get("ETag")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
-    return WhipSession(pc, url, location, etag)
+    return WhipSession(pc, url, location, etag, token)
 
 
 def _pc(ice_servers: Sequence[str]) -> RTCPeerConnection:
