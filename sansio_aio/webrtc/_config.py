@@ -262,6 +262,9 @@ class ServerConfig:
 
     def room(self, name: str) -> RoomConfig:
         """The :class:`RoomConfig` of room ``name``."""
+        networks = self.ice_networks
+        if networks and self.public_ip is not None:  # the advertised address stays offered
+            networks = (*networks, self.public_ip)
         return RoomConfig(
             name=name,
             max_sessions=self.max_sessions_per_room,
@@ -270,7 +273,7 @@ class ServerConfig:
             idle_timeout=self.room_idle_timeout,
             no_publisher_status=self.no_publisher_status,
             retry_after=self.retry_after,
-            ice_networks=self.ice_networks,
+            ice_networks=networks,
             allow_mdns=self.allow_mdns,
             max_candidates=self.max_candidates,
         )

@@ -142,3 +142,10 @@ def test_token_buckets() -> None:
     assert b.take("a", 0.5) is None  # refilled
     assert b.take("b", 0.5) is None and b.take("c", 0.5) is None
     assert len(b) <= 2  # bounded
+
+
+def test_public_ip_stays_offered_inside_ice_networks() -> None:
+    """``--ice-network`` filters the answer's candidates; the ``--public-ip`` one stays."""
+    cfg = ServerConfig(ice_networks=("10.0.0.0/8",), public_ip="203.0.113.7")
+    assert cfg.room("r").ice_networks == ("10.0.0.0/8", "203.0.113.7")
+    assert ServerConfig(public_ip="203.0.113.7").room("r").ice_networks == ()
