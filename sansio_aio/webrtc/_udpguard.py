@@ -168,6 +168,17 @@ class PeerGuard:
         self.heard_at = time.monotonic()
 
 
+def bad_size(size: int, counters: dict[str, int]) -> bool:
+    """True (and counted) for a datagram that is empty or over :data:`MAX_DATAGRAM`."""
+    if size == 0:
+        counters[EMPTY] += 1
+        return True
+    if size > MAX_DATAGRAM:
+        counters[OVERSIZE] += 1
+        return True
+    return False
+
+
 def parse_stun(data: bytes, counters: dict[str, int]) -> stun.Message | None:
     """``data`` (first byte 0-3) as a STUN message, or None (counted as malformed)."""
     try:
@@ -194,12 +205,7 @@ class GuardedStunProtocol(StunProtocol):
     def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
         """Check one datagram and pass it on (or count why not)."""
         counters = self.guard.counters
-        size = len(data)
-        if size == 0:
-            counters[EMPTY] += 1
-            return
-        if size > MAX_DATAGRAM:
-            counters[OVERSIZE] += 1
+        if bad_size(len(data), counters):
             return
         if not isinstance(data, bytes):  # pragma: no cover - UDP never gives str
             return

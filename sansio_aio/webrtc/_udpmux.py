@@ -46,14 +46,12 @@ from aioice.ice import get_host_addresses
 from .._driver import DriverContext
 from .._errors import ConfigError
 from ._udpguard import (
-    EMPTY,
-    MAX_DATAGRAM,
-    OVERSIZE,
     UNKNOWN,
     UNVERIFIED,
     Address,
     GuardedStunProtocol,
     PeerGuard,
+    bad_size,
     parse_stun,
 )
 
@@ -61,7 +59,7 @@ __all__ = ["MuxTransport", "UdpMux"]
 
 log = logging.getLogger("sansio_aio.webrtc")
 
-#: Bytes asked of each ``recvfrom``: more than :data:`MAX_DATAGRAM`, so a longer datagram
+#: Bytes asked of each ``recvfrom``: more than ``MAX_DATAGRAM``, so a longer datagram
 #: reads as longer (and is dropped) without allocating 64 KiB per read.
 RECV_SIZE = 2048
 #: Receive buffer asked for each shared socket (the kernel caps it at ``rmem_max``).
@@ -325,12 +323,7 @@ class UdpMux:
 
     def _dispatch(self, shared: _Shared, data: bytes, source: tuple[Any, ...]) -> None:
         counters = self.counters
-        size = len(data)
-        if size == 0:
-            counters[EMPTY] += 1
-            return
-        if size > MAX_DATAGRAM:
-            counters[OVERSIZE] += 1
+        if bad_size(len(data), counters):
             return
         addr = (source[0], source[1])
         if data[0] < 4:

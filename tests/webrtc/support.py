@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from sansio_aio.testing import LoopThread, privnet_unavailable_reason
+from sansio_aio.testing import LoopThread, PrivateNetwork, privnet_unavailable_reason
 
 _REASON: list[str | None] = []
 
@@ -198,3 +199,32 @@ async def webhook_server() -> AsyncIterator[Hook]:
         if hook.gate is not None:
             hook.gate.set()  # let waiting answers finish
         await runner.cleanup()
+
+
+async def free_ports(netns: PrivateNetwork, count: int, address: str = "10.99.0.1") -> int:
+    """``P`` such that UDP ports ``P .. P+count-1`` are free on ``address`` in ``netns``
+    (bounded retries; the ports are closed again, so use them at once)."""
+
+    def find() -> int:
+        for _ in range(20):
+            socks: list[socket.socket] = []
+            try:
+                first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(first)
+                first.bind((address, 0))
+                port = int(first.getsockname()[1])
+                if port + count > 65535:
+                    continue
+                for i in range(1, count):
+                    extra = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    socks.append(extra)
+                    extra.bind((address, port + i))
+                return port
+            except OSError:
+                continue
+            finally:
+                for sock in socks:
+                    sock.close()
+        raise AssertionError("no free UDP ports")
+
+    return netns.run_inside(find)

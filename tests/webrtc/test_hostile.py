@@ -30,8 +30,8 @@ from bench._abuse import (
     udp_attacks,
 )
 from sansio_aio import webrtc as client
-from sansio_aio.testing import LoopThread
-from tests.webrtc.support import ServeFactory, make_offer
+from sansio_aio.testing import LoopThread, PrivateNetwork
+from tests.webrtc.support import ServeFactory, free_ports, make_offer
 
 OPERATOR = "operator-token-0123"
 KEY = "stream-key-4567"
@@ -51,11 +51,15 @@ def _drops(workers: list[dict[str, Any]]) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("udp", ["per_session", "one_port"])
 async def test_live_stream_survives_hostile_clients(
-    serve: ServeFactory, peers: LoopThread, caplog: pytest.LogCaptureFixture, udp: str
+    serve: ServeFactory,
+    peers: LoopThread,
+    netns: PrivateNetwork,
+    caplog: pytest.LogCaptureFixture,
+    udp: str,
 ) -> None:
     udp_port = 0
     if udp == "one_port":
-        udp_port = await peers.run(_free_ports(2), 10)
+        udp_port = await free_ports(netns, 2, SERVER_ADDR)
     config: dict[str, Any] = {
         "workers": 2,
         "tokens": (OPERATOR,),
@@ -158,28 +162,3 @@ async def _attack(
     assert _drops(after["workers"]) > before
     tracebacks = [rec for rec in caplog.records if rec.exc_info]
     assert tracebacks == [], [rec.getMessage() for rec in tracebacks]
-
-
-async def _free_ports(count: int) -> int:
-    """A port P with P..P+count-1 free on the namespace's address (bounded retries)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
-            first.bind((SERVER_ADDR, 0))
-            base = int(first.getsockname()[1])
-            if base + count > 65535:
-                continue
-            try:
-                others = []
-                for i in range(1, count):
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    others.append(sock)
-                    sock.bind((SERVER_ADDR, base + i))
-            except OSError:
-                continue
-            finally:
-                for sock in others:
-                    sock.close()
-            return base
-    raise AssertionError("no run of free UDP ports found")

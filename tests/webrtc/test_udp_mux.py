@@ -17,40 +17,12 @@ import pytest
 
 from sansio_aio import webrtc as client
 from sansio_aio.testing import LoopThread, PrivateNetwork
-from tests.webrtc.support import ServeFactory, make_offer
+from tests.webrtc.support import ServeFactory, free_ports, make_offer
 
 FRAMES = 30
 TIMEOUT = 20.0
 SERVER = "10.99.0.1"
 SDP = {"Content-Type": "application/sdp"}
-
-
-async def free_ports(netns: PrivateNetwork, count: int) -> int:
-    """``P`` such that UDP ports ``P .. P+count-1`` are free on the namespace's address."""
-
-    def find() -> int:
-        for _ in range(20):
-            socks: list[socket.socket] = []
-            try:
-                first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(first)
-                first.bind((SERVER, 0))
-                port = int(first.getsockname()[1])
-                if port + count > 65535:
-                    continue
-                for i in range(1, count):
-                    extra = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    socks.append(extra)
-                    extra.bind((SERVER, port + i))
-                return port
-            except OSError:
-                continue
-            finally:
-                for sock in socks:
-                    sock.close()
-        raise AssertionError("no free UDP ports")
-
-    return netns.run_inside(find)
 
 
 def candidate_ports(sdp: str) -> set[int]:
