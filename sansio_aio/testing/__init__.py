@@ -44,7 +44,13 @@ if TYPE_CHECKING:
         unshare_net,
     )
     from ._plugin import PROCESS_MODE, SIM_BACKEND, loop_factories
-    from ._privnet import LoopThread, PrivateNetwork, privnet_unavailable_reason
+    from ._privnet import (
+        LanMember,
+        LoopThread,
+        PrivateLan,
+        PrivateNetwork,
+        privnet_unavailable_reason,
+    )
     from ._sim.net import Fate, LinkConditions, NetStats, Partition, SimNetwork
     from ._sim.runtime import SimRuntime
     from ._trace import Trace, describe
@@ -83,7 +89,9 @@ _EXPORTS = {
     "set_sysctl": "_netns",
     "set_txqueuelen": "_netns",
     "unshare_net": "_netns",
+    "LanMember": "_privnet",
     "LoopThread": "_privnet",
+    "PrivateLan": "_privnet",
     "PrivateNetwork": "_privnet",
     "privnet_unavailable_reason": "_privnet",
     "PROCESS_MODE": "_plugin",
@@ -97,11 +105,13 @@ __all__ = [
     "FakeClock",
     "Fate",
     "HarnessError",
+    "LanMember",
     "LinkConditions",
     "LoopThread",
     "NetStats",
     "NetnsError",
     "Partition",
+    "PrivateLan",
     "PrivateNetwork",
     "ProtocolViolation",
     "ResourceSnapshot",

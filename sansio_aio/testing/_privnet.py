@@ -22,6 +22,17 @@ short-lived thread) with ``lo`` up and a veth pair, one end carrying private add
 Needs root (CAP_SYS_ADMIN) and ``ip``; :func:`privnet_unavailable_reason` says why not otherwise.
 The namespace disappears once its fd is closed and its last thread, socket and process
 are gone.
+
+:class:`PrivateLan` is several such namespaces on one Ethernet segment (the cluster
+tests: nodes, a Redis server, client peers). A *hub* namespace holds a bridge ``br0``;
+each member is a :class:`LanMember` (a :class:`PrivateNetwork` made without a veth pair)
+whose ``eth0`` is one end of a veth pair created by ``ip`` in the hub (``ip link add h<i>
+type veth peer name eth0 netns /proc/self/fd/<member's fd>``: the peer end is born in the
+member's namespace), the other end ``h<i>`` a port of the bridge. Members get the
+subnet's addresses in order, and a route to the subnet only: they reach each other and
+nothing else. Nothing is ever done in the host's namespace. Closing the LAN stops the
+members' loop threads, kills what they started with ``popen`` and drops the fds; the
+kernel then deletes the namespaces, and the veth pairs and the bridge with them.
 """
 
 from __future__ import annotations
@@ -29,20 +40,36 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
+import fcntl
+import functools
+import ipaddress
+import json
 import os
 import shutil
+import signal
 import socket
+import struct
 import subprocess
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .._backends import close_loop
 
-__all__ = ["LoopThread", "NetnsLoopFactory", "PrivateNetwork", "privnet_unavailable_reason"]
+__all__ = [
+    "LanMember",
+    "LoopThread",
+    "NetnsLoopFactory",
+    "PrivateLan",
+    "PrivateNetwork",
+    "privnet_unavailable_reason",
+]
 
 CLONE_NEWNET = 0x40000000
+_SIOCGIFFLAGS = 0x8913
+_IFF_RUNNING = 0x40
 T = TypeVar("T")
 
 
@@ -126,6 +153,14 @@ class PrivateNetwork:
             result.append(os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", 0))
         except BaseException as exc:
             result.append(exc)
+
+    @property
+    def inode(self) -> int:
+        """The namespace's inode number: ``readlink /proc/<tid>/ns/net`` of a thread
+        inside it (or of a process) reads ``net:[<inode>]``."""
+        if self._fd < 0:
+            raise OSError("the private network is closed")
+        return os.fstat(self._fd).st_ino
 
     def enter(self) -> None:
         """Move the calling thread into the namespace (never call it on a shared thread)."""
@@ -241,3 +276,210 @@ class LoopThread:
         if self.loop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
+
+
+class LanMember(PrivateNetwork):
+    """One member of a :class:`PrivateLan`: a :class:`PrivateNetwork` of its own whose
+    only interface besides ``lo`` is ``eth0``, a port of the LAN's bridge.
+
+    Everything a :class:`PrivateNetwork` offers works here (``loop_factory`` for worker
+    threads and processes, ``loop_thread``, ``listen``, ``popen``, ``run_inside``).
+    ``address`` is the member's address on the LAN (``addresses`` has it with the prefix
+    length). Loop threads and processes started through the member are stopped and
+    killed when it is closed.
+    """
+
+    def __init__(self, name: str, index: int, address: str) -> None:
+        super().__init__(())
+        #: The member's name (``lan["name"]``).
+        self.name = name
+        #: The member's index in ``PrivateLan.members`` (``lan[index]``).
+        self.index = index
+        self.addresses = (address,)
+        self.address = address.split("/")[0]
+        #: The member's interface on the LAN.
+        self.interface = "eth0"
+        self._threads: list[LoopThread] = []
+        self._procs: list[tuple[subprocess.Popen[bytes], bool]] = []
+
+    def loop_thread(self, name: str = "netns-loop") -> LoopThread:
+        """A started :class:`LoopThread` inside the member (stopped when it is closed)."""
+        lt = LoopThread(self, name)
+        self._threads.append(lt)
+        return lt
+
+    def popen(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start a process inside the member, in its own process group unless
+        ``start_new_session=False``; if it still runs when the member is closed, it (and
+        its group) gets SIGKILL."""
+        kwargs.setdefault("start_new_session", True)
+        proc = super().popen(args, **kwargs)
+        self._procs.append((proc, bool(kwargs["start_new_session"])))
+        return proc
+
+    def close(self) -> None:
+        """Stop the member's loop threads, kill its processes, drop the namespace's fd."""
+        try:
+            for lt in self._threads:
+                lt.stop()
+            for proc, own_group in self._procs:
+                if proc.poll() is None:
+                    try:
+                        if own_group:
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        else:
+                            proc.kill()
+                    except ProcessLookupError:
+                        pass
+                    proc.wait(10.0)
+        finally:
+            self._threads.clear()
+            self._procs.clear()
+            super().close()
+
+    def __repr__(self) -> str:
+        return f"<LanMember {self.name!r} {self.address}>"
+
+
+class PrivateLan:
+    """Several private network namespaces on one Ethernet segment, cut off from the host.
+
+    ``members`` is a count (named ``m0``, ``m1``...) or a list of names. Member ``i``
+    gets the ``i+1``-th address of ``subnet`` (an IPv4 network): ``10.98.0.1``,
+    ``10.98.0.2``... on its ``eth0``, with a route to the subnet only. ``hub`` is the
+    namespace of the bridge (it has no address). ``close()`` (or leaving the ``with``
+    block) closes every member and the hub.
+    """
+
+    def __init__(
+        self,
+        members: int | Sequence[str] = 2,
+        subnet: str = "10.98.0.0/24",
+        *,
+        ready_timeout: float = 5.0,
+    ) -> None:
+        if isinstance(members, int):
+            names = [f"m{i}" for i in range(members)]
+        else:
+            names = [str(name) for name in members]
+        if not names:
+            raise ValueError("a PrivateLan needs at least one member")
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be distinct: {names}")
+        net = ipaddress.ip_network(subnet)
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise ValueError(f"the subnet must be an IPv4 network, not {subnet!r}")
+        if len(names) > net.num_addresses - 2:
+            raise ValueError(f"{subnet} has no room for {len(names)} members")
+        #: The LAN's subnet (``"10.98.0.0/24"``).
+        self.subnet = str(net)
+        #: The members, in order of their addresses.
+        self.members: list[LanMember] = []
+        #: The namespace holding the bridge ``br0`` and the hub ends ``h<i>``.
+        self.hub = PrivateNetwork(())
+        try:
+            for i, name in enumerate(names):
+                address = f"{net.network_address + i + 1}/{net.prefixlen}"
+                self.members.append(LanMember(name, i, address))
+            commands = ["link add br0 type bridge", "link set br0 up"]
+            for m in self.members:
+                commands += [
+                    f"link add h{m.index} type veth peer name eth0 netns /proc/self/fd/{m._fd}",
+                    f"link set h{m.index} master br0 up",
+                ]
+            fds = [m._fd for m in self.members]
+            self.hub.run_inside(lambda: _ip_batch(commands, fds))
+            for m in self.members:
+                up = [f"addr add {m.addresses[0]} dev eth0", "link set eth0 up"]
+                m.run_inside(functools.partial(_ip_batch, up))
+            # Bounded waits, not sleeps: until the kernel has noticed the carriers, the
+            # links drop what they are given.
+            deadline = time.monotonic() + ready_timeout
+            for m in self.members:
+                m.run_inside(functools.partial(_wait_running, "eth0", deadline))
+            ports = [f"h{m.index}" for m in self.members]
+            self.hub.run_inside(functools.partial(_wait_forwarding, ports, deadline))
+        except BaseException:
+            self.close()
+            raise
+
+    def __getitem__(self, key: int | str) -> LanMember:
+        """A member by index or by name."""
+        if isinstance(key, str):
+            for m in self.members:
+                if m.name == key:
+                    return m
+            raise KeyError(key)
+        return self.members[key]
+
+    def __iter__(self) -> Iterator[LanMember]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def close(self) -> None:
+        """Close every member (its loop threads stopped, its processes killed), then the
+        hub: the namespaces, the veth pairs and the bridge go with the last reference."""
+        try:
+            for m in self.members:
+                m.close()
+        finally:
+            self.hub.close()
+
+    def __enter__(self) -> PrivateLan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<PrivateLan {self.subnet} {[m.name for m in self.members]}>"
+
+
+def _ip_batch(commands: Sequence[str], pass_fds: Sequence[int] = ()) -> None:
+    """Run ``ip -batch -`` on ``commands`` in the calling thread's namespace."""
+    done = subprocess.run(
+        ["ip", "-batch", "-"],
+        input="".join(f"{c}\n" for c in commands),
+        capture_output=True,
+        text=True,
+        check=False,
+        pass_fds=tuple(pass_fds),
+    )
+    if done.returncode != 0:
+        raise OSError(f"ip -batch failed: {done.stderr.strip()} (commands: {list(commands)})")
+
+
+def _wait_running(link: str, deadline: float) -> None:
+    """Wait until ``link`` of the calling thread's namespace is RUNNING (carrier on and
+    noticed by the kernel's link watch: before that, its queue drops packets)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        while True:
+            ifreq = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", link.encode(), 0))
+            if struct.unpack("16xH14x", ifreq)[0] & _IFF_RUNNING:
+                return
+            if time.monotonic() > deadline:
+                raise OSError(f"{link} is not running")
+            time.sleep(0.001)
+
+
+def _wait_forwarding(ports: Sequence[str], deadline: float) -> None:
+    """Wait until every bridge port in ``ports`` (calling thread's namespace) forwards."""
+    while True:
+        done = subprocess.run(
+            ["ip", "-j", "-d", "link", "show", "master", "br0"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        state = {
+            link["ifname"]: link.get("linkinfo", {}).get("info_slave_data", {}).get("state")
+            for link in (json.loads(done.stdout) if done.returncode == 0 else [])
+        }
+        waiting = [p for p in ports if state.get(p) != "forwarding"]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise OSError(f"bridge ports not forwarding: {waiting} ({done.stderr.strip()})")
+        time.sleep(0.001)
