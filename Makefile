@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,tun,webrtc
+EXTRAS ?= dev,tun,webrtc,cluster
 NAME   ?=
 ARGS   ?=
 
@@ -34,6 +34,7 @@ run-udp: $(STAMP)
 # test needs Chromium: installed here when missing and possible.
 test: $(STAMP)
 	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_redis.sh
 	@rm -f .coverage .coverage.*
 	$(PY) -m coverage run -m pytest $(ARGS)
 	@$(PY) -m coverage combine -q

@@ -5,6 +5,8 @@
     python examples/whip_whep.py --workers 2 --mode process   # rooms on two cores
     WHIP_TOKENS=op-secret python examples/whip_whep.py --keys-file keys.txt  # ROOM=KEY lines
     WHIP_PORT=9000 WHIP_ICE_SERVERS=stun:stun.example.org:3478 python examples/whip_whep.py
+    WHIP_CLUSTER=redis://10.0.0.9:6379/0 python examples/whip_whep.py --host 10.0.0.1 \
+        --node-url http://10.0.0.1:8080 --cascade on     # one node of a cluster (docs/cluster.md)
 
 Open the printed URL in a browser on the same machine: ``/publish`` sends the camera
 (or a generated test pattern), ``/view`` watches a room. From a command line::

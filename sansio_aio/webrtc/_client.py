@@ -85,6 +85,10 @@ class PatternTrack(MediaStreamTrack):
         return frame
 
 
+#: Redirects a client follows before it gives up.
+MAX_REDIRECTS = 5
+
+
 class WhipSession:
     """One WHIP or WHEP session from the client's side."""
 
@@ -178,15 +182,30 @@ async def _negotiate(
     headers = {"Content-Type": "application/sdp"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    async with _http(http) as h, h.post(url, data=pc.localDescription.sdp, headers=headers) as resp:
-        text = await resp.text()
-        if resp.status != 201:
+    target = URL(url)
+    async with _http(http) as h:
+        # Redirects are followed here, not by aiohttp: it drops ``Authorization`` when a
+        # redirect leaves the host, and a cluster node redirects to another node (307,
+        # RFC 9725 §4.5: the client SHALL follow it, with the same offer and token).
+        for _ in range(MAX_REDIRECTS + 1):
+            async with h.post(
+                target, data=pc.localDescription.sdp, headers=headers, allow_redirects=False
+            ) as resp:
+                text = await resp.text()
+                if resp.status in (307, 308) and "Location" in resp.headers:
+                    target = target.join(URL(resp.headers["Location"]))
+                    continue
+                if resp.status != 201:
+                    await pc.close()
+                    raise WhipError(resp.status, text)
+                location = str(target.join(URL(resp.headers["Location"])))
+                etag = resp.headers.get("ETag")
+                break
+        else:
             await pc.close()
-            raise WhipError(resp.status, text)
-        location = str(resp.url.join(URL(resp.headers["Location"])))
-        etag = resp.headers.get("ETag")
+            raise WhipError(310, f"more than {MAX_REDIRECTS} redirects from {url}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
-    return WhipSession(pc, url, location, etag, token)
+    return WhipSession(pc, str(target), location, etag, token)
 
 
 def _pc(ice_servers: Sequence[str]) -> RTCPeerConnection:

@@ -193,6 +193,27 @@ class ServerConfig:
     #: accepts its codec (no re-encode per viewer); ``"decoded"``: aiortc's relay of
     #: decoded frames, re-encoded per viewer.
     relay: str = "encoded"
+    #: Redis URL of the cluster directory (``redis://[:PASSWORD@]HOST:PORT/DB`` or
+    #: ``rediss://`` for TLS); ``None``: a single node, no Redis (docs/cluster.md).
+    cluster: str | None = field(default=None, repr=False)
+    #: This node's base URL as other nodes and clients reach it (``http://ADDR:PORT``);
+    #: required with ``cluster``: redirects and session URLs (``Location``) use it.
+    node_url: str | None = None
+    #: This node's id in the directory (default: ``HOST-PORT`` of ``node_url``).
+    node_id: str | None = None
+    #: WHEP for a room hosted on another node: ``False``: 307 to it; ``True``: this
+    #: node pulls the stream once over WHEP and serves its own viewers from that copy.
+    cascade: bool = False
+    #: Prefix of every key in Redis (several clusters can share one Redis).
+    cluster_prefix: str = "whip"
+    #: Seconds between two heartbeats of this node in the directory.
+    cluster_heartbeat: float = 1.0
+    #: A node that has not beaten for this long is gone (its rooms can be claimed).
+    cluster_node_ttl: float = 3.0
+    #: Lease of a room on its node, renewed every heartbeat.
+    cluster_lease_ttl: float = 5.0
+    #: An edge (cascade) with no viewer for this long stops pulling (seconds).
+    edge_idle_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -205,6 +226,20 @@ class ServerConfig:
             raise ConfigError(f"restart must be 'never' or 'on-failure', got {self.restart!r}")
         if self.prefix and (not self.prefix.startswith("/") or self.prefix.endswith("/")):
             raise ConfigError(f"prefix must look like '/api' (or be empty), got {self.prefix!r}")
+        if self.cluster is not None:
+            if not self.cluster.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError("cluster must be a redis://, rediss:// or unix:// URL")
+            if not self.node_url or not self.node_url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    "a cluster node needs --node-url http(s)://ADDR:PORT: the URL other "
+                    "nodes and clients reach it at (redirects and session URLs use it)"
+                )
+        if self.node_url is not None and self.node_url.endswith("/"):
+            raise ConfigError(f"node_url must not end with '/', got {self.node_url!r}")
+        if not (0 < self.cluster_heartbeat < self.cluster_node_ttl <= self.cluster_lease_ttl):
+            raise ConfigError("cluster timings must satisfy 0 < heartbeat < node_ttl <= lease_ttl")
+        if self.edge_idle_timeout <= 0:
+            raise ConfigError("edge_idle_timeout must be > 0")
         if self.relay not in ("encoded", "decoded"):
             raise ConfigError(f"relay must be 'encoded' or 'decoded', got {self.relay!r}")
         if self.no_publisher_status not in (404, 409):
@@ -505,6 +540,32 @@ def parse_args(
         default=_env(env, "relay", d.relay),
         help="forward encoded video (default) or re-encode per viewer",
     )
+    p.add_argument(
+        "--cluster",
+        default=_env(env, "cluster"),
+        metavar="REDIS_URL",
+        help="join a cluster whose directory is this Redis (redis://HOST:6379/0; "
+        "prefer WHIP_CLUSTER when it carries a password)",
+    )
+    p.add_argument(
+        "--node-url", default=_env(env, "node_url"), help="http://ADDR:PORT of this node"
+    )
+    p.add_argument("--node-id", default=_env(env, "node_id"), help="this node's id in the cluster")
+    p.add_argument(
+        "--cascade",
+        choices=["on", "off"],
+        default=_env(env, "cascade", "off"),
+        help="WHEP for a room on another node: pull it once and serve it here (on) "
+        "or redirect the viewer there (off, default)",
+    )
+    p.add_argument("--cluster-prefix", default=_env(env, "cluster_prefix", d.cluster_prefix))
+    for flag, attr in (
+        ("--cluster-heartbeat", "cluster_heartbeat"),
+        ("--cluster-node-ttl", "cluster_node_ttl"),
+        ("--cluster-lease-ttl", "cluster_lease_ttl"),
+        ("--edge-idle-timeout", "edge_idle_timeout"),
+    ):
+        p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
     a = p.parse_args(argv)
     ice = a.ice_server if a.ice_server is not None else _split(_env(env, "ice_servers"))
     nets = a.ice_network if a.ice_network is not None else _split(_env(env, "ice_networks"))
@@ -549,4 +610,13 @@ def parse_args(
         cors_origin=a.cors_origin,
         pages=not a.no_pages,
         relay=a.relay,
+        cluster=a.cluster or None,
+        node_url=(a.node_url or "").rstrip("/") or None,
+        node_id=a.node_id or None,
+        cascade=a.cascade == "on",
+        cluster_prefix=a.cluster_prefix,
+        cluster_heartbeat=a.cluster_heartbeat,
+        cluster_node_ttl=a.cluster_node_ttl,
+        cluster_lease_ttl=a.cluster_lease_ttl,
+        edge_idle_timeout=a.edge_idle_timeout,
     )

@@ -10,6 +10,12 @@ off the main thread) behind a :class:`~sansio_aio.webrtc._httpguard.ConnectionGu
 the listening sockets are made here with ``loop.create_server`` (not aiohttp's sites), so
 every connection passes the guard's caps and timer. Teardown runs in reverse order:
 stop listening, aiohttp's graceful shutdown, abort what is left, stop the server.
+
+With ``config.cluster`` it also starts this node's
+:class:`~sansio_aio.webrtc._cluster.Directory` (Redis) and a
+:class:`~sansio_aio.webrtc._router.ClusterRouter` (with an
+:class:`~sansio_aio.webrtc._edge.EdgeManager` for ``cascade``) before the server
+listens, and at exit ends the edges and leaves the directory (releasing its rooms).
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ async def open_server(
             counters=server.counters,
         )
         server.guard = guard
+        directory = await _join_cluster(server) if config.cluster is not None else None
         app = server.app(middlewares=[guard.middleware])
         runner = web.AppRunner(app, handle_signals=False, **handler_args(config.header_timeout))
         await runner.setup()
@@ -104,4 +111,51 @@ async def open_server(
             await runner.cleanup()  # aiohttp's graceful shutdown of its connections
             guard.abort_all()  # and whatever is left (a client not reading)
             await close_servers(servers)
+            if server.router is not None:
+                await server.router.close()
+            if directory is not None:
+                await directory.close()
             await server.close()
+
+
+async def _join_cluster(server: WhipServer) -> Any:
+    """Start this node's directory and router (``config.cluster`` is set)."""
+    from ._cluster import Directory  # redis-py: only a cluster node needs it
+    from ._edge import EdgeManager
+    from ._router import ClusterRouter
+
+    cfg = server.config
+    assert cfg.cluster is not None and cfg.node_url is not None
+    edges = None
+    if cfg.cascade:
+        edges = EdgeManager(
+            server,
+            token=cfg.tokens[0] if cfg.tokens else None,
+            idle_timeout=cfg.edge_idle_timeout,
+            silence_timeout=cfg.disconnected_timeout,
+            # an origin is dead once its node entry expired; Redis down: no verdict
+            alive=lambda node: not directory.up or any(n.id == node for n in directory.nodes()),
+        )
+    holder: list[ClusterRouter] = []
+    directory = Directory(
+        cfg.cluster,
+        cfg.node_id or node_id_of(cfg.node_url),
+        cfg.node_url,
+        prefix=cfg.cluster_prefix,
+        heartbeat=cfg.cluster_heartbeat,
+        node_ttl=cfg.cluster_node_ttl,
+        lease_ttl=cfg.cluster_lease_ttl,
+        load=lambda: holder[0].load() if holder else {},
+        on_lost=lambda room: holder[0].lost(room) if holder else None,
+    )
+    router = ClusterRouter(server, directory, cascade=cfg.cascade, edges=edges)
+    holder.append(router)
+    server.router = router
+    await directory.start()
+    return directory
+
+
+def node_id_of(url: str) -> str:
+    """A node id from its URL: ``http://10.0.0.5:8080`` -> ``10.0.0.5-8080``."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in rest).strip("-")[:64]

@@ -67,6 +67,7 @@ from ._events import (
 )
 from ._httpguard import ConnectionGuard
 from ._ratelimit import TokenBuckets
+from ._router import ClusterRouter, cluster_metrics
 from ._sdp import check_offer
 
 __all__ = ["WhipServer"]
@@ -150,6 +151,9 @@ class WhipServer:
         )
         #: The connection guard in front of aiohttp (set by :func:`open_server`).
         self.guard: ConnectionGuard | None = None
+        #: Routing between the nodes of a cluster (set by :func:`open_server` when
+        #: ``config.cluster`` is set; ``None``: a single node).
+        self.router: ClusterRouter | None = None
 
     # ------------------------------------------------------------------ app
 
@@ -247,29 +251,28 @@ class WhipServer:
             return offer
         if not offer.strip():
             return self._error(400, "empty offer")
-        if role == "whep" and room not in self.rooms:
-            # no room, so no publisher: answer without spawning one
-            return self._reply(self._no_publisher(room))
         try:
             check_offer(offer, role, max_candidates=cfg.max_candidates)
         except SdpError as exc:  # before any room is spawned or asked
             return self._reply(Refused(exc.status, exc.reason))
-        if len(self.sessions) + self._opening >= cfg.max_sessions:
+        if self.router is not None:  # a cluster: the room may live on another node
+            routed = await self.router.route(role, room, request)
+            if routed is not None:
+                return self._cors(routed)
+        if role == "whep" and room not in self.rooms:
+            # no room, so no publisher: answer without spawning one
+            return self._reply(self._no_publisher(room))
+        if self.full():
             self.counters["refused"] += 1
+            if self.router is not None:
+                elsewhere = self.router.elsewhere(room, request)
+                if elsewhere is not None:
+                    return self._cors(elsewhere)
             return self._error(503, "the server is full", **{"Retry-After": str(cfg.retry_after)})
-        session = secrets.token_urlsafe(24)
-        etag = f'"{secrets.token_hex(8)}"'
-        self._opening += 1
-        try:
-            msg = OpenSession(session, role, offer, etag)
-            ref, reply = await self._ask_room(room, msg, spawn=role == "whip")
-        finally:
-            self._opening -= 1
+        session, reply = await self.open_session(room, role, offer, decision.owner)
         if isinstance(reply, Created):
-            self.sessions[session] = _Entry(room, ref, role, decision.owner)
-            self.counters["created"] += 1
             headers = {
-                "Location": f"{cfg.prefix}/session/{session}",
+                "Location": f"{cfg.node_url or ''}{cfg.prefix}/session/{session}",
                 "ETag": reply.etag,
                 "Accept-Patch": _FRAG_TYPE,
             }
@@ -279,7 +282,44 @@ class WhipServer:
             for server in cfg.ice_servers:
                 resp.headers.add("Link", server.link())
             return self._cors(resp)
+        if self.router is not None and role == "whip":
+            self.router.publish_failed(room)
         return self._reply(reply)
+
+    def full(self) -> bool:
+        """True when ``max_sessions`` sessions are open (or opening)."""
+        return len(self.sessions) + self._opening >= self.config.max_sessions
+
+    async def open_session(
+        self, room: str, role: Role, offer: str, owner: bytes | None
+    ) -> tuple[str, Created | Refused]:
+        """Open a session in ``room`` (spawned for a publisher) with a checked ``offer``;
+        return its id and the room's reply (the edges of a cluster use it too)."""
+        session = secrets.token_urlsafe(24)
+        etag = f'"{secrets.token_hex(8)}"'
+        self._opening += 1
+        try:
+            msg = OpenSession(session, role, offer, etag)
+            ref, reply = await self._ask_room(room, msg, spawn=role == "whip")
+        finally:
+            self._opening -= 1
+        if isinstance(reply, Created):
+            self.sessions[session] = _Entry(room, ref, role, owner)
+            self.counters["created"] += 1
+            return session, reply
+        if isinstance(reply, Refused):
+            return session, reply
+        log.error("unexpected room reply %r", reply)  # pragma: no cover
+        return session, Refused(500, "unexpected reply from the room")  # pragma: no cover
+
+    async def close_session(self, session: str) -> None:
+        """End ``session`` as a DELETE would (the edges of a cluster use it)."""
+        entry = self.sessions.get(session)
+        if entry is None:
+            return
+        reply = await self._ask(entry.ref, CloseSession(session))
+        if isinstance(reply, Done) or (isinstance(reply, Refused) and reply.status == 404):
+            self._forget_session(session)
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
         sid = request.match_info["session"]
@@ -314,7 +354,9 @@ class WhipServer:
         body = await self._read_text(request, "body")
         if not isinstance(body, str):
             return body
-        reply = await self._ask(ref, PatchSession(sid, body, request.headers.get("If-Match")))
+        # repeated If-Match headers are one list (RFC 9110 §5.3)
+        if_match = ", ".join(request.headers.getall("If-Match", [])) or None
+        reply = await self._ask(ref, PatchSession(sid, body, if_match))
         if isinstance(reply, Refused) and reply.status == 404:
             self._forget_session(sid)
         return self._reply(reply)
@@ -348,6 +390,8 @@ class WhipServer:
                 lines.append(f'sansio_{key}{{worker="{wid}"}} {value}')
         for name, room in sorted(snap["rooms"].items()):
             lines.append(f'whip_room_sessions{{room="{name}"}} {len(room["sessions"])}')
+        if "cluster" in snap:
+            lines += cluster_metrics(snap["cluster"])
         return self._cors(web.Response(text="\n".join(lines) + "\n", content_type="text/plain"))
 
     async def _visible_snapshot(self, request: web.Request) -> dict[str, Any] | web.StreamResponse:
@@ -360,6 +404,8 @@ class WhipServer:
                 return limited
             return self._denied(401, "stats need an operator or metrics token", bearer)
         snap = await self.snapshot()
+        if self.router is not None:
+            snap["cluster"] = self.router.stats()
         if access != "operator":  # session ids are capabilities: labels only
             for room in snap["rooms"].values():
                 for info in room["sessions"]:
@@ -472,6 +518,8 @@ class WhipServer:
         self._ended[sid] = entry.owner
         while len(self._ended) > _ENDED_KEPT:
             del self._ended[next(iter(self._ended))]
+        if self.router is not None:
+            self.router.session_ended(sid, entry.room, entry.role)
         return True
 
     def _forget_room(self, ref: TaskRef) -> None:
