@@ -61,7 +61,14 @@ pytestmark = pytest.mark.slow
 class Node:
     """One node: ``examples/whip_whep.py`` in its own namespace, its output drained."""
 
-    def __init__(self, member: LanMember, name: str, redis_url: str, cascade: bool) -> None:
+    def __init__(
+        self,
+        member: LanMember,
+        name: str,
+        redis_url: str,
+        cascade: bool,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
         self.url = f"http://{member.address}:8080"
         args = [
@@ -84,6 +91,7 @@ class Node:
             "--log-level",
             "INFO",
             *TIMINGS,
+            *extra,
         ]
         env = {**os.environ, "WHIP_TOKENS": TOKEN, "PYTHONPATH": str(ROOT)}
         self.proc = member.popen(
@@ -168,8 +176,10 @@ def clients(lan: PrivateLan) -> Iterator[LoopThread]:
     lt.stop()
 
 
-async def start_nodes(lan: PrivateLan, redis: RedisServer, cascade: bool) -> list[Node]:
-    nodes = [Node(lan[name], name, redis.url, cascade) for name in ("a", "b")]
+async def start_nodes(
+    lan: PrivateLan, redis: RedisServer, cascade: bool, extra: tuple[str, ...] = ()
+) -> list[Node]:
+    nodes = [Node(lan[name], name, redis.url, cascade, extra) for name in ("a", "b")]
     try:
         for node in nodes:
             await node.ready()
@@ -453,3 +463,60 @@ async def test_a_room_taken_over_elsewhere_ends_here(
             assert await s.server.wait_until(lambda: sid not in s.server.sessions, 10)
             assert "r" not in s.server.router.directory.held()
             await peers.run(pub.close(), 10)
+
+
+async def test_full_nodes_send_publishers_elsewhere_then_503(
+    lan: PrivateLan, redis: RedisServer, clients: LoopThread
+) -> None:
+    """One session per node: a full node redirects a new room's publisher to the node
+    with room left; when every node is full, 503 + Retry-After."""
+    a, b = await start_nodes(lan, redis, cascade=False, extra=("--max-sessions", "1"))
+    try:
+
+        async def scenario() -> tuple[Any, Any, int, str | None]:
+            first = await client.publish(f"{a.url}/whip/one", [client.PatternTrack()], token=TOKEN)
+
+            async def a_seen_full() -> bool:  # B's view of A's load, one beat later
+                nodes = (await get_json(f"{b.url}/stats"))["cluster"]["nodes"]
+                return any(n["id"] == "a" and n["sessions"] == 1 for n in nodes)
+
+            assert await until(a_seen_full, 5.0)
+
+            async def b_known() -> bool:  # and A's view of B (empty)
+                nodes = (await get_json(f"{a.url}/stats"))["cluster"]["nodes"]
+                return any(n["id"] == "b" and n["sessions"] == 0 for n in nodes)
+
+            assert await until(b_known, 5.0)
+            second = await client.publish(f"{a.url}/whip/two", [client.PatternTrack()], token=TOKEN)
+
+            async def b_seen_full() -> bool:
+                nodes = (await get_json(f"{a.url}/stats"))["cluster"]["nodes"]
+                return any(n["id"] == "b" and n["sessions"] == 1 for n in nodes)
+
+            assert await until(b_seen_full, 5.0)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{a.url}/whip/three",
+                    data=await _offer(),
+                    headers={**AUTH, "Content-Type": "application/sdp"},
+                    allow_redirects=False,
+                ) as resp,
+            ):
+                status, retry = resp.status, resp.headers.get("Retry-After")
+            return first, second, status, retry
+
+        first, second, status, retry = await clients.run(scenario(), 60)
+        assert first.location.startswith(f"{a.url}/session/")
+        assert second.url == f"{b.url}/whip/two"  # redirected from the full A to B
+        assert second.location.startswith(f"{b.url}/session/")
+        assert status == 503 and retry is not None
+
+        async def leave() -> None:
+            for session in (first, second):
+                await session.close()
+
+        await clients.run(leave(), 20)
+    finally:
+        a.stop()
+        b.stop()
