@@ -120,9 +120,14 @@ EXPORTS: dict[str, set[str]] = {
         "tun_unavailable_reason",
     },
     "sansio_aio.testing": {
+        "Buggify",
         "FakeClock",
         "Fate",
+        "FaultEvent",
+        "FaultPlan",
+        "Faults",
         "HarnessError",
+        "Hold",
         "LanMember",
         "LinkConditions",
         "LoopThread",
@@ -134,28 +139,36 @@ EXPORTS: dict[str, set[str]] = {
         "PrivateNetwork",
         "ProtocolViolation",
         "ResourceSnapshot",
+        "Scenario",
+        "SeedResult",
+        "Sim",
         "SIM_BACKEND",
         "SimNetwork",
         "SimRuntime",
         "SimulationStalled",
+        "SweepReport",
         "TaskCrashed",
         "TaskHarness",
         "Timer",
         "Trace",
         "arun_in_netns",
         "await_no_leaks",
+        "buggify",
         "describe",
         "find_leaks",
         "in_netns",
         "link_delete",
         "link_names",
         "link_up",
+        "load_scenario",
         "loop_factories",
         "netns_unavailable_reason",
         "privnet_unavailable_reason",
         "run_in_netns",
+        "run_seed",
         "set_sysctl",
         "set_txqueuelen",
+        "sweep",
         "unshare_net",
         "wait_for_no_leaks",
     },
@@ -208,7 +221,7 @@ EXPORTS: dict[str, set[str]] = {
 }
 
 #: Modules that are run, not imported for names: they export nothing.
-SCRIPTS = {"sansio_aio.webrtc.client"}
+SCRIPTS = {"sansio_aio.webrtc.client", "sansio_aio.testing.sweep"}
 
 
 @pytest.mark.parametrize("module", sorted(EXPORTS))

@@ -13,6 +13,12 @@ Tasks are pure, so they can be driven deterministically:
   on the fake clock and the simulated network, with the API of :class:`sansio_aio.Runtime`.
 * :class:`Trace` records every input, output and packet fate; the same seed gives the
   same trace, byte for byte.
+* :func:`run_seed` and :func:`sweep` run a scenario (``async def scenario(sim: Sim)``)
+  under one seed or many (in worker processes too), with faults drawn from the seed
+  (:class:`Faults`: holds, clogs, FoundationDB's swizzle-clogging, partitions, worker
+  crashes) and :func:`buggify` fault points in the tasks; a failure comes with its seed,
+  a replay command, a configuration hash, VOPR-style status lines and the trace's
+  tail. ``python -m sansio_aio.testing.sweep MODULE:scenario`` is the command line.
 
 The pytest plugin (registered as ``sansio_aio``, loaded automatically) adds fixtures
 for all of this and a ``runtime`` fixture for the real runtime. Hypothesis strategies
@@ -26,6 +32,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._buggify import Buggify, buggify
     from ._clock import FakeClock, Timer
     from ._errors import HarnessError, ProtocolViolation, SimulationStalled, TaskCrashed
     from ._harness import TaskHarness
@@ -51,8 +58,10 @@ if TYPE_CHECKING:
         PrivateNetwork,
         privnet_unavailable_reason,
     )
-    from ._sim.net import Fate, LinkConditions, NetStats, Partition, SimNetwork
+    from ._sim.faults import FaultEvent, FaultPlan, Faults
+    from ._sim.net import Fate, Hold, LinkConditions, NetStats, Partition, SimNetwork
     from ._sim.runtime import SimRuntime
+    from ._sweep import Scenario, SeedResult, Sim, SweepReport, load_scenario, run_seed, sweep
     from ._trace import Trace, describe
 
 # Names are imported on first use (PEP 562): the pytest plugin lives in this package and
@@ -66,12 +75,25 @@ _EXPORTS = {
     "SimulationStalled": "_errors",
     "TaskCrashed": "_errors",
     "TaskHarness": "_harness",
+    "Buggify": "_buggify",
+    "buggify": "_buggify",
+    "FaultEvent": "_sim.faults",
+    "FaultPlan": "_sim.faults",
+    "Faults": "_sim.faults",
     "Fate": "_sim.net",
+    "Hold": "_sim.net",
     "LinkConditions": "_sim.net",
     "NetStats": "_sim.net",
     "Partition": "_sim.net",
     "SimNetwork": "_sim.net",
     "SimRuntime": "_sim.runtime",
+    "Scenario": "_sweep",
+    "SeedResult": "_sweep",
+    "Sim": "_sweep",
+    "SweepReport": "_sweep",
+    "load_scenario": "_sweep",
+    "run_seed": "_sweep",
+    "sweep": "_sweep",
     "Trace": "_trace",
     "describe": "_trace",
     "ResourceSnapshot": "_leaks",
@@ -102,9 +124,14 @@ _EXPORTS = {
 __all__ = [
     "PROCESS_MODE",
     "SIM_BACKEND",
+    "Buggify",
     "FakeClock",
     "Fate",
+    "FaultEvent",
+    "FaultPlan",
+    "Faults",
     "HarnessError",
+    "Hold",
     "LanMember",
     "LinkConditions",
     "LoopThread",
@@ -115,27 +142,35 @@ __all__ = [
     "PrivateNetwork",
     "ProtocolViolation",
     "ResourceSnapshot",
+    "Scenario",
+    "SeedResult",
+    "Sim",
     "SimNetwork",
     "SimRuntime",
     "SimulationStalled",
+    "SweepReport",
     "TaskCrashed",
     "TaskHarness",
     "Timer",
     "Trace",
     "arun_in_netns",
     "await_no_leaks",
+    "buggify",
     "describe",
     "find_leaks",
     "in_netns",
     "link_delete",
     "link_names",
     "link_up",
+    "load_scenario",
     "loop_factories",
     "netns_unavailable_reason",
     "privnet_unavailable_reason",
     "run_in_netns",
+    "run_seed",
     "set_sysctl",
     "set_txqueuelen",
+    "sweep",
     "unshare_net",
     "wait_for_no_leaks",
 ]

@@ -4,8 +4,14 @@ Fixtures
 --------
 ``sim_seed``
     The seed of the test's simulation: ``--sansio-seed=N`` if given (``random`` picks
-    one), else a stable number derived from the test's id. A failing test that used it
-    prints the seed and the command that replays it.
+    one per test, ``time`` takes one from the clock for the whole session, as madsim
+    does), else a stable number derived
+    from the test's id. A failing test that used it prints the seed, the command that
+    replays it and a hash of the configuration of its simulated runtimes.
+``sim``
+    A :class:`~sansio_aio.testing.Sim` seeded with ``sim_seed``: the test is a scenario
+    (``await my_scenario(sim)``); closed at teardown. A failing test also prints its
+    VOPR-style status lines (one per worker).
 ``fake_clock``
     A manual :class:`~sansio_aio.testing.FakeClock` at time 0.
 ``sim_net``
@@ -36,9 +42,12 @@ message saying so, and the synchronous fixtures still work.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shlex
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -54,6 +63,7 @@ if TYPE_CHECKING:
     from ._leaks import ResourceSnapshot
     from ._sim.net import SimNetwork
     from ._sim.runtime import SimRuntime
+    from ._sweep import Sim
     from ._trace import Trace
 
 try:
@@ -74,6 +84,8 @@ PROCESS_MODE = "process"
 
 _SEED_KEY = pytest.StashKey[int]()
 _TRACES_KEY = pytest.StashKey[list["Trace"]]()
+_SIMS_KEY = pytest.StashKey[list["Sim | SimRuntime"]]()
+_TIME_SEED_KEY = pytest.StashKey[int]()
 
 
 # ---------------------------------------------------------------------- options
@@ -85,7 +97,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--sansio-seed",
         default=None,
-        help="seed of simulated tests (an int, or 'random'); default: derived from the test id",
+        help="seed of simulated tests (an int, 'random' or 'time'); default: derived from "
+        "the test id",
     )
     group.addoption(
         "--sansio-trace-dir",
@@ -132,10 +145,33 @@ def _seed_for(config: pytest.Config, nodeid: str) -> int:
         return zlib.crc32(nodeid.encode()) & 0x7FFFFFFF
     if str(opt).lower() == "random":
         return random.SystemRandom().randrange(1 << 31)
+    if str(opt).lower() == "time":  # one seed for the whole session, as madsim does
+        seed = config.stash.get(_TIME_SEED_KEY, None)
+        if seed is None:
+            seed = config.stash[_TIME_SEED_KEY] = time.time_ns() // 1000 % (1 << 31)
+        return seed
     try:
         return int(opt)
     except ValueError:
-        raise pytest.UsageError(f"--sansio-seed must be an int or 'random', got {opt!r}") from None
+        raise pytest.UsageError(
+            f"--sansio-seed must be an int, 'random' or 'time', got {opt!r}"
+        ) from None
+
+
+def _remember_sim(node: pytest.Item | Any, sim: Sim | SimRuntime) -> None:
+    sims = node.stash.get(_SIMS_KEY, None)
+    if sims is None:
+        sims = []
+        node.stash[_SIMS_KEY] = sims
+    sims.append(sim)
+    _remember_trace(node, sim.trace)
+
+
+def _config_hash(nodeid: str, sims: list[Sim | SimRuntime]) -> str:
+    """8 hex digits over the test and the construction of its simulations."""
+    configs = [sim.config for sim in sims]
+    text = json.dumps({"test": nodeid, "sims": configs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _remember_trace(node: pytest.Item | Any, trace: Trace) -> None:
@@ -157,8 +193,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             f"seed: {seed}",
             f"replay: python -m pytest {shlex.quote(item.nodeid)} --sansio-seed={seed}",
         ]
-        trace_dir = item.config.getoption("--sansio-trace-dir")
+        sims = item.stash.get(_SIMS_KEY, [])
         traces = item.stash.get(_TRACES_KEY, [])
+        if sims:
+            digests = " ".join(t.digest()[:16] for t in traces)
+            lines.append(f"config: {_config_hash(item.nodeid, sims)}  trace digest: {digests}")
+            from ._sweep import Sim
+
+            for sim in sims:
+                if not isinstance(sim, Sim):
+                    continue  # a runtime of its own: the test did not ask for status lines
+                try:
+                    lines += ["  " + line for line in sim.status_lines()]
+                except Exception as exc:  # never hide the test's failure
+                    lines.append(f"  (status lines failed: {exc!r})")
+        trace_dir = item.config.getoption("--sansio-trace-dir")
         if trace_dir and traces:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.nodeid)
             for i, trace in enumerate(traces):
@@ -201,6 +250,18 @@ def sim_net(sim_seed: int, request: pytest.FixtureRequest) -> SimNetwork:
 
 
 @pytest.fixture
+def sim(sim_seed: int, request: pytest.FixtureRequest) -> Iterator[Sim]:
+    """A :class:`Sim` seeded with ``sim_seed`` (a scenario's argument); closed at
+    teardown; its status lines are printed when the test fails."""
+    from ._sweep import Sim
+
+    made = Sim(sim_seed, name=request.node.nodeid)
+    _remember_sim(request.node, made)
+    yield made
+    made.close()
+
+
+@pytest.fixture
 def task_harness(request: pytest.FixtureRequest) -> Callable[..., TaskHarness]:
     """A factory of :class:`TaskHarness`: ``task_harness(TaskClass, cfg, **kwargs)``."""
     from ._harness import TaskHarness
@@ -225,7 +286,7 @@ def sim_runtime(
     def make(kinds: Any, **kwargs: Any) -> SimRuntime:
         kwargs.setdefault("net", sim_net)
         rt = SimRuntime(kinds, **kwargs)
-        _remember_trace(request.node, rt.trace)
+        _remember_sim(request.node, rt)
         made.append(rt)
         return rt.start_now()
 
@@ -360,7 +421,7 @@ async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[RuntimeAPI]:
             kwargs.pop(key, None)
         seed = request.getfixturevalue("sim_seed")
         sim = SimRuntime(kinds, drivers=sim_drivers, seed=seed, **kwargs)
-        _remember_trace(request.node, sim.trace)
+        _remember_sim(request.node, sim)
         sim.start_now()
         try:
             yield sim

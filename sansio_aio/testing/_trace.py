@@ -6,7 +6,10 @@ A :class:`Trace` is a list of lines ``<time> <who> <what> <detail>``, formatted 
 record is made (so a task that later mutates an object cannot change the past). Two
 runs of the same scenario with the same seed produce the same lines, byte for byte;
 :meth:`Trace.digest` hashes them, :meth:`Trace.first_difference` says where two traces
-part, :meth:`Trace.write` stores them for a bug report.
+part, :meth:`Trace.write` stores them for a bug report, :meth:`Trace.tail` gives the
+last lines for one. With a ``limit`` only the newest lines are kept, but the lines
+dropped are hashed on their way out, so the digest still covers the whole run (long
+seed sweeps keep their memory flat and their determinism check exact).
 
 :func:`describe` renders values without anything that varies between processes: no
 memory addresses (objects without a custom ``__repr__`` show their class name), long
@@ -62,6 +65,14 @@ def describe(value: Any, _depth: int = 0) -> str:
 
 
 _PLAIN = frozenset({type(None), bool, int, float, str})
+
+
+def _feed(h: Any, lines: list[str]) -> None:
+    for line in lines:
+        h.update(line.encode("utf-8", "backslashreplace"))
+        h.update(b"\n")
+
+
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
@@ -76,7 +87,7 @@ class Trace:
             ``None`` keeps everything.
     """
 
-    __slots__ = ("_lines", "dropped", "enabled", "limit", "seed")
+    __slots__ = ("_hash", "_lines", "dropped", "enabled", "limit", "seed")
 
     def __init__(self, seed: int | None = None, *, enabled: bool = True, limit: int | None = None):
         self.seed = seed
@@ -85,6 +96,7 @@ class Trace:
         self._lines: list[str] = []
         #: Lines discarded because of ``limit``.
         self.dropped = 0
+        self._hash = hashlib.sha256()  # of the dropped lines
 
     def record(self, now: float, who: str, what: str, detail: Any = None) -> None:
         """Append one line: ``now`` (simulated time), who acted, what happened, and a detail."""
@@ -96,7 +108,9 @@ class Trace:
         lines = self._lines
         lines.append(text)
         if self.limit is not None and len(lines) > self.limit:
-            cut = len(lines) - self.limit
+            # drop in batches (a tenth of the limit at a time): amortised O(1) per line
+            cut = len(lines) - self.limit + self.limit // 10
+            _feed(self._hash, lines[:cut])
             del lines[:cut]
             self.dropped += cut
 
@@ -117,12 +131,15 @@ class Trace:
             header += f" dropped={self.dropped}"
         return header + "\n" + "\n".join(self._lines) + ("\n" if self._lines else "")
 
+    def tail(self, n: int = 20) -> list[str]:
+        """The last ``n`` lines kept."""
+        return self._lines[-n:] if n > 0 else []
+
     def digest(self) -> str:
-        """SHA-256 of the lines (the seed and header excluded): equal runs, equal digests."""
-        h = hashlib.sha256()
-        for line in self._lines:
-            h.update(line.encode("utf-8", "backslashreplace"))
-            h.update(b"\n")
+        """SHA-256 of every line recorded, dropped ones included (the seed and header
+        excluded): equal runs, equal digests."""
+        h = self._hash.copy()
+        _feed(h, self._lines)
         return h.hexdigest()
 
     def first_difference(self, other: Trace) -> str | None:
@@ -148,6 +165,7 @@ class Trace:
         """Forget every line."""
         self._lines.clear()
         self.dropped = 0
+        self._hash = hashlib.sha256()
 
     def __repr__(self) -> str:
         return f"<Trace seed={self.seed} lines={len(self._lines)}>"

@@ -44,6 +44,16 @@ one deterministic loop:
   it once it is down are counted as ``RuntimeStats.relay_drops``, as the real
   controller counts what it cannot relay.
 
+* **fault points.** With ``buggify=`` the run's :class:`~sansio_aio.testing.Buggify` is
+  made current (a context variable) around every entry into task code: the instant
+  (:meth:`SimEngine.settle`), start-up and restarts here, and the workers' timer
+  callbacks and driver deliveries (``worker.py``), so ``buggify()`` in a task fires by
+  the seed, and is inert again as soon as control returns to the test.
+* **status.** :meth:`SimEngine.status_lines` describes each worker in one line (state,
+  tasks, inbox depth and peak, inputs, outputs, drops), as TigerBeetle's VOPR prints its
+  replicas; :attr:`SimEngine.config` is the construction, for the configuration hash of
+  a sweep.
+
 The worker shell is the real one (``_shell.WorkerShell``) with the fake clock as its
 scheduler (``worker.py``). Every task is wrapped (``_watch.py``) so each input and output
 lands in the trace with its simulated time; a protocol violation is raised at the next
@@ -57,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
 from typing import Any, Self
 
 from ..._api import RuntimeState
@@ -73,6 +84,7 @@ from ..._shell import ShellContext
 from ..._stats import WorkerStats
 from ..._task import TaskProtocol
 from ..._wire import ForceStopCmd, HostFactory, ShutdownCmd, SpawnCmd, TaskFactory
+from .._buggify import Buggify
 from .._clock import FakeClock, Timer
 from .._errors import HarnessError, ProtocolViolation, SimulationStalled
 from .._trace import Trace
@@ -85,6 +97,13 @@ __all__ = ["SimEngine"]
 
 def _no_wake() -> None:
     """The simulated controller polls the outbox when it settles: no wake-up needed."""
+
+
+def _name(obj: Any) -> str:
+    """A stable name for a factory (no address): ``module.qualname``."""
+    fn = getattr(obj, "__func__", obj)  # a bound method: its function
+    qual = getattr(fn, "__qualname__", None) or type(obj).__qualname__
+    return f"{getattr(fn, '__module__', '?')}.{qual}"
 
 
 class SimEngine(ControllerBase):
@@ -108,6 +127,7 @@ class SimEngine(ControllerBase):
         event_capacity: int = 1 << 20,
         max_time: float = 3600.0,
         restart: str = "never",
+        buggify: Buggify | bool = False,
     ) -> None:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers or ())
         if restart not in ("never", "on-failure"):
@@ -158,8 +178,45 @@ class SimEngine(ControllerBase):
         self._last_stats: dict[int, WorkerStats] = {}
         self._task_kinds: dict[str, TaskFactory] = {}
         self._task_host: HostFactory | None = None
+        self._final_status: list[str] | None = None
+        #: The fault points of this run (``None``: ``buggify()`` stays inert in its tasks).
+        self.buggify: Buggify | None
+        if isinstance(buggify, Buggify):
+            self.buggify = buggify
+            if buggify.trace is None:  # given bare: it records into this run's trace
+                buggify.trace, buggify.clock = self.trace, self.clock.now
+        elif buggify:
+            self.buggify = Buggify(self.seed, trace=self.trace, clock=self.clock.now)
+        else:
+            self.buggify = None
+        #: How this runtime was built (names, not objects): part of a sweep's config hash.
+        self.config: dict[str, Any] = {
+            "kinds": {k: _name(f) for k, f in sorted(kinds.items())},
+            "workers": workers,
+            "tick": tick,
+            "host": _name(host) if host is not None else None,
+            "drivers": [_name(f) for f in self._driver_factories],
+            "inbox_capacity": inbox_capacity,
+            "event_capacity": event_capacity,
+            "max_time": max_time,
+            "restart": restart,
+            "strict": strict,
+            "buggify": self.buggify is not None and self.buggify.enabled,
+        }
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _enter(self) -> Token[Buggify | None] | None:
+        """Make this run's fault points current (None: nothing to undo)."""
+        b = self.buggify
+        if b is None or Buggify.current() is b:
+            return None
+        return b.activate()
+
+    @staticmethod
+    def _leave_points(token: Token[Buggify | None] | None) -> None:
+        if token is not None:
+            Buggify.deactivate(token)
 
     @property
     def now(self) -> float:
@@ -173,6 +230,13 @@ class SimEngine(ControllerBase):
         """Start the simulated workers (synchronous form of :meth:`start`)."""
         if self._state is not RuntimeState.NEW:
             raise RuntimeClosed(f"runtime already {self._state.value}; build a new SimRuntime")
+        token = self._enter()
+        try:
+            return self._start()
+        finally:
+            self._leave_points(token)
+
+    def _start(self) -> Self:
         now = self.clock.now()
         self._t0 = now
         n = self._n
@@ -216,6 +280,7 @@ class SimEngine(ControllerBase):
             delivered=self._delivered,
             t0=now,
             tick=self._tick,
+            enter=self._enter if self.buggify is not None else None,
         )
 
     def _build_core(self, sw: SimWorker) -> None:
@@ -271,6 +336,7 @@ class SimEngine(ControllerBase):
         if self._settling:
             return
         self._settling = True
+        token = self._enter() if self.buggify is not None else None
         try:
             for _ in range(1_000_000):
                 if not self._pump_once() and not self.clock.fire_due():
@@ -282,6 +348,8 @@ class SimEngine(ControllerBase):
                 )
         finally:
             self._settling = False
+            if token is not None:
+                Buggify.deactivate(token)
         self._check()
         if self._waiters:
             waiters, self._waiters = self._waiters, []
@@ -513,6 +581,13 @@ class SimEngine(ControllerBase):
 
     def _restart_worker(self, w: int) -> None:
         """Start a replacement for dead worker ``w``; it rejoins as soon as it runs."""
+        token = self._enter()
+        try:
+            self._rejoin(w)
+        finally:
+            self._leave_points(token)
+
+    def _rejoin(self, w: int) -> None:
         self._restart_timers.pop(w, None)
         if self._state is not RuntimeState.RUNNING:
             self._resolve_stopped(w)
@@ -604,6 +679,13 @@ class SimEngine(ControllerBase):
         """Stop at once without a graceful shutdown: cancel timers, close the drivers."""
         if self._state is RuntimeState.CLOSED:
             return
+        if self._state is not RuntimeState.NEW:
+            try:
+                lines = self._status()
+                lines[-1] += f"  (closed at t={self.clock.now():.6f})"
+                self._final_status = lines
+            except Exception:  # a status line must never stop a close
+                self._final_status = None
         self._set_state(RuntimeState.CLOSED)
         for timer in self._restart_timers.values():
             timer.cancel()
@@ -618,6 +700,72 @@ class SimEngine(ControllerBase):
             if not fut.done():
                 fut.set_result(None)
         self._waiters.clear()
+
+    # ------------------------------------------------------------------ status
+
+    def worker_state(self, w: int) -> str:
+        """``"up"``, ``"dead"`` (killed, not yet noticed), ``"restarting"`` (a replacement
+        is due), ``"down"`` (dead for good), ``"stopped"`` (it stopped) or ``"new"``."""
+        if not 0 <= w < len(self._workers):
+            return "new"
+        sw = self._workers[w]
+        if sw.dead:
+            if not sw.noticed:
+                return "dead"
+            return "restarting" if w in self._restart_timers else "down"
+        if sw.done or sw.core is None:
+            return "stopped"
+        return "up"
+
+    def workers_up(self) -> list[int]:
+        """The workers that are up now."""
+        return [w for w in range(len(self._workers)) if self.worker_state(w) == "up"]
+
+    def worker_stats(self) -> list[WorkerStats | None]:
+        """Each worker's stats now (synchronous; a dead worker's last, else ``None``)."""
+        now = self.clock.now()
+        out: list[WorkerStats | None] = []
+        for sw in self._workers:
+            if sw.core is not None:
+                out.append(sw.build_stats(now))
+            else:
+                out.append(self._last_stats.get(sw.worker_id))
+        return out
+
+    def status_lines(self, prefix: str = "") -> list[str]:
+        """One line per worker, in the style of TigerBeetle's VOPR: state, tasks, inbox
+        depth (and peak), inputs, outputs, bus drops, orphans, failures, restarts; then
+        the controller's line.
+
+        Once the runtime is closed, the lines are those of the moment :meth:`close` ran
+        (a scenario that fails inside ``async with`` closes it on the way out: the lines
+        still show the workers as the failure found them), marked ``closed at t=...``.
+        """
+        if self._state is RuntimeState.CLOSED and self._final_status is not None:
+            return [prefix + line for line in self._final_status]
+        return [prefix + line for line in self._status()]
+
+    def _status(self) -> list[str]:
+        prefix = ""
+        lines = []
+        for w, st in enumerate(self.worker_stats()):
+            state = self.worker_state(w)
+            restarts = self._restarts[w] if w < len(self._restarts) else 0
+            head = f"{prefix}w{w:<2} {state:<10}"
+            if st is None:
+                lines.append(f"{head} (no stats) restarts {restarts}")
+                continue
+            lines.append(
+                f"{head} tasks {st.tasks:>4}  inbox {st.inbox_depth:>4} (peak {st.inbox_peak:>4})"
+                f"  in {st.msgs_in:>7}  out {st.msgs_out:>6}  drops {st.drops:>3}"
+                f"  orphans {st.orphans:>3}  failures {st.failures:>2}  restarts {restarts}"
+            )
+        lines.append(
+            f"{prefix}ctl state {self._state.value}  live tasks {len(self._ledger.live)}"
+            f"  events pending {len(self._events)}  dropped {self._dispatch.events_dropped}"
+            f"  relay drops {self._relay_drops}"
+        )
+        return lines
 
     def __repr__(self) -> str:
         return (

@@ -1,5 +1,5 @@
 """A simulated network: links with latency, jitter, loss, duplication, reordering,
-bandwidth and MTU; partitions that heal; one seeded random generator.
+bandwidth and MTU; partitions that heal; holds that release; one seeded random generator.
 
 Theory of operation
 -------------------
@@ -21,7 +21,13 @@ The fate of one packet from ``src`` to ``dst`` (both ``(host, port)``):
 5. with a bandwidth, the packet waits for the link (one FIFO per direction, a tail-drop
    queue of ``queue_bytes``) and takes ``size / bandwidth`` to serialise;
 6. it arrives ``latency + uniform(0, jitter)`` later (plus any extra delay); if a
-   partition cut the link meanwhile it is lost in flight.
+   partition cut the link meanwhile it is lost in flight;
+7. if a :class:`Hold` covers the link when it arrives, it is not delivered but kept (in
+   arrival order) until the hold is released: then every kept packet arrives at the
+   release instant, in order (or shuffled by the generator, each stream's segments
+   still in order), going through steps 6-7 again (a partition still cuts it, another
+   hold still keeps it). A hold is turmoil's ``hold``/``release`` and what
+   FoundationDB calls clogging: nothing is lost, everything is late.
 
 Reliable transfers (the TCP model) skip steps 3-4: a "lost" segment costs one ``rto``
 of extra delay instead, a full link queue delays a segment rather than dropping it, and
@@ -45,7 +51,7 @@ from .._clock import FakeClock, Timer
 from .._errors import HarnessError
 from .._trace import Trace
 
-__all__ = ["Fate", "LinkConditions", "NetStats", "Partition", "SimNetwork"]
+__all__ = ["Fate", "Hold", "LinkConditions", "NetStats", "Partition", "SimNetwork"]
 
 #: Bytes of IPv4 + UDP header counted against the MTU.
 HEADER_BYTES = 28
@@ -120,6 +126,8 @@ class NetStats:
     partitioned: int = 0
     unreachable: int = 0
     retransmitted: int = 0
+    #: Packets kept by a :class:`Hold` (each counted once per hold that kept it).
+    held: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -159,6 +167,66 @@ class Partition:
     def __repr__(self) -> str:
         other = sorted(map(str, self.side_b)) if self.side_b else "the rest"
         return f"<Partition {sorted(map(str, self.side_a))} | {other} active={self.active}>"
+
+
+#: A packet kept by a hold: source, destination, arrival callback, trace tag, stream key.
+_Held = tuple[tuple[Any, ...], tuple[Any, ...], Callable[[], None], str, Hashable | None]
+
+
+@final
+class Hold:
+    """Packets between two sets of endpoints are kept, not lost, until :meth:`release`.
+
+    Made by :meth:`SimNetwork.hold`. ``held`` lists what it keeps now, oldest first.
+    """
+
+    __slots__ = ("_net", "_timer", "active", "both_ways", "held", "shuffle", "side_a", "side_b")
+
+    def __init__(
+        self,
+        net: SimNetwork,
+        side_a: frozenset[Endpoint],
+        side_b: frozenset[Endpoint],
+        both_ways: bool,
+        shuffle: bool,
+    ):
+        self._net = net
+        self.side_a = side_a
+        self.side_b = side_b  # empty: "everyone not in side_a"
+        self.both_ways = both_ways
+        self.shuffle = shuffle
+        self.active = True
+        self.held: list[_Held] = []
+        self._timer: Timer | None = None
+
+    def covers(self, src: tuple[Any, ...], dst: tuple[Any, ...]) -> bool:
+        """True if a packet from ``src`` to ``dst`` is kept by this hold."""
+        a_src, a_dst = _in(src, self.side_a), _in(dst, self.side_a)
+        if self.side_b:
+            b_src, b_dst = _in(src, self.side_b), _in(dst, self.side_b)
+        else:
+            b_src, b_dst = not a_src, not a_dst
+        return (a_src and b_dst) or (self.both_ways and b_src and a_dst)
+
+    def release(self, *, shuffle: bool | None = None) -> int:
+        """Stop holding; everything kept arrives now, in order (``shuffle=True``: in an
+        order drawn from the network's generator, each stream's segments still in
+        order; default: the hold's own setting). Returns how many packets were kept.
+        Idempotent."""
+        if not self.active:
+            return 0
+        self.active = False
+        if self._timer is not None:
+            self._timer.cancel()
+        return self._net._released(self, self.shuffle if shuffle is None else shuffle)
+
+    def __repr__(self) -> str:
+        other = sorted(map(str, self.side_b)) if self.side_b else "the rest"
+        arrow = "<>" if self.both_ways else ">"
+        return (
+            f"<Hold {sorted(map(str, self.side_a))} {arrow} {other} "
+            f"active={self.active} held={len(self.held)}>"
+        )
 
 
 def _in(addr: tuple[Any, ...], side: frozenset[Endpoint]) -> bool:
@@ -201,6 +269,7 @@ class SimNetwork:
         self._links: dict[tuple[Endpoint, Endpoint], LinkConditions] = {}
         self._scripts: dict[tuple[Endpoint, Endpoint], deque[Fate]] = {}
         self._partitions: list[Partition] = []
+        self._holds: list[Hold] = []
         self._busy_until: dict[tuple[Endpoint, Endpoint], float] = {}
         self._stream_last: dict[Hashable, float] = {}
         #: Registries of the simulated drivers (addresses in use), keyed by protocol.
@@ -287,6 +356,57 @@ class SimNetwork:
     def partitioned(self, src: tuple[Any, ...], dst: tuple[Any, ...]) -> bool:
         """True if an active partition separates ``src`` from ``dst``."""
         return any(p.cuts(src, dst) for p in self._partitions)
+
+    def hold(
+        self,
+        side_a: Iterable[Endpoint],
+        side_b: Iterable[Endpoint] | None = None,
+        *,
+        both_ways: bool = True,
+        until: float | None = None,
+        shuffle: bool = False,
+    ) -> Hold:
+        """Keep the packets from ``side_a`` to ``side_b`` (default: everyone else), and back
+        unless ``both_ways=False``, until the hold is released.
+
+        Sides are hosts or addresses. Packets already in flight are kept too when they
+        arrive. At time ``until`` (if given), or when :meth:`Hold.release` (or
+        :meth:`release`) is called, every kept packet arrives at once, in the order it
+        would have arrived (``shuffle=True``: in an order drawn from :attr:`rng`, each
+        TCP stream still in order). Nothing is lost.
+        """
+        a = frozenset(_host_key(e) for e in side_a)
+        b = frozenset(_host_key(e) for e in side_b) if side_b is not None else frozenset()
+        if not a:
+            raise HarnessError("a hold needs at least one endpoint on side_a")
+        h = Hold(self, a, b, both_ways, shuffle)
+        self._holds.append(h)
+        self.trace.record(self.clock.now(), "net", "hold", repr(h))
+        if until is not None:
+            h._timer = self.clock.call_at(until, _release_hold, h)
+        return h
+
+    def release(self, hold: Hold | None = None, *, shuffle: bool | None = None) -> int:
+        """Release one hold, or every hold; how many packets were kept."""
+        return sum(
+            h.release(shuffle=shuffle) for h in ([hold] if hold is not None else list(self._holds))
+        )
+
+    def holds(self) -> list[Hold]:
+        """The active holds, oldest first."""
+        return list(self._holds)
+
+    def _released(self, h: Hold, shuffle: bool) -> int:
+        if h in self._holds:
+            self._holds.remove(h)
+        held, h.held = h.held, []
+        now = self.clock.now()
+        self.trace.record(now, "net", "release", f"{h!r} packets={len(held)} shuffle={shuffle}")
+        if shuffle and len(held) > 1:
+            held = _shuffle_keeping_streams(held, self.rng)
+        for src, dst, arrive, tag, stream in held:
+            self.clock.call_at(now, self._arrive, src, dst, arrive, tag, stream)
+        return len(held)
 
     # ------------------------------------------------------------------ drivers
 
@@ -385,7 +505,7 @@ class SimNetwork:
                 self._stream_last[stream] = when
             if trace.enabled:
                 trace.record(now, "net", "send", f"{tag} eta={when:.9f}")
-            self.clock.call_at(when, self._arrive, src, dst, arrive, tag, stream is not None)
+            self.clock.call_at(when, self._arrive, src, dst, arrive, tag, stream)
         return True
 
     def _arrive(
@@ -394,18 +514,25 @@ class SimNetwork:
         dst: tuple[Any, ...],
         arrive: Callable[[], None],
         tag: str,
-        reliable: bool,
+        stream: Hashable | None,
     ) -> None:
         now = self.clock.now()
         if self._partitions and self.partitioned(src, dst):
-            if reliable:  # TCP keeps retransmitting: it arrives after the heal
+            if stream is not None:  # TCP keeps retransmitting: it arrives after the heal
                 self.stats.retransmitted += 1
                 cond = self.conditions(src, dst)
-                self.clock.call_at(now + cond.rto, self._arrive, src, dst, arrive, tag, True)
+                self.clock.call_at(now + cond.rto, self._arrive, src, dst, arrive, tag, stream)
                 return
             self.stats.partitioned += 1
             self.trace.record(now, "net", "cut-in-flight", tag)
             return
+        if self._holds:
+            for h in self._holds:
+                if h.covers(src, dst):
+                    h.held.append((src, dst, arrive, tag, stream))
+                    self.stats.held += 1
+                    self.trace.record(now, "net", "held", tag)
+                    return
         self.stats.delivered += 1
         self.trace.record(now, "net", "arrive", tag)
         arrive()
@@ -416,6 +543,22 @@ class SimNetwork:
 
     def __repr__(self) -> str:
         return f"<SimNetwork seed={self.seed} t={self.clock.now()!r} {self.stats}>"
+
+
+def _release_hold(h: Hold) -> None:
+    h.release()
+
+
+def _shuffle_keeping_streams(held: list[_Held], rng: random.Random) -> list[_Held]:
+    """``held`` shuffled by ``rng``; the packets of each stream keep their relative order
+    (they take, in order, the places the shuffle gave that stream)."""
+    out = list(held)
+    rng.shuffle(out)
+    queues: dict[Hashable, deque[_Held]] = {}
+    for item in held:
+        if item[4] is not None:
+            queues.setdefault(item[4], deque()).append(item)
+    return [queues[item[4]].popleft() if item[4] is not None else item for item in out]
 
 
 def _fmt(addr: tuple[Any, ...]) -> str:

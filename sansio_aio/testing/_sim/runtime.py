@@ -57,6 +57,9 @@ class SimRuntime(SimEngine):
         restart: ``"never"`` (the default) or ``"on-failure"``: a worker killed by
             :meth:`kill_worker` is replaced after the real runtime's back-off (as
             ``Runtime(mode="process", restart="on-failure")`` replaces a dead process).
+        buggify: the fault points of the tasks (:func:`~sansio_aio.testing.buggify`):
+            ``False`` (the default: inert), ``True`` (enabled by ``seed``) or a
+            :class:`Buggify` shared with other runtimes (what :meth:`Sim.runtime` passes).
     """
 
     async def start(self) -> SimRuntime:

@@ -22,6 +22,9 @@ process's sockets (UDP ports are free again; a TCP connection ends with FIN, so 
 reads end-of-file, or with RST when data it had received was left unread; listeners
 vanish, so connects are refused) and it reads nothing more: what reaches its inbox from
 then on is discarded (:meth:`SimWorker.discard_inbox`).
+The timer callbacks and driver deliveries run task code from the clock, outside the
+engine's instant: with fault points on (``enter``) each makes the run's
+:class:`~sansio_aio.testing.Buggify` current while it runs.
 This module imports no asyncio beyond the type of ``DriverContext.loop``.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 from ..._events import TaskRef
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from ..._driver import Driver
+    from .._buggify import Buggify
+
+    Enter = Callable[[], Token[Buggify | None] | None]
 
 __all__ = ["SimWorker"]
 
@@ -68,6 +75,7 @@ class SimWorker(WorkerShell):
         delivered: Callable[[], None],
         t0: float,
         tick: float,
+        enter: Enter | None = None,
     ) -> None:
         super().__init__(worker_id, n_workers, capacity, _no_wake)
         self.outbox = outbox
@@ -85,6 +93,8 @@ class SimWorker(WorkerShell):
         self._tick = tick
         self._tick_k = 0
         self._tick_timer: Timer | None = None
+        #: Makes the run's fault points current (``None``: they are off).
+        self._enter = enter
 
     # ------------------------------------------------------------------ scheduler hooks
 
@@ -113,7 +123,15 @@ class SimWorker(WorkerShell):
         """DriverContext: feed ``event`` to ``task`` (False once the worker stopped)."""
         if self.done:
             return False
-        return super().deliver(task, event)
+        enter = self._enter
+        if enter is None:
+            return super().deliver(task, event)
+        token = enter()
+        try:
+            return super().deliver(task, event)
+        finally:
+            if token is not None:
+                token.var.reset(token)
 
     # ------------------------------------------------------------------ work
 
@@ -178,18 +196,28 @@ class SimWorker(WorkerShell):
                 timer.cancel()
 
     def _on_deadline(self) -> None:
-        if self.core is not None and not self.done:
-            self.fire_deadlines()
-        else:
-            self._deadline_timer = self._deadline_at = None
-        self._settle()
+        token = self._enter() if self._enter is not None else None
+        try:
+            if self.core is not None and not self.done:
+                self.fire_deadlines()
+            else:
+                self._deadline_timer = self._deadline_at = None
+            self._settle()
+        finally:
+            if token is not None:
+                token.var.reset(token)
 
     def _on_tick(self) -> None:
         if self.core is None or self.done:
             return
-        self.start_ticks()
-        self.core.tick(self._clock.now())
-        self._settle()
+        token = self._enter() if self._enter is not None else None
+        try:
+            self.start_ticks()
+            self.core.tick(self._clock.now())
+            self._settle()
+        finally:
+            if token is not None:
+                token.var.reset(token)
 
 
 def _process_died(driver: Driver) -> None:
