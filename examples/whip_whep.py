@@ -9,7 +9,10 @@
         --node-url http://10.0.0.1:8080 --cascade on     # one node of a cluster (docs/cluster.md)
 
 Open the printed URL in a browser on the same machine: ``/publish`` sends the camera
-(or a generated test pattern), ``/view`` watches a room. From a command line::
+(or a generated test pattern), ``/view`` watches a room, ``/dashboard`` shows the rooms,
+each session's bitrates, loss, jitter and RTT, and the workers' load. A publisher that
+restarts within ``--publisher-grace`` seconds (default 5) keeps its viewers. From a
+command line::
 
     python -m sansio_aio.webrtc.client publish http://127.0.0.1:8080/whip/demo
     python -m sansio_aio.webrtc.client view http://127.0.0.1:8080/whep/demo --frames 100
@@ -57,6 +60,7 @@ async def serve(argv: list[str]) -> int:
             flush=True,
         )
         print(f"  publish: {url}/publish   view: {url}/view   stats: {url}/stats", flush=True)
+        print(f"  dashboard: {url}/dashboard   (a token goes in #token=...)", flush=True)
         print(
             f"  WHIP endpoint: POST {url}/whip/ROOM   WHEP endpoint: POST {url}/whep/ROOM",
             flush=True,

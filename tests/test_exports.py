@@ -195,6 +195,7 @@ EXPORTS: dict[str, set[str]] = {
         "PeerKeyframe",
         "PeerMedia",
         "PeerOpen",
+        "PeerSwitch",
         "PeerState",
         "PeerTrickle",
         "Refused",

@@ -110,6 +110,8 @@ class WhipSession:
         self.frames = 0
         #: Audio frames decoded so far (viewers with ``audio=True``).
         self.audio_frames = 0
+        #: Decoded video frames per ``(width, height)``, in the order sizes were seen.
+        self.sizes: dict[tuple[int, int], int] = {}
         self.first_frame = asyncio.get_running_loop().create_future()
         self._jobs: set[asyncio.Task[None]] = set()
         self._counting = asyncio.Event()
@@ -123,8 +125,10 @@ class WhipSession:
         video = track.kind == "video"
         try:
             while True:
-                await track.recv()
+                frame: Any = await track.recv()
                 if video:
+                    size = (int(frame.width), int(frame.height))
+                    self.sizes[size] = self.sizes.get(size, 0) + 1
                     self._frame_seen()
                 else:
                     self.audio_frames += 1

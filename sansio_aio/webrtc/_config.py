@@ -110,6 +110,10 @@ class RoomConfig:
     #: Remote ICE candidates a session may have (offer and trickled PATCHes together);
     #: past it the offer is refused (422) and further trickled candidates too.
     max_candidates: int = 40
+    #: Seconds the room keeps its viewers after its publisher left (deleted, failed,
+    #: silent) for a new publisher to take over (an encoder restart); 0: the viewers
+    #: end with the publisher.
+    publisher_grace: float = 5.0
 
 
 @final
@@ -166,6 +170,9 @@ class ServerConfig:
     connect_timeout: float = 15.0
     disconnected_timeout: float = 10.0
     room_idle_timeout: float = 30.0
+    #: Seconds a room keeps its viewers after its publisher left, waiting for a new
+    #: publisher (an encoder restart, OBS reconnecting); 0: viewers end with it.
+    publisher_grace: float = 5.0
     no_publisher_status: int = 409
     retry_after: int = 5
     #: How long the HTTP layer waits for a room's reply (seconds).
@@ -242,6 +249,8 @@ class ServerConfig:
             raise ConfigError("edge_idle_timeout must be > 0")
         if self.relay not in ("encoded", "decoded"):
             raise ConfigError(f"relay must be 'encoded' or 'decoded', got {self.relay!r}")
+        if not 0 <= self.publisher_grace <= 3600:
+            raise ConfigError(f"publisher_grace must be 0..3600 s, got {self.publisher_grace!r}")
         if self.no_publisher_status not in (404, 409):
             raise ConfigError("no_publisher_status must be 404 or 409")
         for name in ("max_sessions", "max_sessions_per_room", "max_body"):
@@ -311,6 +320,7 @@ class ServerConfig:
             ice_networks=networks,
             allow_mdns=self.allow_mdns,
             max_candidates=self.max_candidates,
+            publisher_grace=self.publisher_grace,
         )
 
 
@@ -506,6 +516,11 @@ def parse_args(
         ("--connect-timeout", "connect_timeout", "a session must connect within"),
         ("--disconnected-timeout", "disconnected_timeout", "a disconnected session ends after"),
         ("--room-idle-timeout", "room_idle_timeout", "a room without sessions ends after"),
+        (
+            "--publisher-grace",
+            "publisher_grace",
+            "a room keeps its viewers for a new publisher (0: they end with it)",
+        ),
         ("--request-timeout", "request_timeout", "HTTP waits for a room's reply (then 503)"),
         ("--header-timeout", "header_timeout", "a connection must send a request's headers"),
         ("--body-timeout", "body_timeout", "a request must send its body (then 408)"),
@@ -602,6 +617,7 @@ def parse_args(
         connect_timeout=a.connect_timeout,
         disconnected_timeout=a.disconnected_timeout,
         room_idle_timeout=a.room_idle_timeout,
+        publisher_grace=a.publisher_grace,
         no_publisher_status=a.no_publisher_status,
         retry_after=a.retry_after,
         request_timeout=a.request_timeout,

@@ -8,17 +8,29 @@ the room task's peer commands (``PeerOpen``, ``PeerTrickle``, ``PeerKeyframe``,
 loop (``ctx.loop``: every aiortc object is created there, inside a coroutine, as aiortc
 requires). Results come back to the task as inputs through ``ctx.deliver``:
 ``PeerAnswered`` / ``PeerFailed`` when negotiation ends, ``PeerState`` on every
-``connectionState`` change, ``PeerMedia`` about once a second.
+``connectionState`` change, ``PeerMedia`` about once a second (frames, and the
+session's bitrates, packet loss, jitter and round-trip time read from aiortc's
+``getStats`` of its receivers or senders and transport, see :func:`._media.media_stats`).
 
 Media: each publisher's tracks go into one ``MediaRelay``; one sink per track always
-reads it (so aiortc's unbounded receive queue never grows, with or without viewers). A
-room lives on one worker, so a viewer's publisher is always in this driver. With
+reads it (so aiortc's unbounded receive queue never grows, with or without viewers) and
+hands each decoded frame to the track's :class:`~._passthrough.DecodedSource`. A room
+lives on one worker, so a viewer's publisher is always in this driver. With
 ``relay="encoded"`` (the default) the publisher's receivers are also tapped
-(:mod:`.passthrough`): a viewer whose offer accepts the publisher's codec gets the
-encoded frames as they arrived, so its sender only packetizes (no re-encode); video
-starts on a keyframe requested from the publisher. Other viewers, and every viewer with
-``relay="decoded"``, subscribe to the decoded relay with ``buffered=False`` (a slow
-viewer skips frames instead of queueing them) and their sender re-encodes.
+(:mod:`._passthrough`, an :class:`~._passthrough.EncodedSource` per track): a viewer
+whose offer accepts the publisher's codec gets the encoded frames as they arrived, so
+its sender only packetizes (no re-encode); video starts on a keyframe requested from
+the publisher. Other viewers, and every viewer with ``relay="decoded"``, get the decoded
+frames (the newest only: a slow viewer skips frames instead of queueing them) and their
+sender re-encodes.
+
+A viewer's sender holds one :class:`~._passthrough.ViewerTrack` per kind of its offer
+for its whole session, fed by the publisher it follows (``Peer.follow``). Closing a
+publisher detaches its viewers' tracks (they idle, their peer connections stay up);
+``PeerSwitch(new, viewers)`` re-attaches them to a new publisher's sources: encoded
+when the codec the viewer negotiated is the new publisher's, else decoded (re-encoded by
+the viewer's sender with its own codec). A viewer's timestamps stay continuous across
+publishers (one :class:`~._passthrough.Timeline` per room and kind).
 
 UDP: every peer connection's datagrams pass the guard (:mod:`._udpguard`: source
 address checks, size limits, a bounded receive queue, malformed STUN counted, not
@@ -72,19 +84,27 @@ from ._events import (
     PeerMedia,
     PeerOpen,
     PeerState,
+    PeerSwitch,
     PeerTrickle,
 )
 from ._media import (
-    CountingTrack,
     Peer,
     close_pc,
+    media_stats,
     negotiated_codecs,
     offers_codec,
     only_codec,
     quietly,
     stop_relay,
 )
-from ._passthrough import EncodedSource, hook_viewer_keyframes, tap_receiver
+from ._passthrough import (
+    DecodedSource,
+    EncodedSource,
+    Timeline,
+    ViewerTrack,
+    hook_viewer_keyframes,
+    tap_receiver,
+)
 from ._udpguard import (
     IceInternalsError,
     PeerGuard,
@@ -133,7 +153,7 @@ class WebRtcDriver(Driver):
     ``webrtc_udp_tx_errors``, ``webrtc_udp_rx_errors``, ``webrtc_udp_rx_full``.
     """
 
-    output_types = (PeerOpen, PeerTrickle, PeerKeyframe, PeerClose)
+    output_types = (PeerOpen, PeerTrickle, PeerKeyframe, PeerClose, PeerSwitch)
 
     def __init__(
         self,
@@ -164,7 +184,10 @@ class WebRtcDriver(Driver):
         self._media_interval = media_interval
         self._ctx: DriverContext | None = None
         self._peers: dict[_Key, Peer] = {}
+        #: One output clock per room (task) and kind, across its publishers.
+        self._timelines: dict[tuple[TaskRef, str], Timeline] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._gathering: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._mux: UdpMux | None = None
@@ -179,6 +202,7 @@ class WebRtcDriver(Driver):
             "webrtc_passthrough_audio": 0,
             "webrtc_reencode_video": 0,
             "webrtc_reencode_audio": 0,
+            "webrtc_switched": 0,
             "webrtc_thread_cpu_ms": 0,
             "webrtc_silenced": 0,
             **guard_counters(),
@@ -215,32 +239,46 @@ class WebRtcDriver(Driver):
                 reason = f"role must be 'whip' or 'whep', got {output.role!r}"
                 self._deliver(task, PeerFailed(output.session, 400, reason))
                 return
+            fresh = (task, output.session) not in self._peers
             self._spawn(task, output.session, self._open(task, output), new=output.role)
+            peer = self._peers.get((task, output.session))
+            if fresh and peer is not None and output.role == "whep":
+                # now, not in the coroutine: a PeerSwitch may come before it runs
+                peer.follow = output.source if type(output.source) is str else None
         elif kind is PeerTrickle:
             self._spawn(task, output.session, self._trickle(task, output))
         elif kind is PeerKeyframe:
             self._keyframe(task, output.session)
         elif kind is PeerClose:
             self._close_peer((task, output.session))
+        elif kind is PeerSwitch:
+            self._switch(task, output)
 
     def release(self, task: TaskRef) -> None:
         """Close every peer connection ``task`` held."""
         for key in [k for k in self._peers if k[0] == task]:
             self._close_peer(key)
+        for line in [k for k in self._timelines if k[0] == task]:
+            del self._timelines[line]
 
     def close(self) -> None:
         """The worker stops: close what is left and finish closes still running."""
         for timer in (self._timer, self._watch):
             if timer is not None:
                 timer.cancel()
+        pending = set[asyncio.Task[None]]()
+        if self._gathering is not None:  # cancelled, it still needs a turn of the loop
+            self._gathering.cancel()
+            pending.add(self._gathering)
         for key in list(self._peers):
             self._close_peer(key)
+        pending |= self._closing
         ctx = self._ctx
-        if ctx is not None and self._closing:
+        if ctx is not None and pending:
             loop = ctx.loop
             if not (loop.is_running() or loop.is_closed()):
                 with contextlib.suppress(Exception):
-                    loop.run_until_complete(asyncio.wait(set(self._closing), timeout=5.0))
+                    loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
         if self._mux is not None:
             self._mux.close()
 
@@ -299,10 +337,11 @@ class WebRtcDriver(Driver):
             return
         source: Peer | None = None
         if cmd.role == "whep":
-            source = self._peers.get((task, cmd.source or ""))
-            if source is None or source.relay is None:
-                self._fail(key, 409, "the publisher has no media yet")
-                return
+            # ``None`` (the room waits for a new publisher, or it just left): the viewer
+            # idles until a ``PeerSwitch`` gives it one.
+            found = self._peers.get((task, peer.follow or ""))
+            if found is not None and found.role == "whip" and found.relay is not None:
+                source = found
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice)))
         peer.pc = pc
         guard = PeerGuard(self._counters, mux=self._mux, public_ip=self._public_ip)
@@ -325,31 +364,32 @@ class WebRtcDriver(Driver):
                 if peer.relay is None or track.kind in peer.tracks:
                     return
                 peer.tracks[track.kind] = track
+                timeline = self._timeline(task, track.kind)
                 if self._relay_mode == "encoded":
-                    self._tap(peer, pc, track)
+                    self._tap(peer, pc, track, timeline)
+                fanout = DecodedSource(track.kind, timeline, owner=peer)
+                peer.decoded[track.kind] = fanout
                 sink = peer.relay.subscribe(track, buffered=False)
-                job = asyncio.ensure_future(self._consume(peer, sink))
+                job = asyncio.ensure_future(self._consume(peer, sink, fanout))
                 peer.jobs.add(job)
                 job.add_done_callback(peer.jobs.discard)
 
-        offer, forward = cmd.offer, set[str]()
+        offer = cmd.offer
         if source is not None:
             # Kinds forwarded encoded: the viewer must get exactly the publisher's codec,
             # so the other codecs are taken out of its offer before aiortc answers it.
             for kind, codec in source.codecs.items():
                 if kind in source.encoded and offers_codec(offer, kind, codec):
                     offer = only_codec(offer, kind, codec)
-                    forward.add(kind)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-            if source is not None and source.relay is not None:
-                self._add_viewer_tracks(peer, pc, source, forward)
+            if cmd.role == "whep":
+                self._add_viewer_tracks(peer, pc)
             guard_peer_connection(pc, guard)  # before setLocalDescription gathers
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             check_guarded(pc)
-            if cmd.role == "whip":
-                peer.codecs = negotiated_codecs(pc.localDescription.sdp)
+            peer.codecs = negotiated_codecs(pc.localDescription.sdp)
         except IceInternalsError as exc:
             log.error("session %s not opened: %s", cmd.session, exc)
             self._fail(key, 500, f"internal error: {exc}")
@@ -359,40 +399,81 @@ class WebRtcDriver(Driver):
             return
         if self._peers.get(key) is not peer:
             return  # closed while negotiating
+        if cmd.role == "whep":
+            self._attach(task, peer)  # to the publisher it follows now (maybe switched)
         self._counters["webrtc_opened"] += 1
         self._deliver(task, PeerAnswered(cmd.session, pc.localDescription.sdp))
 
-    def _tap(self, peer: Peer, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+    def _timeline(self, task: TaskRef, kind: str) -> Timeline:
+        line = self._timelines.get((task, kind))
+        if line is None:
+            line = Timeline(90000 if kind == "video" else 48000)
+            self._timelines[(task, kind)] = line
+        return line
+
+    def _tap(
+        self, peer: Peer, pc: RTCPeerConnection, track: MediaStreamTrack, timeline: Timeline
+    ) -> None:
         """Fan a publisher track out encoded (the decoded relay stays as the fallback)."""
         for transceiver in pc.getTransceivers():
             if transceiver.receiver.track is track:
-                source = EncodedSource(track.kind, lambda: self._request_keyframe(peer))
+                source = EncodedSource(
+                    track.kind, lambda: self._request_keyframe(peer), timeline, owner=peer
+                )
                 if tap_receiver(transceiver.receiver, source):
                     peer.encoded[track.kind] = source
                 return
 
-    def _add_viewer_tracks(
-        self, peer: Peer, pc: RTCPeerConnection, source: Peer, forward: set[str]
-    ) -> None:
-        """Give a viewer the publisher's tracks: encoded for ``forward`` kinds, else decoded."""
-        assert source.relay is not None
-        kinds = {t.kind for t in pc.getTransceivers()}
-        for kind, track in source.tracks.items():
-            if kind not in kinds:
+    def _add_viewer_tracks(self, peer: Peer, pc: RTCPeerConnection) -> None:
+        """Give a viewer one (idle) outgoing track per audio/video kind of its offer."""
+        for transceiver in pc.getTransceivers():
+            kind = transceiver.kind
+            if kind not in ("audio", "video") or kind in peer.outputs:
                 continue
-            encoded_source = source.encoded.get(kind)
-            if encoded_source is not None and kind in forward:
-                encoded = encoded_source.subscribe()
-                sender = pc.addTrack(encoded)
-                if kind == "video":
-                    hook_viewer_keyframes(sender, encoded)
-                peer.counters.append(encoded)
-                self._counters[f"webrtc_passthrough_{kind}"] += 1
+            track = ViewerTrack(kind)
+            sender = pc.addTrack(track)
+            if kind == "video":
+                hook_viewer_keyframes(sender, track)
+            peer.outputs[kind] = track
+
+    def _attach(self, task: TaskRef, viewer: Peer) -> None:
+        """Feed ``viewer``'s tracks from the publisher it follows: encoded when it
+        negotiated that publisher's codec, else decoded; idle without one."""
+        source = self._peers.get((task, viewer.follow or ""))
+        if source is not None and source.role != "whip":
+            source = None
+        for kind, track in viewer.outputs.items():
+            if source is None:
+                track.detach()
                 continue
-            relayed = CountingTrack(source.relay.subscribe(track, buffered=False))
-            peer.counters.append(relayed)
-            pc.addTrack(relayed)
-            self._counters[f"webrtc_reencode_{kind}"] += 1
+            encoded = source.encoded.get(kind)
+            codec, mine = source.codecs.get(kind), viewer.codecs.get(kind)
+            if encoded is not None and codec and mine and codec.upper() == mine.upper():
+                if track.source is not encoded:
+                    track.attach(encoded)
+                    self._counters[f"webrtc_passthrough_{kind}"] += 1
+                continue
+            decoded = source.decoded.get(kind)
+            if decoded is None:
+                track.detach()  # the publisher sends no such track
+            elif track.source is not decoded:
+                track.attach(decoded)
+                self._counters[f"webrtc_reencode_{kind}"] += 1
+
+    def _switch(self, task: TaskRef, cmd: PeerSwitch) -> None:
+        """Re-attach ``cmd.viewers`` to the publisher ``cmd.session``."""
+        try:
+            viewers = [v for v in cmd.viewers if type(v) is str]
+        except TypeError:  # not a sequence: a malformed command, nothing to do
+            return
+        for session in viewers:
+            viewer = self._peers.get((task, session))
+            if viewer is None or viewer.role != "whep":
+                continue
+            viewer.follow = cmd.session
+            if viewer.outputs and viewer.codecs:  # else: still negotiating, attaches then
+                self._attach(task, viewer)
+                self._counters["webrtc_switched"] += 1
 
     def _request_keyframe(self, peer: Peer) -> None:
         """Ask ``peer`` (a publisher) for a keyframe, at most once per interval."""
@@ -404,14 +485,19 @@ class WebRtcDriver(Driver):
         peer.last_keyframe = now
         self._send_pli(peer)
 
-    async def _consume(self, peer: Peer, track: MediaStreamTrack) -> None:
-        """Read a publisher track for ever (keeps aiortc's receive queue empty)."""
+    async def _consume(self, peer: Peer, track: MediaStreamTrack, fanout: DecodedSource) -> None:
+        """Read a publisher track for ever (keeps aiortc's receive queue empty); hand each
+        decoded frame to the viewers fed decoded."""
         video = track.kind == "video"
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
                 if video:
                     peer.video_frames += 1
+                try:
+                    fanout.on_frame(frame)
+                except Exception:  # a viewer's problem must not stop the reading
+                    log.exception("handing a decoded frame to the viewers failed")
         except MediaStreamError:
             return
         except Exception:
@@ -483,11 +569,14 @@ class WebRtcDriver(Driver):
         for job in list(peer.jobs):
             if job is not current:
                 job.cancel()
-        for t in peer.counters:
-            t.stop()
-        for encoded in peer.encoded.values():
-            encoded.on_end()
+        for output in peer.outputs.values():
+            output.stop()
+        sources: list[EncodedSource | DecodedSource] = [*peer.encoded.values()]
+        sources += peer.decoded.values()
+        for source in sources:
+            source.detach_all()  # its viewers idle: a new publisher may take them over
         peer.encoded = {}
+        peer.decoded = {}
         if peer.pc is None or self._ctx.loop.is_closed():
             return
         job = self._ctx.loop.create_task(close_pc(peer.pc))
@@ -502,12 +591,25 @@ class WebRtcDriver(Driver):
         # CPU of this worker thread, aiortc's coroutines included (the same measure as
         # the worker's utilisation, as a running total).
         self._counters["webrtc_thread_cpu_ms"] = int(time.thread_time() * 1000)
-        for (task, session), peer in list(self._peers.items()):
-            frames = peer.frames()
-            if frames != peer.reported:
-                peer.reported = frames
-                ctx.deliver(task, PeerMedia(session, frames))
+        if self._gathering is None and self._peers:  # one gathering at a time
+            self._gathering = ctx.loop.create_task(self._gather())
         self._timer = ctx.loop.call_later(self._media_interval, ctx.timed(self._report))
+
+    async def _gather(self) -> None:
+        """Read every connected peer's statistics, then report what changed."""
+        try:
+            for key, peer in list(self._peers.items()):
+                if peer.state == "connected" and self._peers.get(key) is peer:
+                    try:
+                        await media_stats(peer, time.monotonic())
+                    except Exception:  # statistics are best effort, never fatal
+                        log.debug("reading the statistics of %s failed", key, exc_info=True)
+                values = (peer.frames(), *peer.media)
+                if values != peer.reported and self._peers.get(key) is peer:
+                    peer.reported = values
+                    self._deliver(key[0], PeerMedia(key[1], *values))
+        finally:
+            self._gathering = None
 
     def _watchdog(self) -> None:
         """Report silent peers, drop those silent for ``silence_timeout``; sweep the mux."""

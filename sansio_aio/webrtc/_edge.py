@@ -326,7 +326,8 @@ class EdgeManager:
         if edge.session is not None:
             self._by_session.pop(edge.session, None)
             with contextlib.suppress(Exception):
-                await self.server.close_session(edge.session)  # its viewers end with it
+                # its viewers end with it (no grace: nothing would come back to them)
+                await self.server.close_session(edge.session, grace=False)
         if edge.location is not None:
             with contextlib.suppress(Exception):
                 await self._delete(edge.location)

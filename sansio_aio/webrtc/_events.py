@@ -9,7 +9,7 @@ asyncio and aiortc:
   :class:`RoomSnapshot` reply value.
 * **Peer commands** (room task outputs, performed by
   :class:`~sansio_aio.webrtc._driver.WebRtcDriver`): :class:`PeerOpen`,
-  :class:`PeerTrickle`, :class:`PeerKeyframe`, :class:`PeerClose`.
+  :class:`PeerTrickle`, :class:`PeerKeyframe`, :class:`PeerClose`, :class:`PeerSwitch`.
 * **Peer inputs** (the driver -> the room task): :class:`PeerAnswered`,
   :class:`PeerFailed`, :class:`PeerState`, :class:`PeerMedia`.
 
@@ -35,6 +35,7 @@ __all__ = [
     "PeerMedia",
     "PeerOpen",
     "PeerState",
+    "PeerSwitch",
     "PeerTrickle",
     "Refused",
     "Role",
@@ -83,6 +84,10 @@ class CloseSession:
     """End a session (HTTP ``DELETE``)."""
 
     session: str
+    #: For a publisher: ``True`` keeps its viewers for the room's ``publisher_grace``
+    #: (a new publisher may take over); ``False`` ends them at once (a cluster edge
+    #: tearing down, a room taken over by another node).
+    grace: bool = True
 
 
 @final
@@ -137,6 +142,19 @@ class SessionInfo:
     age: float
     #: Video frames received (publisher) or relayed towards the viewer, per the driver.
     frames: int
+    #: Bits per second received from the peer over its transport (RTP, RTCP, DTLS and
+    #: ICE; about one second's average); ``None`` until known.
+    bitrate_in: int | None = None
+    #: Bits per second sent to the peer over its transport; ``None`` until known.
+    bitrate_out: int | None = None
+    #: RTP packets lost: received from a publisher (aiortc's inbound stats), or lost on
+    #: the way to a viewer (its receiver reports); ``None`` until known.
+    packets_lost: int | None = None
+    #: Interarrival jitter in seconds (RFC 3550), the largest of the session's streams.
+    jitter: float | None = None
+    #: Round-trip time in seconds (viewers: from their receiver reports); ``None`` for
+    #: publishers (aiortc's receiver does not measure it) and until known.
+    rtt: float | None = None
 
 
 @final
@@ -146,6 +164,9 @@ class RoomSnapshot:
 
     room: str
     sessions: list[SessionInfo] = field(default_factory=list)
+    #: Seconds left for a new publisher to take over the room's viewers (its publisher
+    #: left, ``publisher_grace``); ``None`` when the room is not waiting for one.
+    grace_left: float | None = None
 
 
 # ------------------------------------------------------------------ peer commands
@@ -194,6 +215,17 @@ class PeerClose:
     session: str
 
 
+@final
+@dataclass(slots=True)
+class PeerSwitch:
+    """Feed ``viewers`` from the tracks of the publisher ``session`` (a new publisher
+    took over the room): each viewer's outgoing tracks are re-attached to it, encoded
+    when the codecs match, else through the decoded relay."""
+
+    session: str
+    viewers: tuple[str, ...]
+
+
 # ------------------------------------------------------------------ peer inputs
 
 
@@ -234,11 +266,21 @@ class PeerState:
 @final
 @dataclass(slots=True)
 class PeerMedia:
-    """Media counters of ``session``, reported by the driver about once a second."""
+    """Media counters of ``session``, reported by the driver about once a second.
+
+    The other fields come from aiortc's ``getStats()`` of the session's receivers
+    (publisher) or senders (viewer) and its transport; ``None`` when not known (yet).
+    Their meaning is that of :class:`SessionInfo`'s fields of the same name.
+    """
 
     session: str
     #: Video frames received (publisher) or sent (viewer) so far.
     frames: int
+    bitrate_in: int | None = None
+    bitrate_out: int | None = None
+    packets_lost: int | None = None
+    jitter: float | None = None
+    rtt: float | None = None
 
 
 # ------------------------------------------------------------------ app events

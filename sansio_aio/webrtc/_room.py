@@ -6,8 +6,9 @@ One :class:`Room` task per stream name, pinned to one worker (so its publisher a
 its viewers share that worker's media). It never touches aiortc: it answers the HTTP
 layer's requests (``Request(id, OpenSession | PatchSession | CloseSession | RoomInfo)``)
 and drives the worker's WebRTC driver with commands (``PeerOpen``, ``PeerTrickle``,
-``PeerKeyframe``, ``PeerClose``); the driver reports back with ``PeerAnswered``,
-``PeerFailed``, ``PeerState`` and ``PeerMedia`` inputs.
+``PeerKeyframe``, ``PeerClose``, ``PeerSwitch``); the driver reports back with
+``PeerAnswered``, ``PeerFailed``, ``PeerState`` and ``PeerMedia`` inputs (the last one
+also carries the session's bitrates, loss, jitter and RTT, kept for ``RoomInfo``).
 
 A session moves through these states (the table is :data:`TRANSITIONS`)::
 
@@ -20,10 +21,28 @@ An ``OpenSession`` request is held open while the driver negotiates: the room ke
 request id and replies ``Created`` (or ``Refused``) when the driver answers, so the HTTP
 handler awaits one ``Runtime.request``. Deadlines (``next_deadline``) free sessions that
 the driver never answers or that never connect (``connect_timeout``) or that lose ICE
-(``disconnected_timeout``), and rate-limit keyframe requests. When the publisher goes
-(deleted, failed, timed out, or reported silent by the driver with ``PeerFailed``), its
-viewers go too. Session ids and ETags come from the server, so the task is
-deterministic under the test harness.
+(``disconnected_timeout``), and rate-limit keyframe requests. Session ids and ETags come
+from the server, so the task is deterministic under the test harness.
+
+The publisher's departure (deleted, failed, timed out, or reported silent by the driver
+with ``PeerFailed``) and its replacement (an encoder restart): the room as a whole moves
+through three states::
+
+    no publisher --WHIP answered--> publishing --publisher gone, viewers,--> waiting
+         ^                               ^          publisher_grace > 0        |
+         |                               +------ new publisher answered -------+
+         +---- publisher gone, no viewers (or grace 0) ---+                    |
+         +---------------- publisher_grace over, or no viewer left ------------+
+
+While **waiting**, the viewers' sessions stay (their peer connections too: the driver
+keeps their outgoing tracks, idle) and new viewers are accepted (``PeerOpen`` with no
+source: they get the stream when a publisher comes). A new publisher is accepted as
+usual; once the driver answers it, the room emits ``PeerSwitch(new, viewers)`` (the
+driver re-attaches every viewer's tracks to the new publisher's media) and, once it is
+connected, ``PeerKeyframe`` at once. A new publisher that fails before its answer does
+not restart the wait. When ``publisher_grace`` passes with no new publisher, or the last
+viewer leaves, the viewers end with "the publisher left", as they do at once with
+``publisher_grace == 0`` or ``CloseSession(grace=False)``.
 
 Bounds. The offer is checked by :func:`~sansio_aio.webrtc._sdp.check_offer` (one audio
 and one video m-section at most, ``max_candidates`` candidates, a DTLS fingerprint, sane
@@ -64,6 +83,7 @@ from ._events import (
     PeerMedia,
     PeerOpen,
     PeerState,
+    PeerSwitch,
     PeerTrickle,
     Refused,
     Role,
@@ -112,6 +132,11 @@ class _Session:
     request: int | None = None  # the OpenSession request waiting for the driver
     deadline: float | None = None
     frames: int = 0
+    bitrate_in: int | None = None
+    bitrate_out: int | None = None
+    packets_lost: int | None = None
+    jitter: float | None = None
+    rtt: float | None = None
     #: Distinct remote candidates so far (``Candidate.key``), offer and trickle.
     candidates: set[tuple[int, str, str, int]] = field(default_factory=set)
 
@@ -164,6 +189,8 @@ class Room(Task):
         self._idle_since: float | None = None
         self._keyframe_at = float("-inf")
         self._keyframe_due: float | None = None
+        #: While the room waits for a new publisher (its publisher left): until when.
+        self._grace_until: float | None = None
         self._allowed = address_filter(cfg.ice_networks)
         self._done = False
         #: An ``OpenSession`` was handled (a fresh room waits for its first request).
@@ -188,6 +215,11 @@ class Room(Task):
             s = self.sessions.get(event.session)
             if s is not None:
                 s.frames = event.frames
+                s.bitrate_in = event.bitrate_in
+                s.bitrate_out = event.bitrate_out
+                s.packets_lost = event.packets_lost
+                s.jitter = event.jitter
+                s.rtt = event.rtt
         self._update_idle(now)
         self._end_if_unused()
 
@@ -195,7 +227,9 @@ class Room(Task):
         """Run timeouts: unconnected or disconnected sessions, keyframes, room idleness."""
         for s in list(self.sessions.values()):
             if s.deadline is not None and s.deadline <= now:
-                self._end(s, _TIMEOUT_REASONS.get(s.state, "ICE lost"))
+                self._end(now, s, _TIMEOUT_REASONS.get(s.state, "ICE lost"))
+        if self._grace_until is not None and self._grace_until <= now:
+            self._stop_waiting(now)
         if self._keyframe_due is not None and self._keyframe_due <= now:
             self._keyframe_due = None
             self._keyframe(now)
@@ -212,7 +246,7 @@ class Room(Task):
         """Close every session; the room is empty once its outputs are popped."""
         self.closing = True
         for s in list(self.sessions.values()):
-            self._end(s, "server shutting down")
+            self._end(now, s, "server shutting down")
 
     def is_empty(self) -> bool:
         """Empty, with nothing left to pop, when shut down, idle for ``idle_timeout``, or
@@ -220,10 +254,12 @@ class Room(Task):
         return (self.closing or self._done) and not self.sessions and not self._outputs
 
     def next_deadline(self) -> float | None:
-        """The earliest session timeout, keyframe slot or idle end."""
+        """The earliest session timeout, keyframe slot, end of a grace, or idle end."""
         times = [s.deadline for s in self.sessions.values() if s.deadline is not None]
         if self._keyframe_due is not None:
             times.append(self._keyframe_due)
+        if self._grace_until is not None:
+            times.append(self._grace_until)
         if self._idle_since is not None and not self.sessions:
             times.append(self._idle_since + self.config.idle_timeout)
         return min(times) if times else None
@@ -241,7 +277,7 @@ class Room(Task):
             if s is None:
                 self.emit(Reply(rid, Refused(404, "no such session")))
             else:
-                self._end(s, "deleted by the client")
+                self._end(now, s, "deleted by the client", grace=msg.grace)
                 self.emit(Reply(rid, Done(200)))
         elif kind is RoomInfo:
             self.emit(Reply(rid, self.snapshot(now)))
@@ -269,13 +305,15 @@ class Room(Task):
                 return
         else:
             pub = self.sessions.get(self.publisher) if self.publisher else None
-            if pub is None or pub.state == "negotiating":
+            if pub is not None and pub.state != "negotiating":
+                source = pub.id
+            elif self._grace_until is None:
                 status = cfg.no_publisher_status
                 retry = cfg.retry_after if status == 409 else None
                 why = f"room {self.name!r} has no publisher"
                 self.emit(Reply(rid, Refused(status, why, retry)))
                 return
-            source = pub.id
+            # else: waiting for a new publisher; this viewer gets it when it comes
         if len(self.sessions) >= cfg.max_sessions:
             self.emit(Reply(rid, Refused(503, f"room {self.name!r} is full", cfg.retry_after)))
             return
@@ -356,6 +394,11 @@ class Room(Task):
         if s.request is not None:
             self.emit(Reply(s.request, Created(s.id, s.etag, answer)))
             s.request = None
+        if s.id == self.publisher:
+            self._grace_until = None  # a new publisher took over
+            viewers = tuple(v.id for v in self.sessions.values() if v.role == "whep")
+            if viewers:
+                self.emit(PeerSwitch(s.id, viewers))
 
     def _on_failed(self, now: float, event: PeerFailed) -> None:
         s = self.sessions.get(event.session)
@@ -364,14 +407,14 @@ class Room(Task):
         if s.request is not None:
             self.emit(Reply(s.request, Refused(event.status, event.reason)))
             s.request = None
-        self._end(s, event.reason)
+        self._end(now, s, event.reason)
 
     def _on_state(self, now: float, event: PeerState) -> None:
         s = self.sessions.get(event.session)
         if s is None or s.state == "negotiating":
             return
         if event.state in ("failed", "closed"):
-            self._end(s, f"peer connection {event.state}")
+            self._end(now, s, f"peer connection {event.state}")
             return
         new = TRANSITIONS.get(s.state, {}).get(event.state)
         if new is None or new == s.state:
@@ -379,8 +422,8 @@ class Room(Task):
         s.state = new
         if new == "connected":
             s.deadline = None
-            if s.role == "whep":
-                self._keyframe(now)
+            if s.role == "whep" or any(v.role == "whep" for v in self.sessions.values()):
+                self._keyframe(now)  # a viewer starts, or a new publisher has viewers
         elif new == "disconnected":
             s.deadline = now + self.config.disconnected_timeout
 
@@ -397,7 +440,7 @@ class Room(Task):
         self._keyframe_at = now
         self.emit(PeerKeyframe(self.publisher))
 
-    def _end(self, s: _Session, reason: str) -> None:
+    def _end(self, now: float, s: _Session, reason: str, *, grace: bool = True) -> None:
         if self.sessions.pop(s.id, None) is None:
             return
         self.emit(PeerClose(s.id))
@@ -409,9 +452,24 @@ class Room(Task):
         if s.id == self.publisher:
             self.publisher = None
             self._keyframe_due = None
-            for viewer in list(self.sessions.values()):
-                if viewer.role == "whep":
-                    self._end(viewer, "the publisher left")
+            self._keyframe_at = float("-inf")  # the next publisher's first request is due
+            viewers = any(v.role == "whep" for v in self.sessions.values())
+            wait = grace and viewers and self.config.publisher_grace > 0 and not self.closing
+            if not wait:
+                self._stop_waiting(now)
+            elif self._grace_until is None:  # a returning publisher that failed: no restart
+                self._grace_until = now + self.config.publisher_grace
+        elif self._grace_until is not None and not any(
+            v.role == "whep" for v in self.sessions.values()
+        ):
+            self._grace_until = None  # nobody left to keep
+
+    def _stop_waiting(self, now: float) -> None:
+        """No publisher, and none awaited: end the viewers."""
+        self._grace_until = None
+        for viewer in list(self.sessions.values()):
+            if viewer.role == "whep":
+                self._end(now, viewer, "the publisher left")
 
     def _end_if_unused(self) -> None:
         """End a room that was asked for sessions, never answered one, and has none."""
@@ -426,10 +484,23 @@ class Room(Task):
 
     def snapshot(self, now: float) -> RoomSnapshot:
         """The room's sessions as plain data (for the stats endpoint)."""
+        grace = self._grace_until
         return RoomSnapshot(
             self.name,
             [
-                SessionInfo(s.id, s.role, s.state, round(now - s.opened, 3), s.frames)
+                SessionInfo(
+                    s.id,
+                    s.role,
+                    s.state,
+                    round(now - s.opened, 3),
+                    s.frames,
+                    s.bitrate_in,
+                    s.bitrate_out,
+                    s.packets_lost,
+                    s.jitter,
+                    s.rtt,
+                )
                 for s in self.sessions.values()
             ],
+            None if grace is None else round(max(0.0, grace - now), 3),
         )

@@ -20,9 +20,15 @@ offer), and before it opens anything locally:
 * Redis unreachable: what is local keeps working; anything that needs the directory
   gets **503** + ``Retry-After`` (the :class:`Directory` logs it once).
 
-The lease of a room is released when its publisher's session ends here (DELETE, timeout,
-the room ending). Redirects are absolute (``node_url`` + the request's path), and so
-are session URLs, so PATCH and DELETE reach the node that holds the session directly.
+The lease of a room is released when the room has no session left here (none being
+opened either): its publisher ended (DELETE, timeout, the room ending) and so did its
+viewers. A room whose publisher left keeps its viewers for ``publisher_grace`` seconds
+(see :mod:`._room`), and so keeps its lease: a new publisher of the room (an encoder
+restarting), on any node, is sent here and takes the viewers over. Once the grace
+passes without one, the room ends its viewers, and the lease is released.
+
+Redirects are absolute (``node_url`` + the request's path), and so are session URLs, so
+PATCH and DELETE reach the node that holds the session directly.
 """
 
 from __future__ import annotations
@@ -129,27 +135,32 @@ class ClusterRouter:
     # ------------------------------------------------------------------ session events
 
     def publish_failed(self, room: str) -> None:
-        """A publisher's POST was refused here: give the room back if nobody publishes."""
-        if not self._publisher_here(room) and room in self.directory.held():
-            self._release(room)
+        """A publisher's POST was refused here: give the room back if it is unused."""
+        self._release_if_unused(room)
 
     def session_ended(self, session: str, room: str, role: str) -> None:
-        """A session ended here: a publisher's end releases the room's lease."""
+        """A session ended here: the room's last one (a publisher with no viewer, or the
+        last viewer after the publisher's grace) releases the room's lease."""
         if self.edges is not None and self.edges.session_ended(session):
             return  # an edge's own publisher session: the lease is the origin's
-        if role == "whip" and room in self.directory.held():
+        self._release_if_unused(room)
+
+    def _release_if_unused(self, room: str) -> None:
+        if room in self.directory.held() and not self.server.in_use(room):
             self._release(room)
 
     def lost(self, room: str) -> None:
         """The directory gave ``room`` to another node (this one stalled or was cut off
         from Redis past its node TTL): end its sessions here, so one room name never has
-        two publishers."""
-        for sid, entry in list(self.server.sessions.items()):
-            if entry.room == room and entry.role == "whip":
-                log.warning("room %s was taken over by another node: its publisher here ends", room)
-                job = asyncio.get_running_loop().create_task(self.server.close_session(sid))
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
+        two publishers (its viewers end at once too, with no grace)."""
+        sessions = [(sid, e) for sid, e in self.server.sessions.items() if e.room == room]
+        if sessions:
+            log.warning("room %s was taken over by another node: its sessions here end", room)
+        for sid, _entry in sorted(sessions, key=lambda item: item[1].role != "whip"):
+            closing = self.server.close_session(sid, grace=False)
+            job = asyncio.get_running_loop().create_task(closing)
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
 
     def _release(self, room: str) -> None:
         self.counters["releases"] += 1

@@ -18,7 +18,11 @@ webhook: 401/403/503), room name (400), content type (415), body (413, 408 after
 :func:`~sansio_aio.webrtc._sdp.check_offer` (400/422); only then is a room spawned or
 asked. So refused requests never spawn rooms. A session remembers the digest of the
 credential that created it; PATCH and DELETE must carry it (or an operator token).
-``/stats`` shows real session ids to operators only, labels to everyone else.
+``/stats`` shows real session ids to operators only, labels to everyone else; each
+session carries the numbers the driver read from aiortc (``bitrate_in``,
+``bitrate_out``, ``packets_lost``, ``jitter``, ``rtt``) and each room its ``grace_left``.
+``/metrics`` has per-room aggregates of them (:func:`room_metrics`, no session ids). The
+``/dashboard`` page is static: it polls ``/stats`` with the token of its URL fragment.
 
 Rooms are spawned on first use (the runtime places them on the least-loaded worker) and
 end by themselves when idle. The server reads the runtime's event stream: a room's
@@ -70,7 +74,7 @@ from ._ratelimit import TokenBuckets
 from ._router import ClusterRouter, cluster_metrics
 from ._sdp import check_offer
 
-__all__ = ["WhipServer"]
+__all__ = ["WhipServer", "room_metrics"]
 
 log = logging.getLogger("sansio_aio.webrtc")
 
@@ -78,9 +82,21 @@ _EXPOSE = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After"
 _ENDPOINT_METHODS = "POST, OPTIONS"
 _SESSION_METHODS = "PATCH, DELETE, OPTIONS"
 _FRAG_TYPE = "application/trickle-ice-sdpfrag"
-_PAGES = {"": "index.html", "publish": "publish.html", "view": "view.html", "whip.js": "whip.js"}
+_PAGES = {
+    "": "index.html",
+    "publish": "publish.html",
+    "view": "view.html",
+    "dashboard": "dashboard.html",
+    "whip.js": "whip.js",
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 
 _ENDED_KEPT = 4096
 _ROOM_RULE = "room names are 1-64 characters of [A-Za-z0-9_.~-], not . or .."
@@ -114,6 +130,8 @@ class WhipServer:
         #: gets 404, not 401, for a late PATCH/DELETE.
         self._ended: dict[str, bytes | None] = {}
         self._opening = 0
+        #: Sessions being opened, per room (a cluster keeps such a room's lease).
+        self._opening_rooms: dict[str, int] = {}
         self._events_task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
         self._buckets = (
@@ -298,11 +316,15 @@ class WhipServer:
         session = secrets.token_urlsafe(24)
         etag = f'"{secrets.token_hex(8)}"'
         self._opening += 1
+        self._opening_rooms[room] = self._opening_rooms.get(room, 0) + 1
         try:
             msg = OpenSession(session, role, offer, etag)
             ref, reply = await self._ask_room(room, msg, spawn=role == "whip")
         finally:
             self._opening -= 1
+            left = self._opening_rooms.pop(room) - 1
+            if left:
+                self._opening_rooms[room] = left
         if isinstance(reply, Created):
             self.sessions[session] = _Entry(room, ref, role, owner)
             self.counters["created"] += 1
@@ -312,12 +334,18 @@ class WhipServer:
         log.error("unexpected room reply %r", reply)  # pragma: no cover
         return session, Refused(500, "unexpected reply from the room")  # pragma: no cover
 
-    async def close_session(self, session: str) -> None:
-        """End ``session`` as a DELETE would (the edges of a cluster use it)."""
+    def in_use(self, room: str) -> bool:
+        """True while ``room`` has a session here, or one being opened (a publisher's
+        viewers waiting for a new publisher included)."""
+        return room in self._opening_rooms or any(e.room == room for e in self.sessions.values())
+
+    async def close_session(self, session: str, *, grace: bool = True) -> None:
+        """End ``session`` as a DELETE would (the edges of a cluster use it); with
+        ``grace=False`` a publisher's viewers end at once too."""
         entry = self.sessions.get(session)
         if entry is None:
             return
-        reply = await self._ask(entry.ref, CloseSession(session))
+        reply = await self._ask(entry.ref, CloseSession(session, grace))
         if isinstance(reply, Done) or (isinstance(reply, Refused) and reply.status == 404):
             self._forget_session(session)
 
@@ -388,8 +416,7 @@ class WhipServer:
             lines.append(f'sansio_worker_loop_lag_seconds{{worker="{wid}"}} {w["loop_lag"]}')
             for key, value in sorted(w["drivers"].items()):
                 lines.append(f'sansio_{key}{{worker="{wid}"}} {value}')
-        for name, room in sorted(snap["rooms"].items()):
-            lines.append(f'whip_room_sessions{{room="{name}"}} {len(room["sessions"])}')
+        lines += room_metrics(snap["rooms"])
         if "cluster" in snap:
             lines += cluster_metrics(snap["cluster"])
         return self._cors(web.Response(text="\n".join(lines) + "\n", content_type="text/plain"))
@@ -419,7 +446,10 @@ class WhipServer:
             return self._error(404, "no such page")
         data = resources.files(__package__).joinpath("static", filename).read_bytes()
         ctype = "text/javascript" if filename.endswith(".js") else "text/html"
-        return web.Response(body=data, content_type=ctype, charset="utf-8")
+        resp = web.Response(body=data, content_type=ctype, charset="utf-8")
+        if name == "dashboard":  # it reads /stats only: nothing else may load or connect
+            resp.headers["Content-Security-Policy"] = _DASHBOARD_CSP
+        return resp
 
     # ------------------------------------------------------------------ rooms
 
@@ -432,7 +462,11 @@ class WhipServer:
             reply = await self._ask(ref, RoomInfo())
             if isinstance(reply, RoomSnapshot):
                 sessions = [asdict(s) for s in reply.sessions]
-                rooms[name] = {"worker": ref.worker, "sessions": sessions}
+                rooms[name] = {
+                    "worker": ref.worker,
+                    "sessions": sessions,
+                    "grace_left": reply.grace_left,
+                }
 
         await asyncio.gather(*(one(n, r) for n, r in list(self.rooms.items())))
         return {
@@ -618,6 +652,58 @@ class WhipServer:
         resp.headers["Access-Control-Allow-Origin"] = self.config.cors_origin
         resp.headers["Access-Control-Expose-Headers"] = _EXPOSE
         return resp
+
+
+#: ``/metrics`` families per room: name, type, help, and how to get the value.
+_ROOM_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("whip_room_sessions", "gauge", "sessions of the room (publisher and viewers)"),
+    ("whip_room_viewers", "gauge", "viewer sessions of the room"),
+    ("whip_room_publishers", "gauge", "1 while the room has a publisher session"),
+    ("whip_room_waiting", "gauge", "1 while the room keeps its viewers for a new publisher"),
+    ("whip_room_bitrate_in_bits_per_second", "gauge", "bits/s received from its sessions"),
+    ("whip_room_bitrate_out_bits_per_second", "gauge", "bits/s sent to its sessions"),
+    ("whip_room_packets_lost", "gauge", "RTP packets lost, summed over its live sessions"),
+    ("whip_room_jitter_seconds", "gauge", "largest interarrival jitter of its sessions"),
+    ("whip_room_rtt_seconds", "gauge", "largest round-trip time of its viewers"),
+)
+
+
+def room_metrics(rooms: dict[str, Any]) -> list[str]:
+    """Prometheus lines with per-room aggregates of a snapshot's ``rooms`` (room names
+    only, never a session id). A value no session knows yet is left out."""
+    values: dict[str, list[str]] = {name: [] for name, _, _ in _ROOM_METRICS}
+    for room, info in sorted(rooms.items()):
+        sessions = info["sessions"]
+        label = f'{{room="{room}"}}'
+
+        def known(field: str, of: list[dict[str, Any]] = sessions) -> list[Any]:
+            return [x[field] for x in of if x.get(field) is not None]
+
+        viewers = [x for x in sessions if x["role"] == "whep"]
+        found: dict[str, Any] = {
+            "whip_room_sessions": len(sessions),
+            "whip_room_viewers": len(viewers),
+            "whip_room_publishers": sum(1 for x in sessions if x["role"] == "whip"),
+            "whip_room_waiting": 0 if info.get("grace_left") is None else 1,
+        }
+        for name, field, merge in (
+            ("whip_room_bitrate_in_bits_per_second", "bitrate_in", sum),
+            ("whip_room_bitrate_out_bits_per_second", "bitrate_out", sum),
+            ("whip_room_packets_lost", "packets_lost", sum),
+            ("whip_room_jitter_seconds", "jitter", max),
+        ):
+            seen = known(field)
+            if seen:
+                found[name] = merge(seen)
+        trips = known("rtt", viewers)
+        if trips:
+            found["whip_room_rtt_seconds"] = max(trips)
+        for name, value in found.items():
+            values[name].append(f"{name}{label} {value}")
+    lines: list[str] = []
+    for name, kind, text in _ROOM_METRICS:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", *values[name]]
+    return lines
 
 
 def _bearer(request: web.Request) -> str | None:

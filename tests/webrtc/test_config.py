@@ -75,8 +75,12 @@ def test_flags_and_environment() -> None:
         "WHIP_TOKENS": "a,b",
         "WHIP_MAX_SESSIONS": "7",
         "WHIP_RELAY": "decoded",
+        "WHIP_PUBLISHER_GRACE": "0",
     }
     cfg = parse_args(["--port", "9100", "--ice-network", "10.0.0.0/8"], env=env)
+    assert cfg.publisher_grace == 0.0 and cfg.room("r").publisher_grace == 0.0
+    assert parse_args(["--publisher-grace", "2.5"], env=env).room("r").publisher_grace == 2.5
+    assert ServerConfig().publisher_grace == 5.0
     assert cfg.port == 9100  # a flag wins over its variable
     assert cfg.workers == 3 and cfg.max_sessions == 7 and cfg.relay == "decoded"
     assert cfg.tokens == ("a", "b")
@@ -115,6 +119,8 @@ def test_flags_and_environment() -> None:
         {"max_connections": 0},
         {"max_connections_per_ip": 0},
         {"max_candidates": 0},
+        {"publisher_grace": -1.0},
+        {"publisher_grace": 1e9},
     ],
 )
 def test_bad_values_are_config_errors(kwargs: dict[str, object]) -> None:

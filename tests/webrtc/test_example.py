@@ -49,6 +49,9 @@ async def test_example_serves_pages_and_stops_cleanly(mode: str) -> None:
                 assert resp.status == 200 and "WHIP" in await resp.text()
             async with http.get(url + "/stats") as resp:
                 assert (await resp.json())["sessions"] == 0
+            async with http.get(url + "/dashboard") as resp:
+                assert resp.status == 200 and "dashRefresh" in await resp.text()
+                assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
             async with http.post(
                 url + "/whip/x", data="nope", headers={"Content-Type": "text/plain"}
             ) as resp:

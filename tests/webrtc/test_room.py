@@ -36,6 +36,7 @@ from sansio_aio.webrtc import (
     SessionEnded,
     check_offer,
 )
+from sansio_aio.webrtc._events import PeerSwitch
 from sansio_aio.webrtc._room import if_match_tags
 from sansio_aio.webrtc._sdp import add_rtcp_mux_only, parse_fragment
 from tests.webrtc.support import ANSWER
@@ -214,7 +215,7 @@ def test_delete_then_404_and_server_told() -> None:
 
 
 def test_publisher_leaving_ends_its_viewers() -> None:
-    d = Driven()
+    d = Driven(publisher_grace=0.0)
     d.open(0.0, "p")
     d.open(0.1, "v1", "whep")
     d.open(0.2, "v2", "whep")
@@ -273,6 +274,13 @@ def test_media_counters_show_in_snapshot() -> None:
     assert isinstance(snap, RoomSnapshot)
     assert snap.room == "r" and snap.sessions[0].frames == 42
     assert snap.sessions[0].state == "new" and snap.sessions[0].age == 2.0
+    assert snap.sessions[0].bitrate_in is None and snap.sessions[0].rtt is None
+    assert snap.grace_left is None
+    d.feed(3.0, PeerMedia("p", 80, 512000, 1200, 3, 0.004, None))
+    (snap,) = replies(d.request(3.0, RoomInfo())[1])
+    info = snap.sessions[0]
+    assert (info.frames, info.bitrate_in, info.bitrate_out) == (80, 512000, 1200)
+    assert (info.packets_lost, info.jitter, info.rtt) == (3, 0.004, None)
 
 
 def test_idle_room_ends_by_itself() -> None:
@@ -570,3 +578,141 @@ def test_a_viewer_refused_while_the_publisher_negotiates_keeps_the_room() -> Non
     assert not d.room.is_empty()
     d.feed(0.2, PeerAnswered("p", ANSWER))
     assert d.open(0.3, "v", "whep").__class__ is Created
+
+
+# ------------------------------------------------------------------ publisher grace
+
+
+def connected_room(grace: float = 5.0, viewers: tuple[str, ...] = ("v1", "v2")) -> Driven:
+    """A room with publisher ``p`` and ``viewers``, all connected at t=1."""
+    d = Driven(publisher_grace=grace)
+    d.open(0.0, "p")
+    for v in viewers:
+        d.open(0.5, v, "whep")
+    for sid in ("p", *viewers):
+        d.feed(1.0, PeerState(sid, "connected"))
+    return d
+
+
+def closed(out: list[Any]) -> set[str]:
+    return {o.session for o in out if isinstance(o, PeerClose)}
+
+
+def snapshot(d: Driven, now: float) -> RoomSnapshot:
+    (snap,) = replies(d.request(now, RoomInfo())[1])
+    assert isinstance(snap, RoomSnapshot)
+    return snap
+
+
+def test_the_publisher_leaving_keeps_its_viewers_for_the_grace() -> None:
+    d = connected_room()
+    _, out = d.request(10.0, CloseSession("p"))
+    assert closed(out) == {"p"} and Done(200) in replies(out)
+    assert ExtOut(SessionEnded("r", "p", "deleted by the client")) in out
+    assert set(d.room.sessions) == {"v1", "v2"} and d.room.publisher is None
+    assert d.room.next_deadline() == 15.0
+    assert snapshot(d, 11.0).grace_left == 4.0
+    assert d.tick(14.9) == []
+    out = d.tick(15.0)
+    assert closed(out) == {"v1", "v2"}
+    assert ExtOut(SessionEnded("r", "v1", "the publisher left")) in out
+    assert snapshot(d, 15.0).grace_left is None
+    assert d.open(16.0, "v3", "whep").status == 409  # no publisher, none awaited
+
+
+def test_a_new_publisher_takes_the_viewers_over() -> None:
+    d = connected_room()
+    d.request(10.0, CloseSession("p"))
+    rid, out = d.request(12.0, OpenSession("p2", "whip", offer(), '"e-p2"'))
+    assert [type(o) for o in out] == [PeerOpen]
+    assert d.room.next_deadline() == 15.0  # still waiting while p2 negotiates
+    assert d.open(12.5, "p3").status == 409  # one publisher at a time
+    out = d.feed(12.6, PeerAnswered("p2", ANSWER))
+    assert isinstance(out[0], Reply) and out[0].id == rid and isinstance(out[0].msg, Created)
+    assert out[1:] == [PeerSwitch("p2", ("v1", "v2"))]
+    assert snapshot(d, 12.7).grace_left is None
+    assert d.room.next_deadline() == 12.6 + d.room.config.connect_timeout  # p2 must connect
+    # connected: a keyframe at once (the viewers' decoders start on it)
+    assert d.feed(13.0, PeerState("p2", "connected")) == [PeerKeyframe("p2")]
+    assert d.tick(15.0) == [] and set(d.room.sessions) == {"p2", "v1", "v2"}
+    assert all(d.room.sessions[v].state == "connected" for v in ("v1", "v2"))
+    # and the room is an ordinary one again: its publisher leaving starts a new grace
+    d.request(20.0, CloseSession("p2"))
+    assert d.room.next_deadline() == 25.0
+
+
+def test_viewers_are_accepted_while_the_room_waits() -> None:
+    d = connected_room(viewers=("v1",))
+    d.request(10.0, CloseSession("p"))
+    _, out = d.request(11.0, OpenSession("v2", "whep", offer("recvonly"), '"e-v2"'))
+    assert out == [PeerOpen("v2", "whep", out[0].offer, None)]  # no source yet
+    assert isinstance(replies(d.feed(11.1, PeerAnswered("v2", ANSWER)))[0], Created)
+    # a viewer connecting with no publisher asks for no keyframe
+    assert d.feed(11.5, PeerState("v2", "connected")) == []
+    d.request(12.0, OpenSession("p2", "whip", offer(), '"e"'))
+    out = d.feed(12.1, PeerAnswered("p2", ANSWER))
+    assert out[1:] == [PeerSwitch("p2", ("v1", "v2"))]  # the new viewer too
+
+
+def test_a_returning_publisher_that_fails_does_not_restart_the_wait() -> None:
+    d = connected_room()
+    d.request(10.0, CloseSession("p"))
+    rid, _ = d.request(11.0, OpenSession("p2", "whip", offer(), '"e"'))
+    out = d.feed(12.0, PeerFailed("p2", 422, "no common codec"))
+    assert Reply(rid, Refused(422, "no common codec")) in out
+    assert closed(out) == {"p2"} and set(d.room.sessions) == {"v1", "v2"}
+    assert d.room.next_deadline() == 15.0
+    assert closed(d.tick(15.0)) == {"v1", "v2"}
+
+
+def test_the_wait_ends_when_the_last_viewer_leaves() -> None:
+    d = connected_room()
+    d.request(10.0, CloseSession("p"))
+    d.request(11.0, CloseSession("v1"))
+    assert d.room.next_deadline() == 15.0
+    d.request(12.0, CloseSession("v2"))
+    assert snapshot(d, 12.0).grace_left is None
+    assert d.room.next_deadline() == 12.0 + d.room.config.idle_timeout
+    assert d.open(13.0, "v3", "whep").status == 409
+
+
+@pytest.mark.parametrize("how", ["grace=0", "CloseSession(grace=False)", "no viewer"])
+def test_no_wait(how: str) -> None:
+    d = connected_room(
+        grace=0.0 if how == "grace=0" else 5.0, viewers=() if how == "no viewer" else ("v1",)
+    )
+    _, out = d.request(10.0, CloseSession("p", grace=how != "CloseSession(grace=False)"))
+    if how != "no viewer":
+        assert closed(out) == {"p", "v1"}
+        assert ExtOut(SessionEnded("r", "v1", "the publisher left")) in out
+    assert not d.room.sessions and snapshot(d, 10.0).grace_left is None
+    assert d.open(11.0, "v", "whep").status == 409
+
+
+@pytest.mark.parametrize(
+    "gone",
+    [
+        PeerFailed("p", 410, "no packets from the peer for 10 s"),
+        PeerState("p", "failed"),
+        PeerState("p", "closed"),
+    ],
+)
+def test_a_publisher_that_fails_or_goes_silent_gets_the_grace_too(gone: Any) -> None:
+    d = connected_room()
+    out = d.feed(10.0, gone)
+    assert closed(out) == {"p"} and d.room.next_deadline() == 15.0
+
+
+def test_a_publisher_that_loses_ice_gets_the_grace_too() -> None:
+    d = connected_room()
+    d.feed(10.0, PeerState("p", "disconnected"))
+    out = d.tick(10.0 + d.room.config.disconnected_timeout)
+    assert closed(out) == {"p"} and set(d.room.sessions) == {"v1", "v2"}
+
+
+def test_shutdown_while_waiting_closes_everything() -> None:
+    d = connected_room()
+    d.request(10.0, CloseSession("p"))
+    d.room.on_shutdown(11.0)
+    assert closed(d.drain(11.0)) == {"v1", "v2"}
+    assert d.room.is_empty()

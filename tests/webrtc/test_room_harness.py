@@ -30,6 +30,7 @@ from sansio_aio.webrtc import (
     RoomConfig,
     SessionEnded,
 )
+from sansio_aio.webrtc._events import PeerSwitch
 from tests.webrtc.support import ANSWER
 from tests.webrtc.test_sdp import build, offer
 
@@ -44,7 +45,9 @@ def open_session(h: TaskHarness, rid: int, sid: str, role: str) -> Created:
 
 
 def test_room_lifecycle_runs_on_its_own_deadlines() -> None:
-    cfg = RoomConfig(name="r", connect_timeout=5.0, idle_timeout=30.0, keyframe_interval=1.0)
+    cfg = RoomConfig(
+        name="r", connect_timeout=5.0, idle_timeout=30.0, keyframe_interval=1.0, publisher_grace=5.0
+    )
     h = TaskHarness(Room, cfg, tick=10.0)
     open_session(h, 1, "p", "whip")
     h.feed(PeerState("p", "connected"), at=1.0)
@@ -64,11 +67,16 @@ def test_room_lifecycle_runs_on_its_own_deadlines() -> None:
     assert PeerClose("v3") in out
     assert ExtOut(SessionEnded("r", "v3", "ICE did not connect in time")) in out
 
-    # The publisher fails: its viewers go with it; the room ends 30 s after, by itself.
+    # The publisher fails: its viewers wait 5 s for a new one, none comes, they go; the
+    # room ends 30 s after, by itself.
     out = h.feed(PeerState("p", "failed"), at=12.0)
-    assert {o.session for o in out if isinstance(o, PeerClose)} == {"p", "v1", "v2"}
+    assert {o.session for o in out if isinstance(o, PeerClose)} == {"p"}
+    assert h.deadline == 17.0  # the end of the publisher's grace
+    out = h.advance_to(17.0)
+    assert {o.session for o in out if isinstance(o, PeerClose)} == {"v1", "v2"}
+    assert ExtOut(SessionEnded("r", "v1", "the publisher left")) in out
     h.run_until_idle(within=60.0)
-    assert h.ended and h.ended_at == 42.0
+    assert h.ended and h.ended_at == 47.0
 
 
 def test_shutdown_under_harness_closes_everything() -> None:
@@ -149,8 +157,8 @@ async def test_a_request_racing_the_rooms_end_fails_fast_for_a_retry() -> None:
 
 def test_a_silent_peer_reported_by_the_driver_ends_its_session() -> None:
     """``PeerFailed`` after the answer (the driver's "no packets" report) ends the
-    session with its reason; the publisher's end ends its viewers."""
-    cfg = RoomConfig(name="r", idle_timeout=30.0)
+    session with its reason; the publisher's end ends its viewers (no grace here)."""
+    cfg = RoomConfig(name="r", idle_timeout=30.0, publisher_grace=0.0)
     h = TaskHarness(Room, cfg, tick=10.0)
     open_session(h, 1, "p", "whip")
     open_session(h, 2, "v1", "whep")
@@ -174,3 +182,28 @@ def test_a_silent_peer_reported_by_the_driver_ends_its_session() -> None:
     assert h.feed(PeerFailed("p", 410, silent), at=21.0) == []
     h.run_until_idle(within=60.0)
     assert h.ended and h.ended_at == 50.0
+
+
+def test_a_new_publisher_within_the_grace_under_harness() -> None:
+    """A silent publisher is dropped; the viewer waits; a new publisher's answer switches
+    it (``PeerSwitch``), its connection asks for a keyframe, and no deadline of the
+    grace is left behind."""
+    cfg = RoomConfig(name="r", idle_timeout=30.0, publisher_grace=5.0, keyframe_interval=1.0)
+    h = TaskHarness(Room, cfg, tick=10.0)
+    open_session(h, 1, "p", "whip")
+    open_session(h, 2, "v", "whep")
+    h.feed(PeerState("p", "connected"), at=1.0)
+    h.feed(PeerState("v", "connected"), at=1.0)
+    h.take()
+    out = h.feed(PeerFailed("p", 410, "no packets from the peer for 10 s"), at=2.0)
+    assert [type(o) for o in out] == [PeerClose, ExtOut] and h.deadline == 7.0
+    out = h.feed(Request(3, OpenSession("p2", "whip", offer(), '"p2"')), at=4.0)
+    assert [type(o) for o in out] == [PeerOpen]
+    reply, switch = h.feed(PeerAnswered("p2", ANSWER), at=4.1)
+    assert isinstance(reply, Reply) and isinstance(reply.msg, Created)
+    assert switch == PeerSwitch("p2", ("v",))
+    assert h.feed(PeerState("p2", "connected"), at=4.5) == [PeerKeyframe("p2")]
+    h.advance_to(20.0)  # nothing fires at 7.0: the grace is over
+    assert set(h.task.sessions) == {"p2", "v"}
+    out = h.shutdown(within=1.0)
+    assert {o.session for o in out if isinstance(o, PeerClose)} == {"p2", "v"}

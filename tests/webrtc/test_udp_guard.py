@@ -316,7 +316,9 @@ async def test_flood_before_ice_completes_is_bounded(
 async def test_vanished_publisher_is_dropped_after_the_timeout(
     serve: ServeFactory, peers: LoopThread, netns: PrivateNetwork
 ) -> None:
-    async with serve(workers=1, disconnected_timeout=2.0) as s:
+    # no publisher grace: the viewer ends with the publisher (test_whep_media.py has
+    # the grace's own test, with a killed publisher too)
+    async with serve(workers=1, disconnected_timeout=2.0, publisher_grace=0) as s:
         url = f"{s.inner}/whip/gone"
         # A publisher in a child process inside the namespace: SIGKILL stops its packets
         # at once, with no DELETE and no DTLS close.

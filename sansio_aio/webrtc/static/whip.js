@@ -1,11 +1,18 @@
 // Minimal WHIP/WHEP client used by the publish and view pages (no dependencies).
 // Non-trickle: the offer is sent once ICE gathering is complete (or after 2 s).
+// The pages show their own session's live numbers from RTCPeerConnection.getStats():
+// bitrate (RTP bytes sent or received per second), packets lost and jitter (the
+// viewer's own inbound-rtp; the publisher's from the server's receiver reports,
+// remote-inbound-rtp), and the round-trip time of the ICE candidate pair in use.
 // The token (an operator token or a stream key) comes from the Token field, or from the
 // URL fragment (#token=...: never sent to the server, so it stays out of its logs); it is
 // sent as a bearer token on the POST and again on the DELETE.
 "use strict";
 
-const whipState = { state: "idle", framesSent: 0, framesDecoded: 0, error: null, location: null };
+const whipState = {
+  state: "idle", framesSent: 0, framesDecoded: 0, error: null, location: null,
+  bitrate: null, packetsLost: null, jitter: null, rtt: null, frameWidth: null, frameHeight: null,
+};
 window.whipState = whipState;
 
 function setStatus(text) {
@@ -38,23 +45,63 @@ async function negotiate(pc, url, token) {
   return location;
 }
 
+function show(id, text) {
+  const el = document.getElementById(id);
+  if (el) el.textContent = text;
+}
+
+function fixed(value, scale) {
+  return value == null ? "–" : (value * scale).toFixed(1);
+}
+
 function watch(pc, counter) {
   pc.addEventListener("connectionstatechange", () => {
     whipState.state = pc.connectionState;
     setStatus("connection: " + pc.connectionState);
   });
+  let last = null;  // {bytes, at}: the previous sample, for the bitrate
   setInterval(async () => {
     const stats = await pc.getStats();
+    let bytes = 0, lost = null, jitter = null, rtt = null;
+    const sending = counter === "sent";
     stats.forEach((s) => {
-      if (counter === "sent" && s.type === "outbound-rtp" && s.kind === "video") {
-        whipState.framesSent = s.framesSent || s.framesEncoded || 0;
+      if (sending && s.type === "outbound-rtp") {
+        bytes += s.bytesSent || 0;
+        if (s.kind === "video") {
+          whipState.framesSent = s.framesSent || s.framesEncoded || 0;
+          whipState.frameWidth = s.frameWidth || null;
+          whipState.frameHeight = s.frameHeight || null;
+        }
       }
-      if (counter === "decoded" && s.type === "inbound-rtp" && s.kind === "video") {
-        whipState.framesDecoded = s.framesDecoded || 0;
+      if (!sending && s.type === "inbound-rtp") {
+        bytes += s.bytesReceived || 0;
+        if (s.kind === "video") {
+          whipState.framesDecoded = s.framesDecoded || 0;
+          whipState.frameWidth = s.frameWidth || null;
+          whipState.frameHeight = s.frameHeight || null;
+        }
+      }
+      const lossOf = sending ? "remote-inbound-rtp" : "inbound-rtp";
+      if (s.type === lossOf) {
+        if (s.packetsLost != null) lost = (lost || 0) + Math.max(0, s.packetsLost);
+        if (s.jitter != null) jitter = Math.max(jitter || 0, s.jitter);
+      }
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime != null) {
+        rtt = s.currentRoundTripTime;
       }
     });
-    const el = document.getElementById("frames");
-    if (el) el.textContent = counter === "sent" ? whipState.framesSent : whipState.framesDecoded;
+    const now = performance.now();
+    if (last && now > last.at) whipState.bitrate = Math.max(0, ((bytes - last.bytes) * 8) / ((now - last.at) / 1000));
+    last = { bytes, at: now };
+    whipState.packetsLost = lost;
+    whipState.jitter = jitter;
+    whipState.rtt = rtt;
+    show("frames", sending ? whipState.framesSent : whipState.framesDecoded);
+    show("bitrate", fixed(whipState.bitrate, 1 / 1000));
+    show("lost", lost == null ? "–" : String(lost));
+    show("jitter", fixed(jitter, 1000));
+    show("rtt", fixed(rtt, 1000));
+    show("size", whipState.frameWidth ? whipState.frameWidth + "x" + whipState.frameHeight : "–");
   }, 500);
 }
 
