@@ -369,7 +369,7 @@ def _chosen_room(body: bytes) -> str | None:
     """
     try:
         data = json.loads(body) if body.strip() else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting fits in 4 KB
         return None
     if not isinstance(data, dict) or "room" not in data or data["room"] is None:
         return None

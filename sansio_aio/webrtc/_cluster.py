@@ -92,6 +92,8 @@ T = TypeVar("T")
 MAX_ROOMS_LISTED = 10_000
 #: Nodes listed per beat (the registry is read whole, the first ones by id are kept).
 MAX_NODES_LISTED = 1_000
+#: Largest node TTL believed in an entry (seconds); past it the entry is corrupt.
+_MAX_TTL = 86_400.0
 #: Keys per Lua call when renewing or releasing many rooms (bounds a script's run time).
 _CHUNK = 500
 #: Connections to Redis at once (callers beyond it wait, within ``op_timeout``).
@@ -750,16 +752,19 @@ def _node_info(node: str, fields: Mapping[str, str], pttl: int) -> tuple[NodeInf
     """A node's entry and its ttl in seconds (``None``: malformed, ignored)."""
     try:
         ttl = int(fields["ttl"]) / 1000
+        cpu = float(fields.get("cpu", 0.0))
+        if not (0 < ttl <= _MAX_TTL and math.isfinite(cpu) and cpu >= 0):
+            return None  # corrupt or hostile: one bad entry must not break the refresh
         info = NodeInfo(
             id=node,
             url=fields["url"],
             sessions=int(fields.get("sessions", 0)),
             viewers=int(fields.get("viewers", 0)),
-            cpu=float(fields.get("cpu", 0.0)),
+            cpu=cpu,
             capacity=int(fields.get("capacity", 0)),
             age=max(0.0, ttl - pttl / 1000),
         )
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):
         return None
     return info, ttl
 

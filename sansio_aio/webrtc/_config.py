@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import final
+from typing import TypeVar, final
 from urllib.parse import unquote
 
 from .._errors import ConfigError
@@ -281,9 +282,18 @@ class ServerConfig:
         for name in ("max_candidates", "max_connections", "max_connections_per_ip"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
-        for name in ("header_timeout", "body_timeout", "webhook_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0")
+        for name in (
+            "header_timeout",
+            "body_timeout",
+            "webhook_timeout",
+            "connect_timeout",
+            "disconnected_timeout",
+            "room_idle_timeout",
+            "request_timeout",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a number > 0, got {value!r}")
         for token in self.tokens:
             if not _is_secret(token):
                 raise ConfigError("tokens must be non-empty and contain no white space")
@@ -397,6 +407,23 @@ def with_keys_file(config: ServerConfig) -> ServerConfig:
     return replace(config, keys=config.keys + read_keys_file(config.keys_file), keys_file=None)
 
 
+N = TypeVar("N", int, float)
+
+
+def _num(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
+    """The number in ``WHIP_<NAME>``, or ``default`` when unset; a :class:`ConfigError`
+    naming the variable when it is not a number."""
+    text = _env(env, name)
+    if text is None or not text.strip():
+        return default
+    try:
+        return kind(text.strip())
+    except ValueError:
+        var = "WHIP_" + name.upper().replace("-", "_")
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{var}={text!r} is not {what}") from None
+
+
 def _env(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
     return env.get("WHIP_" + name.upper().replace("-", "_"), default)
 
@@ -417,11 +444,9 @@ def parse_args(
         "Every flag can be set by the environment variable WHIP_<FLAG> (e.g. WHIP_PORT).",
     )
     p.add_argument("--host", default=_env(env, "host", d.host))
-    p.add_argument("--port", type=int, default=int(_env(env, "port", str(d.port)) or d.port))
+    p.add_argument("--port", type=int, default=_num(env, "port", d.port, int))
     p.add_argument("--prefix", default=_env(env, "prefix", d.prefix))
-    p.add_argument(
-        "--workers", type=int, default=int(_env(env, "workers", str(d.workers)) or d.workers)
-    )
+    p.add_argument("--workers", type=int, default=_num(env, "workers", d.workers, int))
     p.add_argument("--backend", default=_env(env, "backend"), help="uvloop, epoll or poll")
     p.add_argument(
         "--mode",
@@ -480,7 +505,7 @@ def parse_args(
     p.add_argument(
         "--udp-port",
         type=int,
-        default=int(_env(env, "udp_port") or d.udp_port),
+        default=_num(env, "udp_port", d.udp_port, int),
         help="all sessions of worker i share UDP port PORT+i (default 0: a port per session)",
     )
     p.add_argument(
@@ -509,7 +534,7 @@ def parse_args(
         p.add_argument(
             flag,
             type=int,
-            default=int(_env(env, attr) or default),
+            default=_num(env, attr, default, int),
             help=f"{what} (default {default})",
         )
     for flag, attr, what in (
@@ -530,20 +555,20 @@ def parse_args(
         p.add_argument(
             flag,
             type=float,
-            default=float(_env(env, attr) or default),
+            default=_num(env, attr, default, float),
             help=f"{what} (seconds, default {default:g})",
         )
     p.add_argument(
         "--rate-limit",
         type=float,
-        default=float(_env(env, "rate_limit") or d.rate_limit),
+        default=_num(env, "rate_limit", d.rate_limit, float),
         help=f"POST/PATCH/DELETE per second per client address (0: no limit; "
         f"default {d.rate_limit:g})",
     )
     p.add_argument(
         "--rate-burst",
         type=int,
-        default=int(_env(env, "rate_burst") or d.rate_burst),
+        default=_num(env, "rate_burst", d.rate_burst, int),
         help=f"requests a client may send at once before --rate-limit applies "
         f"(default {d.rate_burst})",
     )
@@ -580,7 +605,7 @@ def parse_args(
         ("--cluster-lease-ttl", "cluster_lease_ttl"),
         ("--edge-idle-timeout", "edge_idle_timeout"),
     ):
-        p.add_argument(flag, type=float, default=float(_env(env, attr) or getattr(d, attr)))
+        p.add_argument(flag, type=float, default=_num(env, attr, getattr(d, attr), float))
     a = p.parse_args(argv)
     ice = a.ice_server if a.ice_server is not None else _split(_env(env, "ice_servers"))
     nets = a.ice_network if a.ice_network is not None else _split(_env(env, "ice_networks"))

@@ -236,7 +236,8 @@ class Room(Task):
         self._update_idle(now)
         if (
             self._idle_since is not None
-            and now - self._idle_since >= self.config.idle_timeout
+            # the same sum next_deadline() reports: a difference can round below it
+            and now >= self._idle_since + self.config.idle_timeout
             and not self.sessions
         ):
             self._done = True

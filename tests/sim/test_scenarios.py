@@ -18,7 +18,6 @@ from sansio_aio import Request
 from sansio_aio._bus import BusHub
 from sansio_aio.net import UdpPacket, UdpSend
 from sansio_aio.testing import (
-    ProtocolViolation,
     Sim,
     SweepReport,
     TaskHarness,
@@ -59,16 +58,9 @@ def test_a_seed_replays_byte_for_byte(name: str) -> None:
         assert result.trace_lines > 10  # the digests compared a real trace
 
 
-# ------------------------------------------------------------------ a known bug
+# ------------------------------------------------------------------ a bug found (fixed)
 
 
-@pytest.mark.xfail(
-    reason="BUG: Room.on_tick checks the idle end as now - idle_since >= idle_timeout while "
-    "next_deadline() says idle_since + idle_timeout; in floating point the first can be "
-    "false at the second instant: the room asks to be woken again at once (a spin)",
-    raises=ProtocolViolation,
-    strict=True,
-)
 def test_the_idle_end_falls_due_exactly_at_its_deadline() -> None:
     t = 2.2322111021323865  # (t + 0.3) - t < 0.3 in binary floating point
     h = TaskHarness(Room, RoomConfig(name="r", idle_timeout=0.3), tick=10.0)
@@ -80,9 +72,6 @@ def test_the_idle_end_falls_due_exactly_at_its_deadline() -> None:
     assert h.ended and h.ended_at == t + 0.3
 
 
-@pytest.mark.xfail(
-    reason="BUG: the room's idle-end float comparison (see the test above)", strict=True
-)
 def test_room_churn_with_float_times() -> None:
     report = sweep(scenarios.room_churn_float, range(100), stop_on_failure=True)
     assert report.ok, _failure(report)
