@@ -335,7 +335,7 @@ class ServerConfig:
 
 
 def _is_interface_name(entry: str) -> bool:
-    return bool(_IFNAME.match(entry)) and not any(c in entry for c in "./:")
+    return bool(_IFNAME.fullmatch(entry)) and not any(c in entry for c in "./:")
 
 
 _IFNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")
