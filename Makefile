@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,tun,webrtc,cluster
+EXTRAS ?= dev,tun,webrtc,cluster,docs
 NAME   ?=
 ARGS   ?=
 
-.PHONY: all run run-demo run-udp test bench lint docs clean venv
+.PHONY: all run run-demo run-udp test test-stress test-all bench lint docs package clean venv
 
 all: test
 
@@ -40,6 +40,39 @@ test: $(STAMP)
 	@$(PY) -m coverage combine -q
 	@echo "coverage: $$($(PY) -m coverage report --format=total)% of sansio_aio (statements and branches)"
 
+# The whole suite STRESS_RUNS times (default 3) while a background process keeps one core
+# busy (bounded: at most STRESS_LIMIT seconds; killed at the end, even on failure), then
+# one line per run: no test may depend on a quiet machine. ARGS goes to every pytest run.
+STRESS_RUNS  ?= 3
+STRESS_LIMIT ?= 7200
+test-stress: $(STAMP)
+	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_redis.sh
+	@bash -c 'set -o pipefail; \
+	timeout $(STRESS_LIMIT) $(PY) -c "while True: pass" & busy=$$!; \
+	report=$$(mktemp); log=$$(mktemp); \
+	trap "kill $$busy 2>/dev/null; wait $$busy 2>/dev/null; rm -f $$report $$log" EXIT; \
+	trap "echo \"== test-stress: interrupted (SIGINT)\"; exit 130" INT; \
+	trap "echo \"== test-stress: terminated (SIGTERM)\"; exit 143" TERM; \
+	status=0; \
+	for i in $$(seq $(STRESS_RUNS)); do \
+		echo "== test-stress: run $$i of $(STRESS_RUNS), one core kept busy by pid $$busy"; \
+		t0=$$SECONDS; \
+		if $(PY) -m pytest -q $(ARGS) 2>&1 | tee $$log; then r=passed; else r=FAILED; status=1; fi; \
+		echo "run $$i: $$r in $$((SECONDS - t0)) s: $$(tail -n 1 $$log)" >> $$report; \
+	done; \
+	echo "== test-stress: $(STRESS_RUNS) runs with one core busy"; cat $$report; \
+	exit $$status'
+
+# The suite on every CPython >= 3.11 found here (.venv's, python3.X on PATH, pyenv's), one
+# after the other, each in its own venv (.venv-3.X, bootstrapped like .venv with EXTRAS and
+# kept for the next run), then a table: version, passed, failed, skipped, seconds.
+# Non-zero exit when any version fails. ONLY=3.12,3.13 limits the versions; ARGS goes to
+# every pytest run.
+ONLY ?=
+test-all: $(STAMP)
+	EXTRAS=$(EXTRAS) $(PY) scripts/test_all.py $(if $(ONLY),--only $(ONLY)) -- $(ARGS)
+
 bench: $(STAMP)
 	$(PY) -m bench $(NAME)
 
@@ -48,9 +81,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check sansio_aio tests
 	$(VENV)/bin/mypy
 
-# Regenerate docs/api.md from the docstrings (tests/test_api_docs.py fails when it is stale).
+# Regenerate docs/api.md from the docstrings (tests/test_api_docs.py fails when it is stale),
+# then build the site (mkdocs.yml) into site/: warnings, broken links and anchors included,
+# are errors. Open site/index.html, or serve it: .venv/bin/mkdocs serve
 docs: $(STAMP)
 	$(PY) scripts/gen_api.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# A wheel and an sdist in dist/ (the version is sansio_aio.__version__), checked by twine.
+package: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

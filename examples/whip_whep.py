@@ -26,76 +26,13 @@ line.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import ipaddress
-import logging
-import signal
 import sys
-import time
 
-from sansio_aio.webrtc import open_server, parse_args
+# The server itself is the package's command line (``python -m sansio_aio.webrtc``,
+# ``sansio-whip``): this script runs the same code from a checkout.
+from sansio_aio.webrtc.__main__ import main, serve
 
-
-async def serve(argv: list[str]) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--seconds", type=float, default=0.0)
-    pre.add_argument("--log-level", default="WARNING")
-    known, rest = pre.parse_known_args(argv)
-    logging.basicConfig(level=known.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    config = parse_args(rest)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    started = time.monotonic()
-    async with open_server(config) as server:
-        url = server.url
-        kind = "processes" if config.mode == "process" else "threads"
-        print(
-            f"WHIP/WHEP server on {url}/  (workers={config.workers} {kind}, "
-            f"backend={server.rt.backend_name})",
-            flush=True,
-        )
-        print(f"  publish: {url}/publish   view: {url}/view   stats: {url}/stats", flush=True)
-        print(f"  dashboard: {url}/dashboard   (a token goes in #token=...)", flush=True)
-        print(
-            f"  WHIP endpoint: POST {url}/whip/ROOM   WHEP endpoint: POST {url}/whep/ROOM",
-            flush=True,
-        )
-        if not server.auth.publish_guarded and not _loopback(config.host):
-            print(
-                "  warning: anyone who reaches this address may publish "
-                "(use --key, --keys-file, --token or --auth-webhook)",
-                flush=True,
-            )
-        if known.seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), known.seconds)
-        else:
-            await stop.wait()
-        counters = dict(server.counters)
-    took = time.monotonic() - started
-    print(
-        f"summary: served {took:.1f} s, sessions created={counters['created']} "
-        f"refused={counters['refused']} deleted={counters['deleted']} ended={counters['ended']}",
-        flush=True,
-    )
-    return 0
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def main() -> int:
-    return asyncio.run(serve(sys.argv[1:]))
-
+__all__ = ["main", "serve"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,8 @@
-"""docs/api.md is generated from the docstrings and stays in step with the code."""
+"""docs/api.md is generated from the docstrings and stays in step with the code.
+
+It is the API reference page of the documentation site (mkdocs.yml; its build is checked
+by tests/test_docs_site.py), so a name missing here is missing from the site.
+"""
 
 from __future__ import annotations
 
