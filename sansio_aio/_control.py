@@ -108,9 +108,7 @@ class ControllerBase:
         ledger = self._ledger
         ledger.down.add(w)
         tb = f"sansio_aio.WorkerDied: {reason}"
-        refs = [ref for ref in ledger.live if ref.worker == w]
-        if self._host is not None:
-            refs.append(TaskRef(w, HOST_KIND, 0, 0))
+        refs = self._placed_on(w)
         got_event = False
         for ref in refs:
             got_event |= self._dispatch.handle(EndReport(ref, tb))
@@ -125,6 +123,13 @@ class ControllerBase:
                     fut.set_exception(died)
         got_event |= self._dispatch.push_event(WorkerExited(w, reason, restarting))
         return got_event
+
+    def _placed_on(self, w: int) -> list[TaskRef]:
+        """The live tasks the controller knows on worker ``w`` (its host task last)."""
+        refs = [ref for ref in self._ledger.live if ref.worker == w]
+        if self._host is not None:
+            refs.append(TaskRef(w, HOST_KIND, 0, 0))
+        return refs
 
     def _restart_delay(self, w: int, now: float) -> float:
         """Worker ``w`` died at ``now`` and will be replaced: after how long.

@@ -19,6 +19,14 @@ the per-message path of application messages, which ``bench/controller_echo.py``
 measures; it must keep the same order of calls. The drivers' per-packet path
 (:meth:`WorkerCore.feeder`) inlines only the checks of ``_enter`` around ``_step``.
 
+**The drain is bounded**: a task whose ``pop_output`` never returns ``None`` would hold
+its worker for good, so both drain loops count what they pop; past ``max_outputs``
+outputs in one drain (``Runtime(max_outputs=...)``, 100,000 by default, as
+``TaskHarness``) the task fails with a ``RuntimeError`` that names the violation (the
+application gets ``TaskFailed``), its resources are released and the worker goes on with
+its other tasks. Counting up from 0 keeps the cost to one small-int add and one compare
+per output.
+
 An exception from a task method ends that task only: the runtime releases what it held
 (bus subscriptions, driver resources) and reports the traceback to the application.
 
@@ -90,9 +98,29 @@ from ._wire import (
 if TYPE_CHECKING:
     from ._driver import Driver
 
-__all__ = ["CoreCounters", "WorkerCore", "next_tick"]
+__all__ = ["DEFAULT_MAX_OUTPUTS", "CoreCounters", "WorkerCore", "check_max_outputs", "next_tick"]
 
 log = logging.getLogger("sansio_aio")
+
+#: Outputs one drain may pop before the task is failed (``Runtime(max_outputs=...)``).
+DEFAULT_MAX_OUTPUTS = 100_000
+
+
+def check_max_outputs(value: object) -> int:
+    """``value`` if it is a valid ``max_outputs`` (an int >= 1), else :class:`ConfigError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            f"max_outputs must be an int >= 1 (outputs one drain may pop), got {value!r}"
+        )
+    return value
+
+
+def _runaway(limit: int) -> RuntimeError:
+    """The failure of a task whose ``pop_output`` did not return None in time."""
+    return RuntimeError(
+        f"pop_output returned more than {limit} outputs without None in one drain "
+        f"(the drain rule; the bound is Runtime(max_outputs={limit})): the task was ended"
+    )
 
 
 class _Entry:
@@ -167,7 +195,8 @@ class WorkerCore:
     Built by a worker shell; reach it from the application with
     :meth:`Runtime.run_on_worker <sansio_aio.Runtime.run_on_worker>`. Read-only for
     such callbacks: :attr:`worker_id`, :attr:`drivers`, :attr:`counters`,
-    :meth:`task_count`, :meth:`refs`, :meth:`lookup`, :attr:`pending_deadlines`.
+    :attr:`max_outputs`, :meth:`task_count`, :meth:`refs`, :meth:`lookup`,
+    :attr:`pending_deadlines`.
     """
 
     def __init__(
@@ -181,9 +210,13 @@ class WorkerCore:
         host: HostFactory | None = None,
         drivers: Iterable[Driver] = (),
         incarnation: int = 0,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> None:
         #: This worker's id (0-based).
         self.worker_id = worker_id
+        #: Outputs one drain may pop; past it the task fails (its ``pop_output`` never
+        #: returned None: see the module docs).
+        self.max_outputs = check_max_outputs(max_outputs)
         self._kinds = dict(kinds)
         self._sink = sink
         self._n_workers = n_workers
@@ -309,6 +342,7 @@ class WorkerCore:
         app = self.app_buffer.append
         pending = self._pending
         tuple_, ext, ext_out, task_output = tuple, Ext, ExtOut, TaskOutput
+        limit = self.max_outputs
         fed = outs = 0
         self._depth = 1
         try:
@@ -316,6 +350,10 @@ class WorkerCore:
                 item = pop()
                 if type(item) is not tuple_:  # a command
                     self._depth = 0
+                    if fed:  # counted first: a stats snapshot among the commands sees them
+                        self.counters.inputs += fed
+                        self.counters.outputs += outs
+                        fed = outs = 0
                     ops[type(item)](item)
                     self._depth = 1
                     app = self.app_buffer.append  # a command may have handed it over
@@ -333,7 +371,11 @@ class WorkerCore:
                     entry.on_event(now, ext(item[1]))
                     pop_out = entry.pop_output
                     out = pop_out(now)
+                    popped = 0
                     while out is not None:
+                        popped += 1
+                        if popped > limit:
+                            raise _runaway(limit)
                         if type(out) is ext_out:
                             app(task_output(entry.ref, out.msg))
                             outs += 1
@@ -482,7 +524,12 @@ class WorkerCore:
                 entry.on_event(now, event)
             pop = entry.pop_output
             out = pop(now)
+            popped = 0
+            limit = self.max_outputs
             while out is not None:
+                popped += 1
+                if popped > limit:
+                    raise _runaway(limit)
                 if type(out) is ExtOut:  # the commonest output, routed inline
                     counters.outputs += 1
                     self.app_buffer.append(TaskOutput(entry.ref, out.msg))

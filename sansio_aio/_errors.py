@@ -72,8 +72,13 @@ class TaskFailedError(SansioAioError):
 class ShutdownTimeout(SansioAioError, TimeoutError):
     """Graceful shutdown did not finish in time; ``unfinished`` names the tasks left.
 
-    The runtime has still been stopped: tasks were dropped, resources released and
-    threads joined (``stuck_workers`` lists worker ids whose thread would not stop).
+    The runtime has still been stopped, within the timeout plus a slack of 0.5 s: the
+    tasks left were dropped and their resources released. ``stuck_workers`` lists the
+    worker ids that would not stop at all (blocked in a task); for them ``unfinished``
+    names every task the controller had placed there. A worker process that would not
+    stop was killed (SIGTERM, then SIGKILL); a worker thread cannot be killed, so it was
+    left running as a daemon thread (it does not keep the interpreter from exiting),
+    and whatever its tasks still produce is discarded.
     """
 
     def __init__(

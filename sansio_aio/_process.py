@@ -11,7 +11,8 @@ the controller the same edges:
   callback ends; credits from the worker keep ``inbox_capacity``);
 * ``outbox``: a plain :class:`~sansio_aio._lane.Lane` that the socket reader fills with
   the worker's reports, which the controller drains as it drains a thread's outbox;
-* the life cycle: ``start``, ``is_alive``, ``join``, ``kill``, and ``inbox_depth``.
+* the life cycle: ``start``, ``is_alive``, ``wait_exit``, ``terminate`` (SIGTERM),
+  ``kill`` (SIGKILL), ``close``, and ``inbox_depth``.
 
 Frames from the worker carry, besides its reports, what only the controller can act on:
 ``Credit`` (room in the worker's inbox), ``Relay`` (a command for another worker) and
@@ -132,12 +133,26 @@ class WorkerProcess:
         except TimeoutError:
             pass
 
+    def terminate(self) -> bool:
+        """Ask the process to end (SIGTERM); True if it was running.
+
+        The worker installs no handler: SIGTERM ends it at once unless it is stuck in
+        native code that does not return to the interpreter, hence ``kill`` after a grace.
+        """
+        if self._exited or self.process.exitcode is not None:
+            return False
+        self.process.terminate()
+        return True
+
     def kill(self) -> bool:
         """End the process now (SIGKILL); True if it was running."""
         if self._exited or self.process.exitcode is not None:
             return False
         self.process.kill()
         return True
+
+    def abandon(self) -> None:
+        """Nothing to do: a process that would not stop was killed."""
 
     def inbox_depth(self) -> int:
         """Messages sent to the worker and not yet handled by it."""

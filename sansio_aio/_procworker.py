@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backends import LoopFactory, resolve_backend
 from ._bus import BusHub
+from ._core import DEFAULT_MAX_OUTPUTS
 from ._driver import DriverFactory
 from ._ipc import FrameReader, FrameWriter, ProcLane, dumps_batch
 from ._wire import (
@@ -84,6 +85,7 @@ class WorkerSpec:
     name: str
     routes: Mapping[Hashable, tuple[int, ...]]
     incarnation: int = 0
+    max_outputs: int = DEFAULT_MAX_OUTPUTS
 
 
 class _ReplicaHub(BusHub):
@@ -138,6 +140,7 @@ class ProcWorker(Worker):
             inbox_capacity=1 << 62,  # the controller keeps the bound (credits)
             name=spec.name,
             incarnation=spec.incarnation,
+            max_outputs=spec.max_outputs,
         )
         self._replica = hub
         self._writer = FrameWriter(sock, None)

@@ -51,7 +51,7 @@ from ._api import RuntimeState
 from ._backends import LoopFactory, resolve_backend
 from ._bus import BusHub
 from ._control import ControllerBase, exit_reason
-from ._core import WorkerCore
+from ._core import DEFAULT_MAX_OUTPUTS, WorkerCore, check_max_outputs
 from ._driver import DriverFactory
 from ._errors import (
     ConfigError,
@@ -85,9 +85,16 @@ from ._worker import Worker
 if TYPE_CHECKING:
     from ._api import RuntimeAPI
 
-__all__ = ["Runtime"]
+__all__ = ["STOP_SLACK", "Runtime"]
 
 log = logging.getLogger("sansio_aio")
+
+#: Seconds past its ``timeout`` that ``shutdown`` may take: the forced stop, the joins,
+#: and for a worker process that would not stop, SIGTERM then SIGKILL.
+STOP_SLACK = 0.5
+_FORCE_WAIT = 0.2  # for the workers' answers to the forced stop
+_TERM_GRACE = 0.1  # SIGTERM -> SIGKILL
+_KILL_WAIT = 0.1  # for a killed process to be reaped
 
 R = TypeVar("R")
 
@@ -107,9 +114,17 @@ class WorkerHandle(Protocol):
     async def wait_exit(self, timeout: float) -> None:
         """Wait at most ``timeout`` seconds for the worker to end."""
 
-    def kill(self) -> bool:
-        """End the worker now if that is possible (a process); False for a thread."""
+    def terminate(self) -> bool:
+        """Ask the worker to end now if that is possible (a process: SIGTERM); False for a
+        thread."""
         ...
+
+    def kill(self) -> bool:
+        """End the worker now if that is possible (a process: SIGKILL); False for a thread."""
+        ...
+
+    def abandon(self) -> None:
+        """Shutdown gives up on the worker (it would not stop): a thread is left to itself."""
 
     def close(self) -> None:
         """Release what the controller holds for the worker (after it ended)."""
@@ -143,6 +158,9 @@ class Runtime(ControllerBase):
             task kinds, configs, drivers and messages must then be picklable).
         restart: ``"never"`` (the default) or ``"on-failure"``: in process mode, a worker
             whose process dies is replaced (with back-off) under the same id.
+        max_outputs: outputs one drain may pop (``pop_output`` until ``None``); a task
+            that returns more without ``None`` would hold its worker for good: it fails
+            instead (``TaskFailed``), and the worker serves its other tasks.
     """
 
     def __new__(cls, *args: Any, mode: str = "thread", **kwargs: Any) -> Runtime:
@@ -166,8 +184,10 @@ class Runtime(ControllerBase):
         name: str = "sansio",
         mode: str = "thread",
         restart: str = "never",
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> None:
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers)
+        self._max_outputs = check_max_outputs(max_outputs)
         if mode not in ("thread", "process"):
             raise ConfigError(f"mode must be 'thread' or 'process', got {mode!r}")
         if restart not in ("never", "on-failure"):
@@ -266,6 +286,7 @@ class Runtime(ControllerBase):
                 stats_interval=self._stats_interval,
                 inbox_capacity=self._inbox_capacity,
                 name=self._name,
+                max_outputs=self._max_outputs,
             )
             for w in range(n)
         ]
@@ -301,6 +322,7 @@ class Runtime(ControllerBase):
             name=self._name,
             routes=self._hub.routes(),
             incarnation=self._restarts[w],
+            max_outputs=self._max_outputs,
         )
         proc = WorkerProcess(spec, self._inbox_capacity, loop, self)
         proc.inbox_lane.wake = functools.partial(self._defer_wake, proc.inbox_lane.flush)
@@ -312,9 +334,14 @@ class Runtime(ControllerBase):
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Stop gracefully: every task gets ``on_shutdown`` and drains; threads joined.
 
-        Outputs emitted while draining are still delivered to the event buffer.
-        Raises :class:`ShutdownTimeout` naming the tasks that were still running after
-        ``timeout`` seconds; they are dropped and the runtime is stopped anyway.
+        Outputs emitted while draining are still delivered to the event buffer. Returns
+        (or raises) within ``timeout`` + 0.5 seconds (``STOP_SLACK``), whatever the
+        tasks do. Raises :class:`ShutdownTimeout` naming the tasks that were still running
+        after ``timeout`` seconds; they are dropped and the runtime is stopped anyway. A
+        worker blocked in a task cannot drop them: a worker process is killed (SIGTERM,
+        then SIGKILL); a worker thread cannot be, so it is left running as a daemon
+        thread (it does not keep the interpreter from exiting), whatever it still
+        produces is discarded, and the error names it and the tasks placed on it.
         """
         if self._state in (RuntimeState.NEW, RuntimeState.CLOSED):
             self._set_state(RuntimeState.CLOSED)
@@ -342,30 +369,51 @@ class Runtime(ControllerBase):
         await asyncio.shield(stopping)
 
     async def _stop_workers(self, timeout: float, raise_timeout: bool) -> None:
+        """Stop every worker within ``timeout + STOP_SLACK`` seconds (see ``shutdown``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout + STOP_SLACK
         pending = [f for f in self._stopped.values() if not f.done()]
-        unfinished: list[TaskRef] = []
         if pending:
             _, still = await asyncio.wait(pending, timeout=timeout)
-            if still:
+            if still:  # a forced stop drops their tasks, if they can still run it
                 for w, fut in self._stopped.items():
                     if not fut.done():
                         self._lanes[w].push_force(ForceStopCmd())
-                await asyncio.wait(still, timeout=2.0)
-        stuck = []
+                await asyncio.wait(still, timeout=_FORCE_WAIT)
+        # Join: each worker's drivers and loop are closed once it ends. Worker processes
+        # keep time for the signals below.
+        reserve = _TERM_GRACE + _KILL_WAIT if self.mode == "process" else 0.0
+        running = [worker for worker in self._workers if worker.is_alive()]
+        if running:
+            left = max(0.0, deadline - reserve - loop.time())
+            await asyncio.gather(*(worker.wait_exit(left) for worker in running))
+        # What each worker that stopped reported it dropped (its forced stop); the others
+        # are stuck, blocked in a task: the tasks placed there are named instead.
+        self._on_outbox()  # the reports already in the lanes first
+        unfinished: list[TaskRef] = []
+        stuck: set[int] = set()
         for w, fut in self._stopped.items():
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 unfinished.extend(fut.result())
             else:
-                stuck.append(w)
-        running = [worker for worker in self._workers if worker.is_alive()]
-        if running:
-            await asyncio.gather(*(worker.wait_exit(2.0) for worker in running))
-        killed = [worker for worker in self._workers if worker.is_alive() and worker.kill()]
-        if killed:  # a worker process that would not stop (blocked): it is killed
-            await asyncio.gather(*(worker.wait_exit(2.0) for worker in killed))
-        stuck = sorted(set(stuck) | {w.worker_id for w in self._workers if w.is_alive()})
-        how = " (killed)" if killed else ""
+                stuck.add(w)
+                unfinished.extend(self._placed_on(w))
+        alive = [worker for worker in self._workers if worker.is_alive()]
+        # A worker process still running: SIGTERM, then SIGKILL (one that stopped its
+        # tasks and is only slow to exit is not stuck). A thread cannot be stopped: one
+        # that has not ended is stuck, even if it reported its stop (its drivers are not
+        # closed yet).
+        termed = [worker for worker in alive if worker.terminate()]
+        stuck |= {worker.worker_id for worker in alive if worker not in termed}
+        if termed:
+            await asyncio.gather(*(worker.wait_exit(_TERM_GRACE) for worker in termed))
+        killed = [worker for worker in termed if worker.is_alive() and worker.kill()]
+        if killed:
+            await asyncio.gather(*(worker.wait_exit(_KILL_WAIT) for worker in killed))
         self._on_outbox()  # collect what arrived last
+        abandoned = [w for w in alive if w not in termed and w.is_alive()]
+        for worker in abandoned:
+            self._abandon(worker)
         for worker in self._workers:
             worker.close()
         self._set_state(RuntimeState.CLOSED)
@@ -377,12 +425,31 @@ class Runtime(ControllerBase):
         self._wake_events()
         if raise_timeout and (unfinished or stuck):
             names = ", ".join(str(r) for r in unfinished) or "none"
-            raise ShutdownTimeout(
-                f"shutdown timed out; unfinished tasks: {names}"
-                + (f"; workers that would not stop{how}: {stuck}" if stuck else ""),
-                unfinished,
-                stuck,
-            )
+            message = f"shutdown timed out after {timeout} s; unfinished tasks: {names}"
+            if stuck:
+                how = " (killed)" if any(w.worker_id in stuck for w in termed) else ""
+                message += f"; workers that would not stop{how}: {sorted(stuck)}"
+            if abandoned:
+                message += (
+                    f"; worker threads {[w.worker_id for w in abandoned]} are blocked (in a "
+                    "task?) and a thread cannot be killed: each is left running as a daemon "
+                    "thread and whatever its tasks still produce is discarded"
+                )
+            raise ShutdownTimeout(message, unfinished, sorted(stuck))
+
+    def _abandon(self, worker: WorkerHandle) -> None:
+        """Give up on a worker that would not stop: ignore whatever it still reports."""
+        w = worker.worker_id
+        log.warning(
+            "worker %d would not stop (blocked in a task?): its thread is left running as a "
+            "daemon thread, and whatever it still produces is discarded",
+            w,
+        )
+        worker.abandon()
+        outbox = self._outboxes[w]
+        outbox.wake = _nothing
+        outbox.q.clear()
+        self._outboxes[w] = Lane(1, _nothing)  # never read again
 
     # ------------------------------------------------------------------ spawning
 
@@ -740,6 +807,10 @@ class Runtime(ControllerBase):
         self._ledger.down.discard(w)
         self._up_since[w] = time.monotonic()
         log.info("worker %d restarted (%d restarts)", w, self._restarts[w])
+
+
+def _nothing() -> None:
+    pass
 
 
 def _worker_of(target: TaskRef | int) -> int:

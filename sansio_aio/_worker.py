@@ -34,7 +34,7 @@ from typing import Any
 
 from ._backends import LoopFactory, close_loop
 from ._bus import BusHub
-from ._core import WorkerCore, next_tick
+from ._core import DEFAULT_MAX_OUTPUTS, WorkerCore, next_tick
 from ._driver import DriverFactory
 from ._events import TaskRef
 from ._shell import ShellContext, Timer, WorkerShell
@@ -67,9 +67,11 @@ class Worker(WorkerShell):
         inbox_capacity: int,
         name: str,
         incarnation: int = 0,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> None:
         super().__init__(worker_id, n_workers, inbox_capacity, self.wake)
         self._incarnation = incarnation
+        self._max_outputs = max_outputs
         self._n_workers = n_workers
         self._kinds = kinds
         self._host = host
@@ -79,8 +81,14 @@ class Worker(WorkerShell):
         self._tick_period = tick
         self._stats_interval = stats_interval
         self.loop: asyncio.AbstractEventLoop | None = None
+        # a daemon: a thread blocked for good in a task cannot be killed, and must not
+        # keep the interpreter from exiting (the controller abandons it, see ``abandon``)
         self.thread = threading.Thread(target=self._main, name=f"{name}-worker-{worker_id}")
         self.thread.daemon = True
+        #: True once the controller gave up on this thread at shutdown (it would not stop).
+        self.abandoned = False
+        self._finished = threading.Event()  # set when the thread's work is over
+        self._on_finished: list[Callable[[], None]] = []  # then called, on the thread
         # stats accumulators (written by this thread only)
         self._busy = 0.0
         self._lag = 0.0
@@ -106,12 +114,49 @@ class Worker(WorkerShell):
         return self.thread.is_alive()
 
     async def wait_exit(self, timeout: float) -> None:
-        """Wait at most ``timeout`` seconds for the thread to end (off the loop)."""
-        await asyncio.to_thread(self.thread.join, timeout)
+        """Wait at most ``timeout`` seconds for the thread to end.
+
+        The thread tells the caller's loop when its work is over (drivers and loop
+        closed), so no executor thread is tied up in a ``join``: many workers are waited
+        for at once, and a thread that never ends keeps nothing else waiting.
+        """
+        if not self.thread.is_alive():
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:  # on the worker thread, as its last act
+            try:
+                loop.call_soon_threadsafe(_set_if_pending, done)
+            except RuntimeError:
+                pass  # that loop is closed: nobody waits any more
+
+        self._on_finished.append(finished)
+        if not self._finished.is_set():  # set first by the thread: it may not call us
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout)
+            except TimeoutError:
+                return
+        self.thread.join(0.1)  # its work is over: it is returning from ``_main`` now
+
+    def terminate(self) -> bool:
+        """A thread cannot be stopped from outside: False."""
+        return False
 
     def kill(self) -> bool:
         """A thread cannot be killed: False."""
         return False
+
+    def abandon(self) -> None:
+        """Shutdown gave up on this thread (blocked in a task, it would not stop).
+
+        A Python thread cannot be killed: it stays a daemon thread (it does not keep the
+        interpreter from exiting), renamed ``... (abandoned)``. Its inbox holds the
+        shutdown and the forced stop, so if it ever returns to its loop it drops its
+        tasks, closes its drivers and ends; the controller ignores what it still sends.
+        """
+        self.abandoned = True
+        self.thread.name = f"{self.thread.name} (abandoned)"
 
     def close(self) -> None:
         """Nothing to release: the thread's loop closed itself."""
@@ -127,6 +172,14 @@ class Worker(WorkerShell):
             pass  # loop closed: the worker has stopped
 
     def _main(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._finished.set()
+            for finished in list(self._on_finished):
+                finished()
+
+    def _run(self) -> None:
         try:
             loop = self._loop_factory()
         except Exception as exc:
@@ -150,6 +203,7 @@ class Worker(WorkerShell):
                 host=self._host,
                 drivers=drivers,
                 incarnation=self._incarnation,
+                max_outputs=self._max_outputs,
             )
             self.core = core
             now = _monotonic()
@@ -312,3 +366,8 @@ class Worker(WorkerShell):
             self._win_busy += _perf() - self._cur_start
         self._lag_max = 0.0
         return snap
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

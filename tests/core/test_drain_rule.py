@@ -7,16 +7,34 @@ regression note.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
 
-from sansio_aio import Ext, ExtOut, Publish, Runtime, Task, TaskEnded, TaskRef, UnknownTarget
+from sansio_aio import (
+    ConfigError,
+    Ext,
+    ExtOut,
+    Publish,
+    Request,
+    Runtime,
+    Task,
+    TaskEnded,
+    TaskFailed,
+    TaskFailedError,
+    TaskRef,
+    UnknownTarget,
+)
+from sansio_aio._core import DEFAULT_MAX_OUTPUTS
 from sansio_aio.driver import Driver, DriverContext
+from sansio_aio.lowlevel import WorkerCore
+from sansio_aio.testing import TaskHarness
 from tests.drivers import SyncDriver
-from tests.helpers import Variant, collect, outputs, outs
-from tests.tasks import KINDS, Instant, Poker, PubThenEnd, TaggedSubscriber
+from tests.helpers import Variant, collect, msg, outputs, outs
+from tests.tasks import KINDS, Echo, Instant, Poker, PubThenEnd, TaggedSubscriber
 
 
 async def test_outputs_are_drained_after_every_input(variant: Variant) -> None:
@@ -162,3 +180,102 @@ async def test_feeder_does_not_flush_per_input_after_a_cross_worker_wake(
         rt.send_nowait(ref, 1000)
         await collect(rt, lambda g: ("end", 1000) in outs(g))
         assert calls[0] - before < 20
+
+
+# ------------------------------------------------------ a drain that never ends
+
+
+class Runaway(Task):
+    """Once started (by an application message or a request) its ``pop_output`` never
+    returns None: a broken task, which must not hang its worker. With ``cfg="ext"`` it
+    pops ``ExtOut(1)``, ``ExtOut(2)``, ...; else publishes on a channel nobody hears."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.running = False
+        self.n = 0
+
+    def on_event(self, now: float, event: Any) -> None:
+        self.running = type(event) in (Ext, Request)
+
+    def pop_output(self, now: float) -> Any | None:
+        if not self.running:
+            return super().pop_output(now)
+        self.n += 1
+        return ExtOut(self.n) if self.cfg == "ext" else Publish("nobody", self.n)
+
+
+class Releases(Driver):
+    """Handles no output; records the tasks it is told to release."""
+
+    output_types: ClassVar[tuple[type, ...]] = ()
+
+    def start(self, ctx: DriverContext) -> None:
+        self.released: list[TaskRef] = []
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        pass
+
+    def release(self, task: TaskRef) -> None:
+        self.released.append(task)
+
+
+def released(core: WorkerCore) -> list[TaskRef]:
+    """Run on a worker: the tasks its ``Releases`` driver released (module level: it
+    crosses to worker processes too)."""
+    driver = core.drivers[0]
+    assert isinstance(driver, Releases)
+    return list(driver.released)
+
+
+@pytest.mark.parametrize("how", ["message", "request"])  # handle_from's loop, _step's
+async def test_a_pop_output_that_never_returns_none_fails_that_task_alone(
+    variant: Variant, how: str
+) -> None:
+    """Bug: a task whose ``pop_output`` never returned None held its worker for good
+    (the TaskHarness caught it as a ProtocolViolation; the runtime did not)."""
+    kinds = {"runaway": Runaway, "echo": Echo}
+    async with Runtime(kinds, **variant, max_outputs=1000, drivers=[Releases]) as rt:
+        bad = await rt.spawn("runaway", "ext", worker=0)
+        good = await rt.spawn("echo", worker=0)
+        if how == "message":
+            rt.send_nowait(bad, "go")
+        else:
+            asking = asyncio.ensure_future(rt.request(bad, "go"))
+        got = await collect(rt, lambda g: any(isinstance(e, TaskFailed) for e in g))
+        assert outs(got) == list(range(1, 1001))  # the bound's worth, then the failure
+        (failed,) = [e for e in got if isinstance(e, TaskFailed)]
+        assert failed.task == bad
+        assert failed.traceback.rstrip().endswith(
+            "RuntimeError: pop_output returned more than 1000 outputs without None in one "
+            "drain (the drain rule; the bound is Runtime(max_outputs=1000)): the task was "
+            "ended"
+        )
+        if how == "request":
+            with pytest.raises(TaskFailedError, match="more than 1000 outputs without None"):
+                await asking
+        # its resources were released, and its worker serves its other tasks
+        assert await rt.run_on_worker(0, released) == [bad]
+        with pytest.raises(UnknownTarget):
+            rt.send_nowait(bad, "again")
+        rt.send_nowait(good, "still here")
+        assert await msg(rt) == "still here"
+        assert (await rt.stats(fresh=True)).workers[0].failures == 1
+
+
+async def test_the_drain_bound_by_default(backend: str) -> None:
+    assert DEFAULT_MAX_OUTPUTS == 100_000
+    harness = inspect.signature(TaskHarness).parameters["max_outputs"].default
+    assert harness == DEFAULT_MAX_OUTPUTS  # one bound for the runtime and the harness
+    async with Runtime({"runaway": Runaway}, backend=backend) as rt:
+        ref = await rt.spawn("runaway", "publish")
+        rt.send_nowait(ref, "go")
+        (failed,) = await collect(rt, lambda g: bool(g))
+        assert isinstance(failed, TaskFailed) and failed.task == ref
+        assert "more than 100000 outputs without None" in failed.traceback
+
+
+def test_the_drain_bound_is_checked() -> None:
+    for bad in (0, -1, 1.5, True, "10", None):
+        with pytest.raises(ConfigError, match="max_outputs must be an int >= 1"):
+            Runtime(KINDS, max_outputs=bad)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from sansio_aio import (
     ExtOut,
     Runtime,
     RuntimeClosed,
+    RuntimeState,
     ShutdownTimeout,
     Spawn,
     Spawned,
@@ -27,10 +28,11 @@ from sansio_aio import (
     TaskOutput,
     WorkerExited,
 )
+from sansio_aio._runtime import STOP_SLACK
 from sansio_aio.lowlevel import WorkerCore
 from tests.drivers import FailsOnWorker1, Recorded
 from tests.helpers import T, Variant
-from tests.tasks import KINDS, Echo, Host, Silent
+from tests.tasks import KINDS, Echo, Graceful, Host, Silent
 
 # ------------------------------------------------------- backends and arguments
 
@@ -140,6 +142,91 @@ async def test_shutdown_timeout_names_the_stuck_task(variant: Variant) -> None:
         await rt.shutdown(timeout=0.3)
     assert info.value.unfinished == [stuck]
     assert not any(w.is_alive() for w in rt._workers)
+
+
+# ------------------------------------------------------ a worker that will not stop
+
+
+async def test_shutdown_keeps_its_timeout_with_a_blocked_worker_thread(backend: str) -> None:
+    """Bug: with a worker thread blocked in a task, ``shutdown(timeout=0.5)`` waited the
+    timeout, 2 s for the forced stop and 2 s for the join (4.5 s), said "unfinished
+    tasks: none", and did not raise at all if the task returned within those 4.5 s."""
+    entered, release = threading.Event(), threading.Event()
+    rt = Runtime({"gate": Gate, "graceful": Graceful}, workers=2, backend=backend)
+    await rt.start()
+    try:
+        gate = await rt.spawn("gate", (entered, release), worker=0)
+        graceful = await rt.spawn("graceful", worker=1)
+        rt.send_nowait(gate, "block")
+        assert await asyncio.to_thread(entered.wait, T)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(ShutdownTimeout) as info:
+            await rt.shutdown(timeout=0.5)
+        took = loop.time() - t0
+        # the timeout, plus at most the documented slack (and a margin for a busy machine)
+        assert 0.5 <= took < 0.5 + STOP_SLACK + 0.5, took
+        assert info.value.unfinished == [gate]  # what the controller placed there
+        assert info.value.stuck_workers == [0]
+        text = str(info.value)
+        assert "unfinished tasks: gate#0@w0; workers that would not stop: [0]" in text
+        assert "left running as a daemon thread" in text
+        assert rt.state is RuntimeState.CLOSED
+        # the other worker stopped gracefully: its task's goodbye was delivered
+        got = [(type(e), getattr(e, "task", None)) for e in rt.poll_events()]
+        assert got == [(TaskOutput, graceful), (TaskEnded, graceful)]
+        (left,) = [t for t in threading.enumerate() if t.name.startswith("sansio-worker-")]
+        assert left.name == "sansio-worker-0 (abandoned)" and left.daemon
+    finally:
+        release.set()
+    # Once it returns to its loop, the abandoned worker runs the forced stop and ends;
+    # what it still produced (its task's end) is discarded.
+    await asyncio.to_thread(left.join, T)
+    assert not left.is_alive()
+    assert rt.poll_events() == []
+
+
+BLOCKED_AT_EXIT = """
+import asyncio, threading, time
+from sansio_aio import Ext, Runtime, ShutdownTimeout, Task
+
+class Blocker(Task):
+    def on_event(self, now, event):
+        if type(event) is Ext:
+            self.cfg.set()
+            time.sleep(60)
+
+async def main():
+    entered = threading.Event()
+    rt = await Runtime({"b": Blocker}).start()
+    rt.send_nowait(await rt.spawn("b", entered), "block")
+    assert await asyncio.to_thread(entered.wait, 10)
+    try:
+        await rt.shutdown(timeout=0.2)
+    except ShutdownTimeout as exc:
+        print("stuck", exc.stuck_workers, flush=True)
+
+asyncio.run(main())
+print("exiting", flush=True)
+"""
+
+
+def test_a_blocked_worker_thread_does_not_hold_the_interpreter_at_exit(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKED_AT_EXIT)
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["stuck [0]", "exiting"]
+    assert time.monotonic() - t0 < 30  # not the task's 60 s
 
 
 # ------------------------------------------------------------------- edge cases

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,9 +46,10 @@ from sansio_aio import (
     WorkerDied,
     WorkerExited,
 )
+from sansio_aio._runtime import STOP_SLACK
 from sansio_aio.lowlevel import WorkerCore
 from sansio_aio.testing import PROCESS_MODE
-from tests.helpers import T
+from tests.helpers import T, until
 
 PROC = [PROCESS_MODE]
 
@@ -71,6 +73,11 @@ class Node(Task):
             elif isinstance(msg, tuple) and msg[0] == "sleep":
                 time.sleep(msg[1])
                 self.emit(ExtOut("slept"))
+            elif isinstance(msg, tuple) and msg[0] == "sleep-through-sigterm":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                with open(msg[2], "w"):  # tells the test SIGTERM is ignored now
+                    pass
+                time.sleep(msg[1])
             elif msg == "exit":
                 os._exit(3)
             elif msg == "segfault":
@@ -340,17 +347,32 @@ async def test_a_pending_spawn_and_call_fail_when_their_worker_dies(runtime: Run
 
 @pytest.mark.sansio_runtime(kinds=KINDS, workers=2)
 @pytest.mark.parametrize("runtime", PROC, indirect=True)
-async def test_a_blocked_worker_process_is_killed_at_shutdown(runtime: RuntimeAPI) -> None:
+@pytest.mark.parametrize("block", ["sleep", "sleep-through-sigterm"])
+async def test_a_blocked_worker_process_is_killed_at_shutdown(
+    runtime: RuntimeAPI, block: str, tmp_path: Path
+) -> None:
+    """Bug: the shutdown took its timeout plus 4 s (a 2 s forced stop, a 2 s join)
+    before it killed the blocked worker, and named none of its tasks. Now SIGTERM, then
+    SIGKILL for a worker that ignores SIGTERM, all within the timeout + 0.5 s."""
     ref = await runtime.spawn("node", worker=1)
     pids = [await runtime.run_on_worker(w, pid_of) for w in range(2)]
-    runtime.send_nowait(ref, ("sleep", 30))  # the shutdown below queues behind it
+    ignoring = tmp_path / "ignoring"
+    runtime.send_nowait(ref, (block, 30, str(ignoring)))  # the shutdown queues behind it
+    if block == "sleep-through-sigterm":
+
+        async def ignores() -> bool:
+            return ignoring.exists()
+
+        await until(ignores)
     t0 = time.monotonic()
     with pytest.raises(ShutdownTimeout) as info:
         await runtime.shutdown(timeout=0.3)
-    assert time.monotonic() - t0 < 6  # 0.3 s, then the forced stop's 2 s, then the kill
+    took = time.monotonic() - t0
+    assert took < 0.3 + STOP_SLACK + 0.5, took  # the slack, and a margin for a busy machine
     assert info.value.stuck_workers == [1]
     assert "workers that would not stop (killed): [1]" in str(info.value)
-    assert info.value.unfinished == []  # its tasks: unknown, the process was killed
+    assert info.value.unfinished == [ref]  # what the controller placed on it
+    assert "unfinished tasks: node#0@w1" in str(info.value)
     assert not any(_exists(pid) for pid in pids)
 
 
