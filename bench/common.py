@@ -3,6 +3,11 @@
 Every benchmark module in ``bench/`` defines ``run() -> dict`` returning the result
 record; :func:`write_result` stores it as ``bench/results/<bench>.json``. A record has at
 least ``bench, metric, value, baseline, baseline_value, ratio, params``.
+
+Progress: a benchmark may call :func:`progress` (or loop over :func:`tracked`) as its
+rounds or steps go by; ``python -m bench`` shows it (a bar per benchmark with rich, else a
+line per call). :func:`interleaved` reports each run of a variant by itself. Without a
+hook installed (a benchmark run on its own) the calls do nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +17,47 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: ``hook(done, total, label)``: ``done`` units of ``total`` (None: unknown) are finished.
+ProgressHook = Callable[[int, int | None, str], None]
+_progress_hook: ProgressHook | None = None
+
+
+def set_progress_hook(hook: ProgressHook | None) -> ProgressHook | None:
+    """Install ``hook`` for :func:`progress` (None removes it); returns the previous one."""
+    global _progress_hook
+    previous, _progress_hook = _progress_hook, hook
+    return previous
+
+
+def progress(done: int, total: int | None = None, label: str = "") -> None:
+    """Report that ``done`` of ``total`` rounds (or steps) of the running benchmark are over.
+
+    ``label`` says what runs now (e.g. ``"round 2/5: runtime-uvloop"``). A hook that
+    raises is removed rather than allowed to break the measurement.
+    """
+    hook = _progress_hook
+    if hook is None:
+        return
+    try:
+        hook(done, total, label)
+    except Exception:
+        set_progress_hook(None)
+
+
+def tracked(items: Iterable[Any], total: int | None = None, label: str = "") -> Iterator[Any]:
+    """Yield ``items``, reporting :func:`progress` after each one."""
+    if total is None and isinstance(items, Sequence):
+        total = len(items)
+    progress(0, total, label)
+    for i, item in enumerate(items, start=1):
+        yield item
+        progress(i, total, f"{label} {i}/{total}" if label and total else label)
 
 
 def median(values: Sequence[float]) -> float:
@@ -39,10 +80,13 @@ def interleaved(
     """Run each variant once per round, rotating the order (A B C, B C A, ...)."""
     names = list(variants)
     out: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    total = rounds * len(names)
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
+        for i, name in enumerate(order):
+            progress(r * len(names) + i, total, f"round {r + 1}/{rounds}: {name}")
             out[name].append(variants[name]())
+    progress(total, total, f"{rounds} rounds")
     return out
 
 
