@@ -5,7 +5,7 @@ Theory of operation
 Take a :class:`ResourceSnapshot` before the runtime starts and compare after it shut
 down. A *leaked thread* is one that appeared in between and is still alive; the
 threads of the application loop's default executor (``asyncio_N``, ``uvloop_N``, used
-by ``asyncio.to_thread`` and by the runtime's own join) belong to the loop, not to the
+by ``asyncio.to_thread``) belong to the loop, not to the
 runtime, and are ignored. A *leaked fd* is a descriptor number that was free at the
 snapshot, is open now, and is a socket, a pipe, an anonymous inode (epoll, eventfd) or a
 device: regular files opened by pytest or logging are ignored. Numbers taken at the

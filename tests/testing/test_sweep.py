@@ -59,8 +59,9 @@ async def clock_reader(sim: Sim) -> None:
 
 
 async def unseeded(sim: Sim) -> None:
+    # the global RNG, not sim.rng: a new float every run (equal twice: practically never)
     async with sim.runtime({"counter": Counter}, workers=random.randint(1, 8)):
-        pass
+        sim.note("unseeded draw", random.random())
 
 
 @pytest.mark.parametrize("scenario", [clock_reader, unseeded, sim_example.nondeterministic])
