@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import write_result
-from bench.whep_fanout import FPS_FLOOR, _children, _cpu_seconds, run_pinned
+from bench.whep_fanout import FPS_FLOOR, run_pinned, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL_STEPS = (4, 8, 16, 24, 32, 40, 48, 56, 64)
@@ -82,11 +82,8 @@ class _Node:
             raise RuntimeError(f"node did not start: {line!r}")
 
     def cpu(self) -> float:
-        total = _cpu_seconds(self.proc.pid)
-        for child in _children(self.proc.pid):
-            with contextlib.suppress(OSError):
-                total += _cpu_seconds(child)
-        return total
+        """CPU seconds of the node process (and children)."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -192,11 +192,7 @@ class _Server:
 
     def cpu(self) -> float:
         """CPU seconds of the server process and of its children (worker processes)."""
-        total = _cpu_seconds(self.proc.pid)
-        for child in _children(self.proc.pid):
-            with contextlib.suppress(OSError):
-                total += _cpu_seconds(child)
-        return total
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -224,6 +220,15 @@ async def _start_server(kind: str, net: Any) -> _Server:
         proc.kill()
         proc.wait()
         raise
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of process ``pid`` and of its children (e.g. worker processes)."""
+    total = _cpu_seconds(pid)
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            total += _cpu_seconds(child)
+    return total
 
 
 def _children(pid: int) -> list[int]:
