@@ -11,11 +11,9 @@ the seeds).
 The baseline is the same sweep of :func:`trivial`, a scenario that builds a one-worker
 ``SimRuntime``, lets one simulated second pass and shuts it down: what the sweep
 machinery itself costs per seed (process pool, ``Sim`` with its network, trace and
-fault points, runtime start and stop). The metric is the seeds/s of the three real
+fault points, runtime start and stop). The metric is the seeds/s of the project's
 scenarios together; the ratio (metric / baseline) is the share of the per-seed budget
-left to the framework (the rest is the scenarios' own work). Also measured, as
-information: the failure rate of ``room_churn_float`` (a known bug of the room, see
-``tests/sim/test_scenarios.py``).
+left to the framework (the rest is the scenarios' own work).
 
 ``python -m bench sim_sweep`` (a few minutes); ``run(quick=True)`` sweeps 200 seeds each.
 """
@@ -28,7 +26,7 @@ from typing import Any
 from bench.common import write_result
 from sansio_aio.testing import Sim, SweepReport, sweep
 
-SCENARIOS = ("room_churn", "udp_echo", "bus_crash")
+SCENARIOS = ("room_churn", "room_churn_float", "udp_echo", "bus_crash")
 SEEDS = 10_000
 QUICK_SEEDS = 200
 JOBS = 2
@@ -68,13 +66,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     base = _sweep("trivial", seeds, module="bench.sim_sweep")
     results = {name: _sweep(name, seeds) for name in SCENARIOS}
-    known_bug = _sweep("room_churn_float", seeds // 5)
     total_seeds = sum(r["seeds"] for r in results.values())
     total_real = sum(r["real_s"] for r in results.values())
     value = round(total_seeds / total_real, 1) if total_real else 0.0
     return write_result(
         "sim_sweep",
-        metric="seeds/s over the three scenarios (2 jobs)",
+        metric="seeds/s over the project's scenarios (2 jobs)",
         value=value,
         baseline="seeds/s of the trivial scenario (1 worker, 1 simulated s, 2 jobs)",
         baseline_value=base["seeds_per_s"],
@@ -82,7 +79,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         scenarios=results,
         trivial=base,
         failed=sum(r["failed"] for r in results.values()),
-        known_bug_room_churn_float=known_bug,
         wall_s=round(time.perf_counter() - t0, 1),
     )
 

@@ -15,8 +15,8 @@ The scenarios:
   storm of publishers and viewers (POST, PATCH, DELETE, stats), a fake WebRTC driver
   that answers, fails, never answers, flaps ICE states and reports late, and the room's
   own timeouts; checked against an independent model of the room after every input.
-  :func:`room_churn_float` is the same with arbitrary float times (it exposes the idle
-  end's floating-point comparison, see its docstring).
+  :func:`room_churn_float` is the same with arbitrary float times (it found the idle
+  end's floating-point comparison, fixed since).
 * :func:`udp_echo`: ``examples/udp_echo_server.py``'s echo task behind a lossy,
   duplicating, reordering, partitioned simulated network, with echo workers killed and
   restarted; a client task counts what comes back.
@@ -889,12 +889,11 @@ async def room_churn(sim: Sim) -> None:
 async def room_churn_float(sim: Sim) -> None:
     """:func:`room_churn` with times that are arbitrary floats instead of a 1/256 s grid.
 
-    This exposes a bug of ``Room.on_tick`` (reported, not fixed here): the idle end is
-    due at ``idle_since + idle_timeout`` (``next_deadline``) but checked as
+    It found a bug of ``Room.on_tick`` (fixed): the idle end was due at
+    ``idle_since + idle_timeout`` (``next_deadline``) but checked as
     ``now - idle_since >= idle_timeout``, which is false at that very instant for about a
-    quarter of the float pairs (``(a + b) - a < b`` after rounding). The room then asks
-    to be woken at the instant it was just woken for: the worker spins on it (the
-    harness raises ``ProtocolViolation``).
+    quarter of the float pairs (``(a + b) - a < b`` after rounding): the room asked to be
+    woken at the instant it was just woken for (the harness raised ``ProtocolViolation``).
     """
     _room_run(sim, None)
 
@@ -1526,7 +1525,9 @@ async def bus_crash(sim: Sim) -> None:
 
 SCENARIOS = {
     "room_churn": room_churn,
+    "room_churn_float": room_churn_float,
     "udp_echo": udp_echo,
     "bus_crash": bus_crash,
 }
-"""The scenarios that must pass on every seed (``room_churn_float`` is a known bug)."""
+"""The scenarios that must pass on every seed (``room_churn_float`` found the idle end's
+floating-point bug, since fixed)."""

@@ -72,11 +72,6 @@ def test_the_idle_end_falls_due_exactly_at_its_deadline() -> None:
     assert h.ended and h.ended_at == t + 0.3
 
 
-def test_room_churn_with_float_times() -> None:
-    report = sweep(scenarios.room_churn_float, range(100), stop_on_failure=True)
-    assert report.ok, _failure(report)
-
-
 # ------------------------------------------------------------------ the checks bite
 
 
