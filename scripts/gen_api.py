@@ -460,9 +460,18 @@ class Page:
         return re.sub(r"\n{3,}", "\n\n", text)
 
 
+def _public(module: types.ModuleType, name: str) -> Any:
+    """``module.name``; a submodule that took the name of the function it wraps once it
+    was imported (``sansio_aio.testing.sweep``, the command line) stands for that function."""
+    obj = getattr(module, name)
+    if isinstance(obj, types.ModuleType) and callable(getattr(obj, "__wrapped__", None)):
+        return obj.__wrapped__
+    return obj
+
+
 def entries(namespace: str) -> list[tuple[str, Any]]:
     module = importlib.import_module(namespace)
-    items = [(name, getattr(module, name)) for name in module.__all__]
+    items = [(name, _public(module, name)) for name in module.__all__]
     return sorted(items, key=lambda item: (KIND_ORDER.index(kind_of(item[1])), item[0].lower()))
 
 

@@ -153,6 +153,9 @@ class _CallableModule(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> SweepReport:
         return _sweep(*args, **kwargs)
 
+    #: The function it stands for (documentation tools follow ``__wrapped__``).
+    __wrapped__ = staticmethod(_sweep)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,7 +73,7 @@ from typing import Any, Self
 from ..._api import RuntimeState
 from ..._bus import BusHub
 from ..._control import ControllerBase, exit_reason
-from ..._core import WorkerCore
+from ..._core import DEFAULT_MAX_OUTPUTS, WorkerCore, check_max_outputs
 from ..._dispatch import Result
 from ..._driver import DriverFactory
 from ..._errors import ConfigError, QueueFull, RuntimeClosed, ShutdownTimeout
@@ -128,7 +128,9 @@ class SimEngine(ControllerBase):
         max_time: float = 3600.0,
         restart: str = "never",
         buggify: Buggify | bool = False,
+        max_outputs: int = DEFAULT_MAX_OUTPUTS,
     ) -> None:
+        self._max_outputs = check_max_outputs(max_outputs)
         check_runtime_args(kinds, workers, tick, inbox_capacity, event_capacity, drivers or ())
         if restart not in ("never", "on-failure"):
             raise ConfigError(f"restart must be 'never' or 'on-failure', got {restart!r}")
@@ -202,6 +204,7 @@ class SimEngine(ControllerBase):
             "restart": restart,
             "strict": strict,
             "buggify": self.buggify is not None and self.buggify.enabled,
+            "max_outputs": self._max_outputs,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -299,6 +302,7 @@ class SimEngine(ControllerBase):
             host=self._task_host,
             drivers=drivers,
             incarnation=self._restarts[sw.worker_id],
+            max_outputs=self._max_outputs,
         )
 
     def _wrap(self, kind: str, factory: TaskFactory) -> TaskFactory:

@@ -60,6 +60,8 @@ class SimRuntime(SimEngine):
         buggify: the fault points of the tasks (:func:`~sansio_aio.testing.buggify`):
             ``False`` (the default: inert), ``True`` (enabled by ``seed``) or a
             :class:`Buggify` shared with other runtimes (what :meth:`Sim.runtime` passes).
+        max_outputs: outputs one drain may pop before the task is failed, as
+            ``Runtime(max_outputs=...)`` (default 100,000).
     """
 
     async def start(self) -> SimRuntime:
