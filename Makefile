@@ -71,7 +71,7 @@ test-stress: $(STAMP)
 # every pytest run.
 ONLY ?=
 test-all: $(STAMP)
-	EXTRAS=$(EXTRAS) $(PY) scripts/test_all.py $(if $(ONLY),--only $(ONLY)) -- $(ARGS)
+	EXTRAS=$(EXTRAS) $(PY) scripts/test_all.py $(if $(ONLY),--only $(ONLY)) $(if $(OTHERS),--others) -- $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(NAME)

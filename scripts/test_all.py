@@ -15,7 +15,8 @@ concurrent ``make test`` in the same tree cannot delete it). At the end: one tab
 per version (passed, failed, skipped, seconds, coverage) and every failing test with its
 error. The exit status is 1 when any version failed or could not be set up.
 
-Usage: ``python scripts/test_all.py [--only 3.12,3.13] [--list] [-- PYTEST ARGS]``.
+Usage: ``python scripts/test_all.py [--only 3.12,3.13] [--others] [--list] [-- PYTEST ARGS]``
+(``--others``: every version but ``.venv``'s, which ``make test`` has just run; CI uses it).
 Environment: ``EXTRAS`` (default ``dev,tun,webrtc,cluster``).
 """
 
@@ -275,6 +276,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--only", default="", help="comma-separated minor versions, e.g. 3.12")
     parser.add_argument("--list", action="store_true", help="list the interpreters and stop")
+    parser.add_argument(
+        "--others",
+        action="store_true",
+        help="leave out .venv's own version (the one `make test` runs)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args(argv)
     extras = os.environ.get("EXTRAS", "dev,tun,webrtc,cluster")
@@ -283,6 +289,11 @@ def main(argv: list[str]) -> int:
     if args.only:
         wanted = {v.strip() for v in args.only.split(",") if v.strip()}
         found = [i for i in found if i.minor in wanted]
+    if args.others:
+        found = [i for i in found if i.origin != "venv"]
+        if not found:
+            print("test-all: no CPython >= 3.11 other than .venv's; nothing more to run")
+            return 0
     if not found:
         print("test-all: no CPython >= 3.11 found", file=sys.stderr)
         return 2
