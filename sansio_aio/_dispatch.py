@@ -193,6 +193,12 @@ class Dispatcher:
     def _fail(self, key: int, exc: BaseException) -> None:
         fut = self.pending.pop(key, None)
         if fut is not None and not fut.done():
+            if isinstance(exc, StopIteration | StopAsyncIteration):
+                # a Future refuses these (they would end the awaiting coroutine's frame
+                # silently); before this the waiter hung for good
+                wrapped = RuntimeError(f"{type(exc).__name__} raised on the worker: {exc!r}")
+                wrapped.__cause__ = exc
+                exc = wrapped
             fut.set_exception(exc)
 
     def _output(self, item: TaskOutput) -> bool:

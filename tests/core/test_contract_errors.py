@@ -4,6 +4,7 @@ driver to add. Each runs on both runtimes (threads and simulated) through Runtim
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -22,7 +23,9 @@ from sansio_aio import (
     TaskRef,
     UnknownTarget,
 )
+from sansio_aio.lowlevel import WorkerCore
 from sansio_aio.net import UdpSend
+from tests.helpers import T
 
 RUNTIMES = ["uvloop", "epoll", "sim"]
 
@@ -166,3 +169,24 @@ async def test_the_life_cycle_is_one_state(runtime: RuntimeAPI) -> None:
         await runtime.spawn("calc")
     with pytest.raises(RuntimeClosed):
         runtime.send_nowait(TaskRef(0, "calc", 0), "late")
+
+
+def _stops(core: WorkerCore) -> int:
+    """Run on a worker: raises StopIteration (module level: it may cross to a process)."""
+    return next(iter([]))
+
+
+@pytest.mark.sansio_runtime(kinds=KINDS, workers=1)
+@pytest.mark.parametrize("runtime", RUNTIMES, indirect=True)
+async def test_run_on_worker_raising_stop_iteration_fails_instead_of_hanging(
+    runtime: RuntimeAPI,
+) -> None:
+    """Bug: a Future refuses StopIteration, so the waiter of a function that raised it on
+    the worker hung for good (found profiling with ``next(iter(core.refs()))``)."""
+    with pytest.raises(RuntimeError, match="StopIteration raised on the worker"):
+        await asyncio.wait_for(runtime.run_on_worker(0, _stops), T)
+    assert await runtime.run_on_worker(0, len_of_refs) == 0  # the worker is fine
+
+
+def len_of_refs(core: WorkerCore) -> int:
+    return len(core.refs())
