@@ -9,7 +9,7 @@ checked by mypy, so application code and fixtures can be written once against it
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
@@ -92,6 +92,9 @@ class RuntimeAPI(Protocol):
 
     def send_nowait(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg`` to a task or a worker's host task; raise if the inbox is full."""
+
+    def send_many(self, target: TaskRef | int, msgs: Iterable[Any]) -> None:
+        """Send every message of ``msgs`` to one target, in order; all or none (QueueFull)."""
 
     def send_force(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg`` even past the inbox bound."""

@@ -226,6 +226,45 @@ async def test_a_full_inbox_refuses_send_nowait_and_send_waits_for_room(
         assert [o.msg for o in got] == [("spun", 0.3), "a", "b", "c"]
 
 
+async def test_send_many_delivers_in_order_one_event_per_message(variant: Variant) -> None:
+    async with Runtime(KINDS, workers=2, **variant, host=Host) as rt:
+        await outputs(rt, 2)  # the hosts' greetings
+        ref = await rt.spawn("echo")
+        rt.send_many(ref, list(range(500)))
+        rt.send_many(ref, (f"g{i}" for i in range(3)))  # any iterable
+        rt.send_many(ref, [])  # nothing to send: no event, no error
+        got = await outputs(rt, 503)
+        assert [o.msg for o in got] == [*range(500), "g0", "g1", "g2"]
+        assert {o.task for o in got} == {ref}
+        rt.send_many(1, ["a", "b"])  # a worker's host task
+        got = await outputs(rt, 2)
+        assert [o.msg for o in got] == [("worker-msg", 1, "a"), ("worker-msg", 1, "b")]
+
+
+async def test_send_many_is_all_or_nothing_when_the_inbox_is_short(backend: str) -> None:
+    async with Runtime(KINDS, backend=backend, inbox_capacity=3) as rt:
+        ref = await rt.spawn("echo")
+        started = threading.Event()
+        rt.send_nowait(ref, ("spin", 0.3, started))
+        assert await asyncio.to_thread(started.wait, T)
+        rt.send_nowait(ref, "a")  # 1 of 3 taken while the worker spins
+        with pytest.raises(QueueFull, match=r"no room for 3 messages.*nothing was sent"):
+            rt.send_many(ref, ["x", "y", "z"])
+        rt.send_many(ref, ["b", "c"])  # exactly the room left
+        got = await outputs(rt, 4)
+        assert [o.msg for o in got] == [("spun", 0.3), "a", "b", "c"]
+
+
+async def test_send_many_to_unknown_targets_fails_like_send_nowait(variant: Variant) -> None:
+    async with Runtime(KINDS, **variant) as rt:
+        with pytest.raises(UnknownTarget, match="no worker 7"):
+            rt.send_many(TaskRef(7, "echo", 0), ["x"])
+        with pytest.raises(UnknownTarget, match="host"):
+            rt.send_many(0, ["x"])
+        with pytest.raises(UnknownTarget, match="no live task"):
+            rt.send_many(TaskRef(0, "echo", 99), [])
+
+
 async def test_unsafe_bus_sends_are_dropped_and_counted(backend: str) -> None:
     async with Runtime(KINDS, workers=2, backend=backend, inbox_capacity=4) as rt:
         await rt.spawn("sub", "chan", worker=1)

@@ -214,6 +214,8 @@ async def test_what_cannot_cross_is_a_config_error_at_the_call(runtime: RuntimeA
     with pytest.raises(ConfigError, match="must be picklable"):
         runtime.send_nowait(ref, lock)
     with pytest.raises(ConfigError, match="must be picklable"):
+        runtime.send_many(ref, ["fine", lock])  # checked before any is sent
+    with pytest.raises(ConfigError, match="must be picklable"):
         await runtime.request(ref, lambda: 1)
     with pytest.raises(ConfigError, match="must be picklable"):
         await runtime.spawn("node", cfg=lock)

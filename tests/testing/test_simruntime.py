@@ -14,6 +14,7 @@ from sansio_aio import (
     ConfigError,
     Ext,
     ExtOut,
+    QueueFull,
     RequestTimeout,
     ShutdownTimeout,
     Spawn,
@@ -83,6 +84,21 @@ async def test_messages_requests_and_errors() -> None:
             await rt.spawn("nope")
         with pytest.raises(UnknownTarget):
             rt.send_nowait(1, "no host task")
+
+
+async def test_send_many_as_the_runtime_does() -> None:
+    async with SimRuntime(KINDS, workers=2, host=Host, inbox_capacity=4) as rt:
+        await outputs(rt, 2)  # the hosts' greetings
+        a = await rt.spawn("echo")
+        rt.send_many(a, ["x", "y", "z"])
+        assert [o.msg for o in await outputs(rt, 3)] == ["x", "y", "z"]
+        rt.send_many(1, ["w"])
+        assert [o.msg for o in await outputs(rt, 1)] == [("worker-msg", 1, "w")]
+        with pytest.raises(QueueFull, match="nothing was sent"):
+            rt.send_many(a, range(5))  # more than the lane holds
+        assert rt.poll_events() == []
+        with pytest.raises(UnknownTarget):
+            rt.send_many(7, ["x"])
 
 
 async def test_failure_is_isolated() -> None:

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import Token
 from typing import Any, Self
 
@@ -466,6 +466,24 @@ class SimEngine(ControllerBase):
         if not lane.push(item):
             raise QueueFull(f"inbox of the target worker is full ({lane.capacity} messages)")
         self.settle()
+
+    def send_many(self, target: TaskRef | int, msgs: Iterable[Any]) -> None:
+        """Send every message of ``msgs`` to one target, in order, all or none (as the
+        runtime does: :class:`QueueFull` and nothing sent if the lane has no room)."""
+        self._check_running()
+        batch = list(msgs)
+        lane, _ = self._ledger.route(target, batch[0] if batch else None)
+        if len(lane.q) + len(batch) > lane.capacity:
+            raise QueueFull(
+                f"inbox of the target worker has no room for {len(batch)} messages "
+                f"({lane.capacity} messages); nothing was sent"
+            )
+        for msg in batch:
+            _, item = self._ledger.route(target, msg)
+            self.trace.record(self.clock.now(), "rt", "send", (target, msg))
+            lane.push_force(item)
+        if batch:
+            self.settle()
 
     def send_force(self, target: TaskRef | int, msg: Any) -> None:
         """Send ``msg`` even past the inbox bound."""
