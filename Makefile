@@ -11,7 +11,7 @@ ARGS   ?=
 
 all: test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py sansio_aio/_speedups.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import interleaved, median, write_result
+from sansio_aio._fast import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -67,7 +68,24 @@ def _queue_datagrams(count: int) -> None:
             send(PAYLOAD)
 
 
-async def _runtime_round(packets: int, backend: str, name: str, batch: bool) -> dict[str, float]:
+async def _runtime_round(
+    packets: int, backend: str, name: str, batch: bool, pure: bool = False
+) -> dict[str, float]:
+    """One round of the runtime's echo; ``pure`` runs the driver's pure-Python reads (the
+    code before the C speedups: thread mode, so switching the module reference is enough)."""
+    from sansio_aio.net import _tun as tun_module
+
+    _tun: Any = tun_module
+    saved = _tun.speedups
+    if pure:
+        _tun.speedups = None
+    try:
+        return await _runtime_round_on(packets, backend, name, batch)
+    finally:
+        _tun.speedups = saved
+
+
+async def _runtime_round_on(packets: int, backend: str, name: str, batch: bool) -> dict[str, float]:
     cfg = EchoConfig(
         name=name, address=LOCAL, netmask="255.255.255.0", notify_after=packets, batch=batch
     )
@@ -145,10 +163,22 @@ def _measure(packets: int, rounds: int, backend: str) -> dict[str, list[dict[str
         {
             "sansio_aio": lambda: asyncio.run(_runtime_round(packets, backend, "tunrt", True)),
             "per_packet": lambda: asyncio.run(_runtime_round(packets, backend, "tunpp", False)),
+            "sansio_aio_pure": lambda: asyncio.run(
+                _runtime_round(packets, backend, "tunrq", True, pure=True)
+            ),
+            "per_packet_pure": lambda: asyncio.run(
+                _runtime_round(packets, backend, "tunpq", False, pure=True)
+            ),
             "baseline": lambda: _baseline_round(packets, backend, "tunbase"),
         },
         rounds,
     )
+
+
+def _median_ratio(results: dict[str, list[dict[str, float]]], name: str) -> float:
+    """Median over rounds of ``name``'s pps / the baseline's in the same round."""
+    pairs = zip(results[name], results["baseline"], strict=True)
+    return round(median([a["pps"] / b["pps"] for a, b in pairs if b["pps"]]), 3)
 
 
 def run(packets: int = 100_000, rounds: int = 5, backend: str = "uvloop") -> dict[str, Any]:
@@ -174,11 +204,13 @@ def run(packets: int = 100_000, rounds: int = 5, backend: str = "uvloop") -> dic
         per_packet_value=round(median(single)),
         per_packet_ratio=round(median(single) / median(base), 3) if base else 0.0,
         per_packet_ratio_per_round=[round(r, 3) for r in single_ratios],
-        rounds_pps={
-            "sansio_aio": [round(x) for x in ours],
-            "per_packet": [round(x) for x in single],
-            "baseline": [round(x) for x in base],
+        rounds_pps={name: [round(r["pps"]) for r in rs] for name, rs in results.items()},
+        compiled=compiled(),
+        pure_path={  # the same runtime with the pure-Python reads: before the C speedups
+            "batch_ratio": _median_ratio(results, "sansio_aio_pure"),
+            "per_packet_ratio": _median_ratio(results, "per_packet_pure"),
         },
+        targets={"per_packet_ratio": 0.9, "batch_ratio": 1.0},
     )
 
 

@@ -56,6 +56,14 @@ class DriverContext(Protocol):
         it once per socket or queue and use it on the per-packet path.
         """
 
+    def batch_feeder(self, task: TaskRef) -> Callable[[list[Any]], None]:
+        """``feed_all(events)``: feed each event to ``task`` in order, as ``feed`` would.
+
+        For the inputs of one read (a ``recvmmsg``): one clock reading and one hand-over
+        for the list, each event still drained on its own. Clearing ``events`` while
+        they are fed (from ``handle``, when the task closes their socket) stops the rest.
+        """
+
 
 class Driver(ABC):
     """Base class of I/O drivers. Subclass it and list your output types."""

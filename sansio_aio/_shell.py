@@ -245,6 +245,16 @@ class WorkerShell:
         deliver = self.deliver
         return lambda event: deliver(task, event)
 
+    def batch_feeder(self, task: TaskRef) -> Callable[[list[Any]], None]:
+        """DriverContext: feed each event in order (stops if the list is cleared)."""
+        deliver = self.deliver
+
+        def feed_all(events: list[Any]) -> None:
+            for event in events:
+                deliver(task, event)
+
+        return feed_all
+
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """DriverContext: wrap a callback so its run time counts as busy time."""
         return callback
@@ -332,3 +342,7 @@ class ShellContext:
     def feeder(self, task: TaskRef) -> Callable[[Any], bool]:
         """A fast ``deliver`` bound to one task, for per-packet paths."""
         return self._shell.feeder(task)
+
+    def batch_feeder(self, task: TaskRef) -> Callable[[list[Any]], None]:
+        """``feed_all(events)`` bound to one task, for the inputs of one read."""
+        return self._shell.batch_feeder(task)

@@ -288,6 +288,13 @@ class Worker(WorkerShell):
             return lambda event: False
         return core.feeder(task, _monotonic, self.flush_app, self._pending_wakes)
 
+    def batch_feeder(self, task: TaskRef) -> Callable[[list[Any]], None]:
+        """DriverContext: ``feed_all(events)`` bound to ``task`` (``WorkerCore.batch_feeder``)."""
+        core = self.core
+        if core is None:
+            return lambda events: None
+        return core.batch_feeder(task, _monotonic, self.flush_app, self._pending_wakes)
+
     def timed(self, callback: Callable[[], None]) -> Callable[[], None]:
         """DriverContext: wrap a callback so its run time counts as busy time."""
 

@@ -8,7 +8,8 @@ Interpreters are looked for in this order, one per minor version (the first foun
 
 Anything older than 3.11 is ignored. Every other version gets a venv of its own,
 ``.venv-3.X``, made and bootstrapped like ``.venv`` (``pip install -e ".[EXTRAS]"``),
-reinstalled only when ``pyproject.toml`` is newer than its stamp, so later runs reuse it.
+reinstalled only when ``pyproject.toml``, ``setup.py`` or ``_speedups.c`` is newer than
+its stamp, so later runs reuse it.
 The suite then runs the way ``make test`` runs it (under coverage, after the Chromium and
 Redis checks), one version after the other, each with its own coverage data file (a
 concurrent ``make test`` in the same tree cannot delete it). At the end: one table row
@@ -149,8 +150,10 @@ def bootstrap(interp: Interpreter, venv: Path, extras: str) -> str:
     """
     python = venv / "bin" / "python"
     stamp = venv / ".installed"
-    pyproject = ROOT / "pyproject.toml"
-    fresh = stamp.exists() and stamp.stat().st_mtime >= pyproject.stat().st_mtime
+    # what the install depends on: the metadata and the C speedups it compiles
+    inputs = [ROOT / "pyproject.toml", ROOT / "setup.py", ROOT / "sansio_aio" / "_speedups.c"]
+    newest = max(p.stat().st_mtime for p in inputs)
+    fresh = stamp.exists() and stamp.stat().st_mtime >= newest
     if fresh and probe(str(python)) is not None:
         return ""
     if probe(str(python)) is None:

@@ -28,8 +28,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 TIMEOUT = 300
 
 
-def _run(args: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+def _run(
+    args: list[str | Path], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return subprocess.run(
         [str(a) for a in args],
         cwd=cwd,
@@ -92,10 +94,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         _cannot("build the wheel", proc)
     (wheel,) = dist.glob("sansio_aio-*.whl")
-    assert wheel.name == f"sansio_aio-{sansio_aio.__version__}-py3-none-any.whl"
+    # a platform wheel: it carries the compiled datagram paths (sansio_aio._speedups)
+    assert wheel.name.startswith(f"sansio_aio-{sansio_aio.__version__}-cp3"), wheel.name
     names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("sansio_aio/_speedups.") and n.endswith(".so") for n in names)
     for needed in (
         "sansio_aio/py.typed",
+        "sansio_aio/_speedups.pyi",
         "sansio_aio/webrtc/__main__.py",
         "sansio_aio/webrtc/static/index.html",
         "sansio_aio/webrtc/static/whip.js",
@@ -139,6 +144,15 @@ def test_the_installed_package_is_the_wheel(installed: Path) -> None:
     where, versions = proc.stdout.splitlines()
     assert Path(where).is_relative_to(installed), where
     assert versions == f"{sansio_aio.__version__} {sansio_aio.__version__}"
+
+
+@pytest.mark.parametrize("pure", ["", "1"])
+def test_the_wheel_carries_the_compiled_paths_and_honours_pure(installed: Path, pure: str) -> None:
+    code = "from sansio_aio import _fast; print(_fast.compiled())"
+    env = {**os.environ, "SANSIO_AIO_PURE": pure}
+    proc = _run([installed / "bin" / "python", "-c", code], cwd=installed, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("False" if pure else "True")
 
 
 def test_readme_example_runs_from_the_wheel(installed: Path) -> None:

@@ -403,3 +403,79 @@ async def test_no_fds_left_after_shutdown_or_failed_start(variant: Variant) -> N
 def worker_id(core: WorkerCore) -> int:
     """Run on a worker (a module-level function: it crosses to worker processes too)."""
     return core.worker_id
+
+
+# ------------------------------------------- Task's own methods, or the task's overrides
+
+
+class PopCounter(Task):
+    """Overrides pop_output (counts the calls): the core must call it, not read the deque."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.calls = {"pop_output": 0, "is_empty": 0}
+        if cfg == "instance":  # patched on the instance instead of the class
+            self.pop_output = self._pop  # type: ignore[method-assign]
+            self.is_empty = self._empty  # type: ignore[method-assign]
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext and event.msg == "stop":
+            self.closing = True
+            return
+        self.emit(ExtOut(("a", event.msg)))
+        self.emit(ExtOut(("b", event.msg)))
+
+    def _pop(self, now: float) -> Any:
+        self.calls["pop_output"] += 1
+        return super().pop_output(now)
+
+    def _empty(self) -> bool:
+        self.calls["is_empty"] += 1
+        return super().is_empty()
+
+
+class ClassPopCounter(PopCounter):
+    def pop_output(self, now: float) -> Any:
+        return self._pop(now)
+
+    def is_empty(self) -> bool:
+        return self._empty()
+
+
+class PlainTask(Task):
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext and event.msg == "stop":
+            self.on_shutdown(now)
+            self.emit(ExtOut("last words"))
+            return
+        self.emit(ExtOut(("a", event.msg)))
+        self.emit(ExtOut(("b", event.msg)))
+
+
+@pytest.mark.parametrize("kind", ["class", "instance", "plain"])
+async def test_overridden_pop_output_and_is_empty_are_called(backend: str, kind: str) -> None:
+    """The core drains a plain ``Task``'s output deque itself; a task that overrides
+    ``pop_output``/``is_empty`` (in its class or on the instance) gets its calls, and
+    both behave the same: every output in order, the end when closing and drained."""
+    kinds = {"class": ClassPopCounter, "instance": PopCounter, "plain": PlainTask}
+    async with Runtime(kinds, backend=backend) as rt:
+        ref = await rt.spawn(kind, "instance" if kind == "instance" else None)
+        rt.send_many(ref, [1, 2])
+        got = [await asyncio.wait_for(rt.next_event(), T) for _ in range(4)]
+        assert [e.msg for e in got] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]  # type: ignore[union-attr]
+
+        def calls(core: WorkerCore) -> Any:
+            task = core.lookup(ref)
+            return getattr(task, "calls", None)
+
+        if kind == "plain":
+            assert await rt.run_on_worker(0, calls) is None
+        else:
+            # the spawn's drain (1 pop, the None), then two inputs of 2 outputs + the None
+            # each; one is_empty per drain
+            assert await rt.run_on_worker(0, calls) == {"pop_output": 7, "is_empty": 3}
+        rt.send_nowait(ref, "stop")
+        ended = [await asyncio.wait_for(rt.next_event(), T) for _ in range(1 + (kind == "plain"))]
+        assert isinstance(ended[-1], TaskEnded) and ended[-1].task == ref
+        if kind == "plain":
+            assert ended[0] == TaskOutput(ref, "last words")

@@ -43,3 +43,26 @@ def need_tun() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"TUN tests must run in CI but cannot: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def datagram_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a driver test on both datagram paths: the C speedups and the pure-Python loops.
+
+    ``pure`` switches the drivers' module reference off (thread workers) and sets
+    ``SANSIO_AIO_PURE=1`` (worker processes import sansio_aio afresh). ``compiled`` skips
+    with the reason when the extension is not built; CI (``CI=true``) must have it.
+    """
+    from sansio_aio import _fast
+    from sansio_aio.net import _tun, _udp
+
+    if request.param == "pure":
+        monkeypatch.setattr(_udp, "speedups", None)
+        monkeypatch.setattr(_tun, "speedups", None)
+        monkeypatch.setenv("SANSIO_AIO_PURE", "1")
+    elif _fast.speedups is None:
+        reason = "sansio_aio._speedups is not built here (or SANSIO_AIO_PURE=1 is set)"
+        if os.environ.get("CI") == "true" and not os.environ.get("SANSIO_AIO_PURE"):
+            pytest.fail(f"the compiled datagram path must run in CI: {reason}")
+        pytest.skip(reason)
+    return str(request.param)

@@ -57,6 +57,9 @@ from tests.net.tun_helpers import (
     udp_flows,
 )
 
+#: every test runs on the C datagram path and on the pure-Python one (tests/net/conftest.py)
+pytestmark = pytest.mark.usefixtures("datagram_path")
+
 EXAMPLE = EXAMPLES / "tun_echo.py"
 
 

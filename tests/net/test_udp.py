@@ -52,6 +52,9 @@ from sansio_aio.net import (
 )
 from tests.helpers import LO, T, Variant, driver_stats, msg
 
+#: every test runs on the C datagram path and on the pure-Python one (tests/net/conftest.py)
+pytestmark = pytest.mark.usefixtures("datagram_path")
+
 
 class Probe(Task):
     """Emits what the test sends (a list of outputs); reports every input as ExtOut.
@@ -362,6 +365,81 @@ async def test_send_many_reports_each_bad_destination(variant: Variant, sockets:
         assert errs[1].slot == 424242
         assert await recv(r1) == (b"m", s1.addr)
         assert await recv(r1) == (b"q", s1.addr)
+
+
+async def test_send_batch_handles_every_kind_of_item_as_sendto_would(
+    variant: Variant, sockets: Any, datagram_path: str
+) -> None:
+    """Items the C path cannot send itself (bytes-like data, a bad port) go through
+    ``sendto`` in place, in order; a malformed item stops the batch with one error, as
+    before; long batches cross several ``sendmmsg`` calls."""
+    async with runtime(variant) as rt:
+        ref = await rt.spawn("probe")
+        s1 = await bind(rt, ref)
+        r1 = sockets()
+        dst = r1.getsockname()
+        items: list[Any] = [
+            (dst, b"1"),
+            (dst, bytearray(b"2")),
+            ((LO, 99999), b"bad port"),
+            (dst, bytearray(b"3")),
+            (list(dst), b"not sent"),  # sendto wants a tuple: an error value
+            (dst, b"4"),
+        ]
+        items += [(dst, b"n%d" % i) for i in range(150)]
+        rt.send_nowait(ref, [UdpSendBatch(s1.slot, items)])
+        errors = [await msg(rt), await msg(rt)]
+        assert all(isinstance(e, UdpError) for e in errors), errors
+        assert [e.dest for e in errors] == [(LO, 99999), list(dst)]
+        got = [(await recv(r1))[0] for _ in range(154)]
+        assert got == [b"1", b"2", b"3", b"4"] + [b"n%d" % i for i in range(150)]
+        rt.send_nowait(ref, [UdpSendBatch(s1.slot, [(dst, b"a"), "junk", (dst, b"b")])])  # type: ignore[list-item]
+        error = await msg(rt)
+        assert isinstance(error, UdpError) and "items must hold" in error.error
+        assert await recv(r1) == (b"a", s1.addr)
+        stats = await driver_stats(rt)
+        assert stats["udp_tx"] == 155 and stats["udp_tx_errors"] == 3
+        assert stats["udp_compiled"] == (datagram_path == "compiled")
+        r1.sendto(b"after", s1.addr)  # b"b" was never sent: "after" is the next datagram
+        pkt = await msg(rt)
+        assert isinstance(pkt, UdpPacket) and pkt.data == b"after"
+
+
+class UnbindOnFirst(Task):
+    """Binds; on its first datagram unbinds the slot; reports every input."""
+
+    def __init__(self, cfg: Any = None) -> None:
+        super().__init__(cfg)
+        self.emit(UdpBind((LO, 0), rcvbuf=1 << 20))
+        self.unbound = False
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is UdpPacket and not self.unbound:
+            self.unbound = True
+            self.emit(UdpUnbind(event.slot))
+        self.emit(ExtOut(event))
+
+
+async def test_no_datagram_is_delivered_after_its_slot_is_unbound(
+    variant: Variant, sockets: Any
+) -> None:
+    """A burst already read (one ``recvmmsg``) when the task unbinds on its first
+    datagram: the rest are discarded, as a closed socket's queue is."""
+    async with Runtime({"u": UnbindOnFirst}, drivers=[UdpDriver], **variant) as rt:
+        ref = await rt.spawn("u")
+        bound = await msg(rt)
+        assert isinstance(bound, UdpBound)
+        client = sockets()
+        for i in range(50):
+            client.sendto(b"%d" % i, bound.addr)
+        seen: list[Any] = []
+        while not any(isinstance(e, UdpUnbound) for e in seen):
+            seen.append(await msg(rt))
+        assert isinstance(seen[0], UdpPacket) and seen[0].data == b"0"
+        assert all(isinstance(e, UdpPacket) for e in seen[:-1]) and len(seen) == 2
+        rt.send_nowait(ref, "after")
+        assert await msg(rt) == Ext("after")  # the next input: no late datagram
+        assert (await driver_stats(rt))["udp_sockets"] == 0
 
 
 # ------------------------------------------------------ batches, whole datagrams
