@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,6 +171,10 @@ class EchoTask(Task):
         self.last_error: str | None = None
         self.first_at = 0.0
         self.last_at = 0.0
+        #: the reply function for this device kind, chosen once
+        self._echo: Callable[[bytes], bytes | bytearray | None] = (
+            functools.partial(echo_frame, mac=self.mac) if self.tap else echo_ipv4
+        )
         self.emit(
             TunBind(
                 cfg.name,
@@ -183,10 +189,24 @@ class EchoTask(Task):
 
     def on_event(self, now: float, event: Any) -> None:
         """Echo packets; follow the device's life."""
-        if type(event) is TunPackets:
+        if type(event) is TunPacket:  # one packet per input (the default): checked first
+            reply = self._echo(event.data)
+            if reply is None:
+                self.ignored += 1
+                return
+            echoed = self.echoed = self.echoed + 1
+            if echoed == 1:
+                self.first_at = now
+            self.last_at = now
+            self.emit(TunSend(event.slot, reply))
+            if echoed == self.notify_after and not self.notified:
+                self.notified = True
+                self.emit(ExtOut(("done", self.stats())))
+        elif type(event) is TunPackets:
             replies = []
+            echo = self._echo
             for data in event.packets:
-                reply = echo_frame(data, self.mac) if self.tap else echo_ipv4(data)
+                reply = echo(data)
                 if reply is None:
                     self.ignored += 1
                 else:
@@ -200,20 +220,6 @@ class EchoTask(Task):
                 if self.notify_after and not self.notified and self.echoed >= self.notify_after:
                     self.notified = True
                     self.emit(ExtOut(("done", self.stats())))
-        elif type(event) is TunPacket:
-            data = event.data
-            reply = echo_frame(data, self.mac) if self.tap else echo_ipv4(data)
-            if reply is None:
-                self.ignored += 1
-                return
-            if not self.echoed:
-                self.first_at = now
-            self.echoed += 1
-            self.last_at = now
-            self.emit(TunSend(event.slot, reply))
-            if self.echoed == self.notify_after and not self.notified:
-                self.notified = True
-                self.emit(ExtOut(("done", self.stats())))
         elif type(event) is TunBound:
             if event.error is not None:
                 self.emit(ExtOut(("error", event.error)))

@@ -14,11 +14,13 @@ deadline is refreshed. :meth:`WorkerCore._step` is that rule and :meth:`WorkerCo
 its tail. An input that appears while a task is being drained (a driver completing
 synchronously, a publish to a subscriber on this same worker, a spawn answer) is queued
 and stepped right after the current drain (:meth:`WorkerCore._enter`), so no task is ever
-re-entered. One hand-unrolled copy of ``_step`` exists, in :meth:`WorkerCore.handle_from`:
-the per-message path of application messages, which ``bench/controller_echo.py``
-measures; it must keep the same order of calls. The drivers' per-packet path
-(:meth:`WorkerCore.feeder`, and :meth:`WorkerCore.batch_feeder` for the inputs of one
-read) inlines only the checks of ``_enter`` around ``_step``.
+re-entered. Two hand-unrolled copies of ``_step`` exist, and must keep its order of calls: in
+:meth:`WorkerCore.handle_from`, the per-message path of application messages
+(``bench/controller_echo.py``), and in :meth:`WorkerCore._feed_plain`, the per-packet
+path of plain Tasks fed a read's worth of inputs at once (``bench/tun_echo.py``). The
+drivers' other per-packet paths (:meth:`WorkerCore.feeder`, and
+:meth:`WorkerCore.batch_feeder` for other tasks) inline only the checks of ``_enter``
+around ``_step``.
 
 **Tasks built on** :class:`~sansio_aio.Task` that keep its ``pop_output`` (and
 ``is_empty``) are drained without calling them: the core pops ``Task._outputs`` itself
@@ -525,6 +527,7 @@ class WorkerCore:
         core = self
         pending = self._pending
         step = self._step
+        _feed_plain = self._feed_plain
 
         def feed_all(events: list[Any]) -> None:
             if entry is None or not entry.alive:
@@ -533,24 +536,77 @@ class WorkerCore:
             if core._depth:
                 pending.extend([(entry, event) for event in events])
                 return
-            core.now = clock()
+            now = core.now = clock()
             core._depth = 1
             done = 0
             try:
-                for event in events:
-                    done += 1
-                    step(entry, event)
-                    if pending:
-                        core._flush_pending()
-                    if not entry.alive:  # it ended (or failed): the rest are orphans
-                        counters.orphans += max(0, len(events) - done)
-                        break
+                if entry.plain_pop and entry.plain_empty:
+                    _feed_plain(entry, events, now)
+                else:
+                    for event in events:
+                        done += 1
+                        step(entry, event)
+                        if pending:
+                            core._flush_pending()
+                        if not entry.alive:  # it ended (or failed): the rest are orphans
+                            counters.orphans += max(0, len(events) - done)
+                            break
             finally:
                 core._depth = 0
             if core.app_buffer or wakes:
                 flush()
 
         return feed_all
+
+    def _feed_plain(self, entry: _Entry, events: list[Any], now: float) -> None:
+        """``batch_feeder``'s loop for a plain Task (see ``_Entry.plain_pop``): the drain
+        rule unrolled, as in :meth:`handle_from` (the second and last such copy; it keeps
+        ``_step``'s order of calls), which saves ``_step``'s call and set-up per input."""
+        task: Any = entry.task
+        outq = task._outputs
+        popleft = outq.popleft
+        on_event = entry.on_event
+        routes = self._routes
+        limit = self.max_outputs
+        ref = entry.ref
+        pending = self._pending
+        counters = self.counters
+        timed = entry.deadline_fn is not None  # fixed for the task's life
+        done = outs = 0
+        try:
+            for event in events:
+                done += 1
+                try:
+                    on_event(now, event)
+                    popped = 0
+                    while outq:
+                        out = popleft()
+                        popped += 1
+                        if popped > limit:
+                            raise _runaway(limit)
+                        if type(out) is ExtOut:
+                            outs += 1
+                            self.app_buffer.append(_make_task_output(ref, out.msg))
+                        else:
+                            route = routes.get(type(out))
+                            if route is None:
+                                self._unrouted(entry, out)
+                            else:
+                                route(ref, out)
+                    empty = task.closing and not outq
+                except Exception as exc:
+                    self._fail(entry, exc)
+                else:
+                    if empty or timed:
+                        self._settle(entry, empty)
+                if pending:
+                    self._flush_pending()
+                if not entry.alive:  # it ended (or failed): the rest are orphans
+                    counters.orphans += max(0, len(events) - done)
+                    break
+        finally:
+            counters.inputs += done
+            counters.outputs += outs
 
     def tick(self, now: float) -> None:
         """The periodic tick: ``on_tick`` on every task, each drained."""

@@ -8,7 +8,7 @@
  * what, errors as inputs, counters) stays in the drivers, which fall back to the pure
  * loops when this module is missing or SANSIO_AIO_PURE=1 is set (see _fast.py).
  *
- * recvmmsg(fd, count) -> list[(address, bytes)]
+ * recvmmsg(fd, count[, make, slot]) -> list[(address, bytes)] or list[make(slot, address, bytes)]
  *     One recvmmsg(2) of up to `count` (<= MAX_BATCH) datagrams on a non-blocking
  *     AF_INET/AF_INET6 socket (MSG_DONTWAIT). Each slot is RECV_SIZE bytes, larger than
  *     any UDP payload, so nothing is truncated. An empty list for EAGAIN/EINTR; OSError
@@ -24,9 +24,10 @@
  *     at the first item the kernel refuses. The caller sends that one item with
  *     socket.sendto, which raises exactly as it always did, then calls again after it.
  *
- * readmany(fd, count, size) -> list[bytes]
+ * readmany(fd, count, size[, make, slot]) -> list[bytes] (or of make(slot, bytes))
  *     Up to `count` read(2)s of at most `size` (<= 4 MiB) bytes each (a TUN device gives
- *     one packet per read) until EAGAIN; OSError if the first read fails otherwise (a
+ *     one packet per read) until EAGAIN; with `make`, each read shorter than `size` comes
+ *     as make(slot, data) and a read that filled `size` (cut) as its bytes; OSError if the first read fails otherwise (a
  *     later failure ends the list; the next readiness reports it).
  *
  * maker(cls, fields) -> callable
@@ -89,7 +90,8 @@ static PyObject *
 speedups_recvmmsg(PyObject *module, PyObject *args)
 {
     int fd, count;
-    if (!PyArg_ParseTuple(args, "ii:recvmmsg", &fd, &count))
+    PyObject *make = Py_None, *slot = Py_None;
+    if (!PyArg_ParseTuple(args, "ii|OO:recvmmsg", &fd, &count, &make, &slot))
         return NULL;
     if (count < 1 || count > MAX_BATCH) {
         PyErr_Format(PyExc_ValueError, "count must be 1..%d, got %d", MAX_BATCH, count);
@@ -113,7 +115,7 @@ speedups_recvmmsg(PyObject *module, PyObject *args)
     PyObject *list = PyList_New(n);
     if (list == NULL)
         return NULL;
-    PyObject *last = NULL; /* borrowed from the list */
+    PyObject *last = NULL; /* a strong reference: the previous datagram's address */
     for (int i = 0; i < n; i++) {
         socklen_t alen = rmsgs[i].msg_hdr.msg_namelen;
         PyObject *addr;
@@ -125,25 +127,40 @@ speedups_recvmmsg(PyObject *module, PyObject *args)
             addr = make_address(&raddrs[i], alen);
             if (addr == NULL)
                 goto fail;
+            Py_XDECREF(last);
+            last = addr;
+            Py_INCREF(last);
         }
+        /* from here `addr` is one reference, given to the item (or dropped) */
         PyObject *data = PyBytes_FromStringAndSize(rbuf[i], (Py_ssize_t)rmsgs[i].msg_len);
         if (data == NULL) {
             Py_DECREF(addr);
             goto fail;
         }
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(addr);
+        PyObject *item;
+        if (make != Py_None) {
+            PyObject *argv[3] = {slot, addr, data};
+            item = PyObject_Vectorcall(make, argv, 3, NULL);
             Py_DECREF(data);
-            goto fail;
+            Py_DECREF(addr);
+            if (item == NULL)
+                goto fail;
+        } else {
+            item = PyTuple_New(2);
+            if (item == NULL) {
+                Py_DECREF(addr);
+                Py_DECREF(data);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(item, 0, addr);
+            PyTuple_SET_ITEM(item, 1, data);
         }
-        PyTuple_SET_ITEM(pair, 0, addr);
-        PyTuple_SET_ITEM(pair, 1, data);
-        PyList_SET_ITEM(list, i, pair);
-        last = addr;
+        PyList_SET_ITEM(list, i, item);
     }
+    Py_XDECREF(last);
     return list;
 fail:
+    Py_XDECREF(last);
     Py_DECREF(list); /* unset items are NULL: list_dealloc skips them */
     return NULL;
 }
@@ -277,7 +294,8 @@ speedups_readmany(PyObject *module, PyObject *args)
 {
     int fd, count;
     Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "iin:readmany", &fd, &count, &size))
+    PyObject *make = Py_None, *slot = Py_None;
+    if (!PyArg_ParseTuple(args, "iin|OO:readmany", &fd, &count, &size, &make, &slot))
         return NULL;
     if (count < 1 || size < 1 || size > (Py_ssize_t)sizeof(rbuf)) {
         PyErr_Format(PyExc_ValueError, "count must be >= 1 and size 1..%zu", sizeof(rbuf));
@@ -295,6 +313,12 @@ speedups_readmany(PyObject *module, PyObject *args)
             return PyErr_SetFromErrno(PyExc_OSError);
         }
         PyObject *data = PyBytes_FromStringAndSize(rbuf[0], n);
+        if (data != NULL && make != Py_None && n < size) {
+            PyObject *argv[2] = {slot, data};
+            PyObject *event = PyObject_Vectorcall(make, argv, 2, NULL);
+            Py_DECREF(data);
+            data = event;
+        }
         if (data == NULL || PyList_Append(list, data) < 0) {
             Py_XDECREF(data);
             Py_DECREF(list);
@@ -402,11 +426,13 @@ speedups_maker(PyObject *module, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"recvmmsg", speedups_recvmmsg, METH_VARARGS,
-     "recvmmsg(fd, count) -> list of (address, bytes): one recvmmsg(2), [] on EAGAIN."},
+     "recvmmsg(fd, count[, make, slot]) -> list of (address, bytes) or make(slot, address,"
+     " bytes): one recvmmsg(2), [] on EAGAIN."},
     {"sendmmsg", speedups_sendmmsg, METH_VARARGS,
      "sendmmsg(fd, family, items, start) -> index of the first (address, bytes) not sent."},
     {"readmany", speedups_readmany, METH_VARARGS,
-     "readmany(fd, count, size) -> list of bytes: read(2) until EAGAIN or count."},
+     "readmany(fd, count, size[, make, slot]) -> list of bytes (or make(slot, bytes) for"
+     " uncut reads): read(2) until EAGAIN or count."},
     {"maker", speedups_maker, METH_VARARGS,
      "maker(cls, fields) -> a fast positional constructor of a slotted dataclass."},
     {NULL, NULL, 0, NULL},

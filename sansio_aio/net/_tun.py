@@ -68,6 +68,8 @@ except ImportError:  # pragma: no cover - the "tun" extra is not installed
 
 __all__ = ["TunDriver", "tun_unavailable_reason"]
 
+_write = os.write  # the per-packet send (a global lookup fewer)
+
 log = logging.getLogger("sansio_aio")
 
 IFF_TUN = 0x0001
@@ -164,7 +166,7 @@ class TunDriver(Driver):
                 q = None
             if q is not None and (q.owner is task or q.owner == task):
                 try:
-                    os.write(q.fd, output.data)
+                    _write(q.fd, output.data)
                 except (OSError, TypeError) as exc:
                     self._write_failed(q, output.data, exc)
                 else:
@@ -337,23 +339,22 @@ class TunDriver(Driver):
             size = q.bufsize
             n = 0
             try:
-                try:
-                    chunk = readmany(fd, batch, size)
+                try:  # TunPacket(slot, data) for each read, its bytes for a cut one
+                    events = readmany(fd, batch, size, packet, slot)
                 except OSError as exc:
                     self._fail(q, f"read failed: {_describe(exc)}")
                     return
-                if chunk and max(map(len, chunk)) < size:  # the usual case: none was cut
-                    n = len(chunk)
-                    events = [packet(slot, data) for data in chunk]
+                if bytes not in map(type, events):  # the usual case: none was cut
+                    n = len(events)
                     self._feeding = (q, events)
                     feed_all(events)
                     return
-                for data in chunk:
+                for event in events:
                     n += 1
-                    if len(data) >= size:
+                    if type(event) is bytes:
                         self._oversized(q, 1)
                     else:
-                        feed(TunPacket(slot, data))
+                        feed(event)
                     if q.fd != fd:
                         return  # the task unbound or ended during its drain
             finally:

@@ -343,15 +343,16 @@ class UdpDriver(Driver):
             try:
                 while got < batch:
                     want = min(batch - got, most)
-                    chunk = recvmmsg(fd, want)
-                    if chunk:
-                        got += len(chunk)
-                        events = [packet(slot, source, data) for source, data in chunk]
+                    events = recvmmsg(fd, want, packet, slot)  # UdpPacket(slot, src, data)s
+                    if events:
+                        got += len(events)
                         self._feeding = (s, events)
                         feed_all(events)
                         if not s.open:
                             return
-                    if len(chunk) < want:
+                        if len(events) < want:
+                            return
+                    else:
                         return
                 self.rx_full += 1
             except OSError as exc:

@@ -31,7 +31,7 @@ from sansio_aio import (
 from sansio_aio._core import DEFAULT_MAX_OUTPUTS
 from sansio_aio.driver import Driver, DriverContext
 from sansio_aio.lowlevel import WorkerCore
-from sansio_aio.testing import TaskHarness
+from sansio_aio.testing import SimRuntime, TaskHarness
 from tests.drivers import SyncDriver
 from tests.helpers import Variant, collect, msg, outputs, outs
 from tests.tasks import KINDS, Echo, Instant, Poker, PubThenEnd, TaggedSubscriber
@@ -279,3 +279,129 @@ def test_the_drain_bound_is_checked() -> None:
     for bad in (0, -1, 1.5, True, "10", None):
         with pytest.raises(ConfigError, match="max_outputs must be an int >= 1"):
             Runtime(KINDS, max_outputs=bad)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- batch feeder
+
+
+@dataclass(frozen=True)
+class FeedAll:
+    events: tuple[Any, ...]
+    now: bool = False  # feed from inside handle (during the drain) instead of later
+
+
+@dataclass(frozen=True)
+class StopFeeding:
+    pass
+
+
+class BatchFeeding(Driver):
+    """Feeds lists of inputs through ``ctx.batch_feeder``; ``StopFeeding`` clears the list
+    being fed (what a driver does when the task closes the socket the list came from)."""
+
+    output_types: ClassVar[tuple[type, ...]] = (FeedAll, StopFeeding)
+
+    def start(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+        self.feeding: list[Any] | None = None
+
+    def handle(self, task: TaskRef, output: Any) -> None:
+        if type(output) is StopFeeding:
+            if self.feeding is not None:
+                self.feeding.clear()
+            return
+        feed_all = self.ctx.batch_feeder(task)
+        events = list(output.events)
+
+        def run() -> None:
+            self.feeding = events
+            feed_all(events)
+            self.feeding = None
+
+        if output.now:
+            run()
+        else:
+            self.ctx.loop.call_soon(run)
+
+    def release(self, task: TaskRef) -> None:
+        pass
+
+
+class BatchFed(Task):
+    """Reports each fed input; ``"stop feeding"`` clears the rest, ``"end"`` ends the
+    task, ``"raise"`` fails it; an Ext starts a feed (``("now", ...)``: from the drain)."""
+
+    def on_event(self, now: float, event: Any) -> None:
+        if type(event) is Ext:
+            msg = event.msg
+            if msg[0] == "now":
+                self.emit(FeedAll(tuple(msg[1:]), now=True))
+                self.emit(ExtOut("drain ends"))
+            else:
+                self.emit(FeedAll(tuple(msg)))
+            return
+        if event == "raise":
+            raise ValueError("asked to fail")
+        self.emit(ExtOut(("fed", event)))
+        if event == "stop feeding":
+            self.emit(StopFeeding())
+        elif event == "end":
+            self.on_shutdown(now)
+
+
+class BatchFedCalls(BatchFed):
+    """The same task with its own pop_output: the general (non-inlined) loop."""
+
+    def pop_output(self, now: float) -> Any:
+        return super().pop_output(now)
+
+
+@pytest.mark.parametrize("kind", ["plain", "calls"])
+async def test_batch_feeder_feeds_in_order_and_stops_when_told(variant: Variant, kind: str) -> None:
+    kinds = {"plain": BatchFed, "calls": BatchFedCalls}
+    async with Runtime(kinds, drivers=[BatchFeeding], **variant) as rt:
+        ref = await rt.spawn(kind)
+        rt.send_nowait(ref, [1, 2, 3])
+        assert [m for m in await outputs_of(rt, 3)] == [("fed", 1), ("fed", 2), ("fed", 3)]
+        # clearing the list (the socket closed) stops the rest: 5 and 6 are never fed
+        rt.send_nowait(ref, [4, "stop feeding", 5, 6])
+        rt.send_nowait(ref, [7])
+        got = await outputs_of(rt, 3)
+        assert got == [("fed", 4), ("fed", "stop feeding"), ("fed", 7)]
+        # fed during a drain: queued behind it, then fed in order
+        rt.send_nowait(ref, ("now", 8, 9))
+        assert await outputs_of(rt, 3) == ["drain ends", ("fed", 8), ("fed", 9)]
+        # the task ends mid-list: the rest are orphans, nothing reaches a dead task
+        rt.send_nowait(ref, [10, "end", 11, 12])
+        assert await outputs_of(rt, 2) == [("fed", 10), ("fed", "end")]
+        ended = await asyncio.wait_for(rt.next_event(), 5)
+        assert isinstance(ended, TaskEnded) and ended.task == ref
+        stats = await rt.stats(fresh=True)
+        assert stats.workers[0].orphans >= 2
+
+
+async def test_batch_feeder_a_failing_input_ends_the_task_only(variant: Variant) -> None:
+    async with Runtime({"t": BatchFed}, drivers=[BatchFeeding], **variant) as rt:
+        ref = await rt.spawn("t")
+        other = await rt.spawn("t")
+        rt.send_nowait(ref, [1, "raise", 2])
+        assert await outputs_of(rt, 1) == [("fed", 1)]
+        failed = await asyncio.wait_for(rt.next_event(), 5)
+        assert isinstance(failed, TaskFailed) and "asked to fail" in failed.traceback
+        rt.send_nowait(other, [3])
+        assert await outputs_of(rt, 1) == [("fed", 3)]
+
+
+async def outputs_of(rt: Runtime, n: int) -> list[Any]:
+    """The next ``n`` task outputs' messages (fails on any other event)."""
+    return [await msg(rt) for _ in range(n)]
+
+
+async def test_batch_feeder_under_the_simulator() -> None:
+    """The simulator's shell offers ``batch_feeder`` too (one ``deliver`` each; its
+    workers have no loop, so this driver feeds from inside the drain only)."""
+    async with SimRuntime({"t": BatchFed}, drivers=[BatchFeeding]) as rt:
+        ref = await rt.spawn("t")
+        rt.send_nowait(ref, ("now", 3, 4))
+        got = [(await rt.next_event()).msg for _ in range(3)]  # type: ignore[union-attr]
+        assert got == ["drain ends", ("fed", 3), ("fed", 4)]

@@ -6,19 +6,25 @@ The drivers' own tests run on both paths (``datagram_path`` in tests/net/conftes
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
+import gc
 import os
+import pickle
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sansio_aio import _fast
+from sansio_aio import Ext, TaskOutput, TaskRef, _fast
+from sansio_aio.net import TunPacket, UdpPacket
 
 if _fast.speedups is None:
     reason = "sansio_aio._speedups is not built here (or SANSIO_AIO_PURE=1 is set)"
@@ -156,3 +162,67 @@ def test_sansio_aio_pure_selects_the_pure_paths(pure: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == (["False", "0", "0"] if pure else ["True", "1", "1"])
+
+
+@pytest.mark.parametrize(
+    ("cls", "args"),
+    [
+        (UdpPacket, (3, ("127.0.0.1", 5), b"x")),
+        (TunPacket, (1, b"\x45" * 20)),
+        (Ext, ("hello",)),
+        (TaskOutput, (TaskRef(0, "k", 1, 2), {"any": "msg"})),
+    ],
+)
+def test_makers_build_the_same_objects_as_the_classes(cls: type, args: tuple[Any, ...]) -> None:
+    make = _fast.constructor(cls)
+    assert make is not cls, f"{cls.__name__} should get a maker"
+    made, plain = make(*args), cls(*args)
+    assert type(made) is cls and made == plain and repr(made) == repr(plain)
+    assert pickle.loads(pickle.dumps(made)) == plain
+    assert copy.deepcopy(made) == plain
+    del made
+    gc.collect()
+    assert make(*args) == cls(*args)
+    # any other call goes to the class itself, with its own errors and defaults
+    with pytest.raises(TypeError):
+        make(*args, "one too many")
+    assert make(**dict(zip([f.name for f in dataclasses.fields(cls)], args, strict=True))) == plain
+
+
+def test_classes_a_maker_cannot_build_correctly_keep_their_constructor() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    @dataclasses.dataclass
+    class NoSlots:
+        a: int
+
+    assert _fast.constructor(Checked) is Checked
+    assert _fast.constructor(NoSlots) is NoSlots
+    with pytest.raises(TypeError, match="not a writable slot"):
+        sp.maker(Checked, ("nope",))
+
+
+def test_the_core_tests_pass_on_the_pure_path_too() -> None:
+    """The drain rule, messaging and life-cycle tests, run again with SANSIO_AIO_PURE=1
+    (the makers off, the pure drivers); the driver tests run both paths themselves."""
+    root = Path(__file__).resolve().parents[2]
+    files = ["tests/core/test_drain_rule.py", "tests/core/test_messaging.py"]
+    files += ["tests/core/test_lifecycle.py"]
+    env = {**os.environ, "SANSIO_AIO_PURE": "1"}
+    env.pop("COVERAGE_PROCESS_START", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *files],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
