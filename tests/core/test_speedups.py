@@ -174,7 +174,7 @@ def test_sansio_aio_pure_selects_the_pure_paths(pure: str) -> None:
     ],
 )
 def test_makers_build_the_same_objects_as_the_classes(cls: type, args: tuple[Any, ...]) -> None:
-    make = _fast.constructor(cls)
+    make: Any = _fast.constructor(cls)
     assert make is not cls, f"{cls.__name__} should get a maker"
     made, plain = make(*args), cls(*args)
     assert type(made) is cls and made == plain and repr(made) == repr(plain)
