@@ -23,6 +23,7 @@ or process), read from ``/proc``: what bounds the rate.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -388,11 +389,10 @@ def run(rounds: int = ROUNDS) -> dict[str, Any]:
 COUNTS = (10_000, 60_000)
 
 
-def _collected(many: bool, count: int) -> int:
+def _collected(mode: str, count: int) -> int:
     """Instructions callgrind counts for one whole run of ``count`` messages."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-    cmd += [sys.executable, "-m", "bench.controller_echo", "--count", str(count)]
-    cmd += ["--many"] if many else []
+    cmd += [sys.executable, "-m", "bench.controller_echo", "--count", str(count), mode]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
     match = re.search(r"Collected : (\d+)", proc.stderr)
     assert match, proc.stderr[-2000:]
@@ -404,23 +404,44 @@ def instructions_per_message() -> dict[str, Any]:
     callgrind: the same for the same code whatever the machine's load, unlike msgs/s.
 
     Two runs of :data:`COUNTS` messages each; (I2 - I1) / (N2 - N1) leaves out start-up
-    and shutdown. Under valgrind the threads run one at a time, so batches differ from a
-    real run's: compare these figures with each other, not with msgs/s.
+    and shutdown. Under valgrind the threads run one at a time, so how many messages one
+    wake-up carries differs from a real run's, and changes when either side gets faster:
+    ``send_nowait`` and ``send_many`` are the whole pipeline (both threads, wake-ups
+    included); ``worker_core`` is the worker's part alone, deterministic: batches of
+    400 messages handed to ``WorkerCore.handle_from`` on the worker's thread (what one
+    wake-up does), the task's outputs dropped.
     """
     out: dict[str, Any] = {"counts": list(COUNTS)}
-    for name, many in (("send_nowait", False), ("send_many", True)):
-        low, high = (_collected(many, n) for n in COUNTS)
+    for name in ("send_nowait", "send_many", "worker_core"):
+        low, high = (_collected(name, n) for n in COUNTS)
         out[name] = round((high - low) / (COUNTS[1] - COUNTS[0]))
     return out
 
 
+def core_batches(core: WorkerCore, count: int) -> None:
+    """Run on the worker: ``count`` messages to its echo task, 400 per ``handle_from``."""
+    from collections import deque
+
+    (ref,) = core.refs()
+    q: deque[Any] = deque()
+    for _ in range(count // IN_FLIGHT):
+        q.extend([(ref, 0.0)] * IN_FLIGHT)
+        core.handle_from(q, IN_FLIGHT, 0.0)
+        core.app_buffer.clear()
+
+
+async def _core_only(count: int) -> None:
+    async with Runtime({"echo": EchoTask}, backend="uvloop", tick=1.0) as rt:
+        await rt.spawn("echo")
+        await rt.run_on_worker(0, functools.partial(core_batches, count=count))
+
+
 if __name__ == "__main__":  # the child of instructions_per_message()
     _args = sys.argv[1:]
-    _on_uvloop(
-        _runtime_throughput(
-            "uvloop",
-            IN_FLIGHT,
-            many="--many" in _args,
-            limit=int(_args[_args.index("--count") + 1]),
+    _count = int(_args[_args.index("--count") + 1])
+    if "worker_core" in _args:
+        _on_uvloop(_core_only(_count))  # type: ignore[arg-type]
+    else:
+        _on_uvloop(
+            _runtime_throughput("uvloop", IN_FLIGHT, many="send_many" in _args, limit=_count)
         )
-    )
