@@ -392,44 +392,30 @@ class WorkerCore:
                 fed += 1
                 try:
                     entry.on_event(now, ext(item[1]))
+                    # a plain Task's queue is popped here (no calls), else pop_output
+                    outq = entry.task._outputs if entry.plain_pop else None  # type: ignore[attr-defined]
+                    pop_out = entry.pop_output
+                    out = (outq.popleft() if outq else None) if outq is not None else pop_out(now)
                     popped = 0
-                    if entry.plain_pop:
-                        outq = entry.task._outputs  # type: ignore[attr-defined]
-                        while outq:
-                            out = outq.popleft()
-                            popped += 1
-                            if popped > limit:
-                                raise _runaway(limit)
-                            if type(out) is ext_out:
-                                app(task_output(entry.ref, out.msg))
-                                outs += 1
-                            else:
-                                route = routes.get(type(out))
-                                if route is None:
-                                    self._unrouted(entry, out)
-                                else:
-                                    route(entry.ref, out)
-                        if entry.plain_empty:
-                            empty = entry.task.closing and not outq  # type: ignore[attr-defined]
+                    while out is not None:
+                        popped += 1
+                        if popped > limit:
+                            raise _runaway(limit)
+                        if type(out) is ext_out:
+                            app(task_output(entry.ref, out.msg))
+                            outs += 1
                         else:
-                            empty = entry.is_empty()
-                    else:
-                        pop_out = entry.pop_output
-                        out = pop_out(now)
-                        while out is not None:
-                            popped += 1
-                            if popped > limit:
-                                raise _runaway(limit)
-                            if type(out) is ext_out:
-                                app(task_output(entry.ref, out.msg))
-                                outs += 1
+                            route = routes.get(type(out))
+                            if route is None:
+                                self._unrouted(entry, out)
                             else:
-                                route = routes.get(type(out))
-                                if route is None:
-                                    self._unrouted(entry, out)
-                                else:
-                                    route(entry.ref, out)
-                            out = pop_out(now)
+                                route(entry.ref, out)
+                        out = (
+                            (outq.popleft() if outq else None) if outq is not None else pop_out(now)
+                        )
+                    if entry.plain_empty:
+                        empty = entry.task.closing and not entry.task._outputs  # type: ignore[attr-defined]
+                    else:
                         empty = entry.is_empty()
                 except Exception as exc:
                     self._fail(entry, exc)
@@ -666,45 +652,29 @@ class WorkerCore:
             else:
                 counters.inputs += 1
                 entry.on_event(now, event)
-            popped = 0
             limit = self.max_outputs
-            if entry.plain_pop:  # Task's own queue, drained in place: no call per output
-                outq = entry.task._outputs  # type: ignore[attr-defined]
-                while outq:
-                    out = outq.popleft()
-                    popped += 1
-                    if popped > limit:
-                        raise _runaway(limit)
-                    if type(out) is ExtOut:  # the commonest output, routed inline
-                        counters.outputs += 1
-                        self.app_buffer.append(_make_task_output(entry.ref, out.msg))
-                    else:
-                        route = self._routes.get(type(out))
-                        if route is None:
-                            self._unrouted(entry, out)
-                        else:
-                            route(entry.ref, out)
-                if entry.plain_empty:  # noqa: SIM108 - one branch per case, as in handle_from
-                    empty = entry.task.closing and not outq  # type: ignore[attr-defined]
+            # a plain Task's queue is popped here (no calls), else pop_output
+            outq = entry.task._outputs if entry.plain_pop else None  # type: ignore[attr-defined]
+            pop = entry.pop_output
+            out = (outq.popleft() if outq else None) if outq is not None else pop(now)
+            popped = 0
+            while out is not None:
+                popped += 1
+                if popped > limit:
+                    raise _runaway(limit)
+                if type(out) is ExtOut:  # the commonest output, routed inline
+                    counters.outputs += 1
+                    self.app_buffer.append(_make_task_output(entry.ref, out.msg))
                 else:
-                    empty = entry.is_empty()
-            else:
-                pop = entry.pop_output
-                out = pop(now)
-                while out is not None:
-                    popped += 1
-                    if popped > limit:
-                        raise _runaway(limit)
-                    if type(out) is ExtOut:
-                        counters.outputs += 1
-                        self.app_buffer.append(_make_task_output(entry.ref, out.msg))
+                    route = self._routes.get(type(out))
+                    if route is None:
+                        self._unrouted(entry, out)
                     else:
-                        route = self._routes.get(type(out))
-                        if route is None:
-                            self._unrouted(entry, out)
-                        else:
-                            route(entry.ref, out)
-                    out = pop(now)
+                        route(entry.ref, out)
+                out = (outq.popleft() if outq else None) if outq is not None else pop(now)
+            if entry.plain_empty:
+                empty = entry.task.closing and not entry.task._outputs  # type: ignore[attr-defined]
+            else:
                 empty = entry.is_empty()
         except Exception as exc:
             self._fail(entry, exc)
