@@ -11,7 +11,9 @@ namespace), registers the fd with ``loop.add_reader`` and answers ``TunBound`` w
 never a write to another device.
 
 Reading: the fd is level-triggered. Each readiness drains at most ``batch`` packets with
-``os.read`` (read size = MTU + link header + 1) and delivers each as ``TunPacket``; the
+``os.read`` (read size = MTU + link header + 1; with the C speedups, one call into C reads
+them all and builds the ``TunPacket``s, fed with one ``ctx.batch_feeder`` call, a queue
+closed meanwhile clearing the rest) and delivers each as ``TunPacket``; the
 task's outputs (``TunSend`` answers) are written with ``os.write`` within the same call
 chain (the drain rule). A read that fills the whole buffer means the packet was longer
 than the MTU we sized for (it was raised behind our back): that packet is dropped and

@@ -10,14 +10,17 @@ reused, so an output naming a closed slot (or another task's) can only be refuse
 an error input: it never reaches a socket that took the slot's place.
 
 Receiving: each socket's fd is registered with ``loop.add_reader``, on every backend.
-Each readiness runs one bounded drain: up to ``batch`` datagrams, each read with
-``recvfrom(65536)`` (larger than any UDP payload, so nothing is ever truncated) and fed
-to the owning task at once with ``ctx.deliver(task, UdpPacket(...))``; that call runs the
-task and drains its outputs, so an echo's ``UdpSend`` is sent before the next datagram
-is read. A socket that still has data after ``batch`` reads yields to the loop, which
-serves the other ready fds and timers before coming back (level-triggered), so one
-flooded socket cannot starve the rest. The drain is wrapped in ``ctx.timed`` so its
-time counts in the worker's utilisation.
+Each readiness runs one bounded drain: up to ``batch`` datagrams, each read whole (a
+65536-byte buffer is larger than any UDP payload, so nothing is ever truncated). With the
+C speedups (``.._fast``) up to 64 are read by one ``recvmmsg`` and fed to the owning task
+with one ``ctx.batch_feeder`` call, each as its own ``UdpPacket``, in order; if the task
+closes the slot meanwhile, ``_close`` clears the rest of that read. Without them (pure
+mode, or a ``socket_factory`` subclass) each is read with ``recvfrom(65536)`` and fed at
+once through ``ctx.feeder``, so an echo's ``UdpSend`` leaves before the next read. A
+``UdpSendBatch`` leaves through ``sendmmsg`` when compiled. A socket that still has data
+after ``batch`` reads yields to the loop, which serves the other ready fds and timers
+before coming back (level-triggered), so one flooded socket cannot starve the rest. The
+drain is wrapped in ``ctx.timed`` so its time counts in the worker's utilisation.
 
 Why not the loop's datagram transport: the same echo measured on uvloop ran as fast or
 faster through ``add_reader`` + drain (``bench/udp_echo.py`` keeps both side by side),
