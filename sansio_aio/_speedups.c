@@ -39,7 +39,10 @@
  *     such a dataclass (no __post_init__, no defaults to apply) before asking.
  *
  * The GIL is held throughout: every call is non-blocking, so the buffers below can be
- * static (one set per process; only the pages a datagram touches become resident).
+ * static (one set per process; only the pages a datagram touches become resident). They
+ * are shared by every worker thread, so each function copies what it read out of them
+ * into bytes objects (which cannot run Python code) before it does anything that could
+ * (allocate a GC-tracked object, call `make`) and let another thread in.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -112,31 +115,47 @@ speedups_recvmmsg(PyObject *module, PyObject *args)
             return PyList_New(0);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    /* Copy out of the shared buffers before anything that may run Python code (a GC
+     * pass on a tuple's allocation, a Python `make`): another worker thread may take the
+     * GIL then and call this function. Bytes objects are not GC-tracked: creating them
+     * cannot run Python code. */
+    struct sockaddr_storage addrs[MAX_BATCH];
+    socklen_t alens[MAX_BATCH];
+    PyObject *datas[MAX_BATCH];
+    for (int i = 0; i < n; i++) {
+        alens[i] = rmsgs[i].msg_hdr.msg_namelen;
+        if (alens[i] > (socklen_t)sizeof(addrs[i]))
+            alens[i] = (socklen_t)sizeof(addrs[i]);
+        memcpy(&addrs[i], &raddrs[i], alens[i]);
+        datas[i] = PyBytes_FromStringAndSize(rbuf[i], (Py_ssize_t)rmsgs[i].msg_len);
+        if (datas[i] == NULL) {
+            for (int j = 0; j < i; j++)
+                Py_DECREF(datas[j]);
+            return NULL;
+        }
+    }
+    int next = 0;          /* datas[next:] are still ours to release */
+    PyObject *last = NULL; /* a strong reference: the previous datagram's address */
     PyObject *list = PyList_New(n);
     if (list == NULL)
-        return NULL;
-    PyObject *last = NULL; /* a strong reference: the previous datagram's address */
+        goto fail;
     for (int i = 0; i < n; i++) {
-        socklen_t alen = rmsgs[i].msg_hdr.msg_namelen;
+        socklen_t alen = alens[i];
         PyObject *addr;
-        if (last != NULL && alen == rmsgs[i - 1].msg_hdr.msg_namelen &&
-            memcmp(&raddrs[i], &raddrs[i - 1], alen) == 0) {
+        if (last != NULL && alen == alens[i - 1] && memcmp(&addrs[i], &addrs[i - 1], alen) == 0) {
             addr = last;
             Py_INCREF(addr);
         } else {
-            addr = make_address(&raddrs[i], alen);
+            addr = make_address(&addrs[i], alen);
             if (addr == NULL)
                 goto fail;
             Py_XDECREF(last);
             last = addr;
             Py_INCREF(last);
         }
-        /* from here `addr` is one reference, given to the item (or dropped) */
-        PyObject *data = PyBytes_FromStringAndSize(rbuf[i], (Py_ssize_t)rmsgs[i].msg_len);
-        if (data == NULL) {
-            Py_DECREF(addr);
-            goto fail;
-        }
+        /* from here `addr` and datas[i] are one reference each, given to the item */
+        PyObject *data = datas[i];
+        next = i + 1;
         PyObject *item;
         if (make != Py_None) {
             PyObject *argv[3] = {slot, addr, data};
@@ -160,8 +179,10 @@ speedups_recvmmsg(PyObject *module, PyObject *args)
     Py_XDECREF(last);
     return list;
 fail:
+    for (int j = next; j < n; j++)
+        Py_DECREF(datas[j]);
     Py_XDECREF(last);
-    Py_DECREF(list); /* unset items are NULL: list_dealloc skips them */
+    Py_XDECREF(list); /* unset items are NULL: list_dealloc skips them */
     return NULL;
 }
 

@@ -226,3 +226,50 @@ def test_the_core_tests_pass_on_the_pure_path_too() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_two_threads_reading_at_once_each_get_their_own_datagrams() -> None:
+    """Bug: recvmmsg built each datagram's bytes from the module's shared buffer after
+    calling ``make`` for the one before; a ``make`` that lets another thread in (any
+    Python code can, a GC pass can) let that thread's recvmmsg overwrite the buffer, so
+    datagrams came out with another socket's bytes. Now all are copied out first."""
+    import threading
+    import time
+
+    n = 40
+    pairs = [_pair(socket.AF_INET, "127.0.0.1") for _ in range(2)]
+    try:
+        for tag, (a, b) in zip(b"AB", pairs, strict=True):
+            for i in range(n):
+                b.sendto(bytes([tag]) * 100 + b"%d" % i, a.getsockname())
+        got: dict[int, list[bytes]] = {}
+        errors: list[BaseException] = []
+
+        def make(slot: int, addr: Any, data: bytes) -> bytes:
+            time.sleep(0)  # lets the other thread in between two datagrams
+            return data
+
+        def read(tag: int, sock: socket.socket) -> None:
+            try:
+                out: list[bytes] = []
+                while len(out) < n:
+                    out += sp.recvmmsg(sock.fileno(), 64, make, tag)
+                got[tag] = out
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=read, args=(tag, a))
+            for tag, (a, _) in zip(b"AB", pairs, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        for tag in b"AB":
+            assert got[tag] == [bytes([tag]) * 100 + b"%d" % i for i in range(n)]
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
